@@ -1,0 +1,59 @@
+"""Causal self-attention with a key-padding mask, three interchangeable backends.
+
+``naive``  : the textbook formula, materialises the T x T matrix (the reference).
+``sdpa``   : ``torch.nn.functional.scaled_dot_product_attention``.
+``triton`` : a fused flash-attention kernel (forward and backward).
+
+All take q, k, v of shape (B, H, T, D) and an optional ``key_padding_mask`` of
+shape (B, T), True where a key may be attended to. A query with no key to attend
+to (a row of a sequence that is all padding) gets a zero output and no gradient.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+
+BACKENDS = ("naive", "sdpa", "triton")
+
+
+def _allowed(T, key_padding_mask, device):
+    """(B or 1, 1, T, T) boolean: query i may look at key j."""
+    allowed = torch.ones(T, T, dtype=torch.bool, device=device).tril()[None, None]
+    if key_padding_mask is not None:
+        allowed = allowed & key_padding_mask[:, None, None, :]
+    return allowed
+
+
+def naive_attention(q, k, v, key_padding_mask=None):
+    T = q.shape[-2]
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+    allowed = _allowed(T, key_padding_mask, q.device)
+    scores = scores.float().masked_fill(~allowed, float("-inf"))
+    weights = torch.softmax(scores, dim=-1).nan_to_num(0.0).to(v.dtype)
+    return weights @ v
+
+
+def sdpa_attention(q, k, v, key_padding_mask=None):
+    if key_padding_mask is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    allowed = _allowed(q.shape[-2], key_padding_mask, q.device)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+    # rows with no allowed key come back as NaN on some backends
+    return out.masked_fill(~allowed.any(-1, keepdim=True), 0.0)
+
+
+def default_backend(device):
+    return "sdpa"
+
+
+def causal_attention(q, k, v, key_padding_mask=None, backend="auto"):
+    if backend == "auto":
+        backend = default_backend(q.device)
+    if backend == "naive":
+        return naive_attention(q, k, v, key_padding_mask)
+    if backend == "sdpa":
+        return sdpa_attention(q, k, v, key_padding_mask)
+    if backend == "triton":
+        from kernels.flash_attention import flash_attention
+        return flash_attention(q, k, v, key_padding_mask)
+    raise ValueError(f"unknown attention backend {backend!r}: use one of {', '.join(BACKENDS)} or auto")
