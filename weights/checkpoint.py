@@ -1,0 +1,133 @@
+"""Read and validate a GPT-2 checkpoint in the Hugging Face layout.
+
+A checkpoint directory holds ``config.json`` and either ``model.safetensors`` or
+shards ``model-0000k-of-0000n.safetensors`` listed in ``model.safetensors.index.json``
+(plus ``vocab.json`` and ``merges.txt`` for the tokenizer). Tensor names may carry
+the ``transformer.`` prefix of ``GPT2LMHeadModel``. The linear layers are stored as
+GPT-2's Conv1D, (in, out), and are transposed into ``nn.Linear``'s (out, in).
+
+Tensors are read one at a time from memory-mapped files (``safe_open``), straight
+into a model built on the meta device, so gpt2-xl is never held twice. Only
+safetensors are read: no pickle, no ``torch.load``.
+"""
+import json
+import re
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from minway.errors import MinwayError
+from minway.model import GPT2, GPT2Config
+
+CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+# the causal-mask buffers of the reference implementation and its tied head: not parameters here
+IGNORED = re.compile(r"(h\.\d+\.attn\.(masked_)?bias|lm_head\.weight)$")
+
+
+def read_config(directory):
+    path = Path(directory) / "config.json"
+    if not path.is_file():
+        raise MinwayError(f"{path} is missing: a GPT-2 checkpoint needs config.json next to model.safetensors")
+    try:
+        values = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise MinwayError(f"{path} is not valid JSON ({e}): re-download or rewrite it") from None
+    if values.get("model_type") != "gpt2":
+        raise MinwayError(f"{path} has model_type {values.get('model_type')!r}; minway runs GPT-2 checkpoints "
+                          f"(model_type 'gpt2') only")
+    missing = [k for k in ("n_embd", "n_head", "n_layer", "vocab_size") if k not in values]
+    if missing:
+        raise MinwayError(f"{path} lacks {', '.join(missing)}: not a GPT-2 config")
+    config = GPT2Config.from_dict(values)
+    if config.n_embd % config.n_head:
+        raise MinwayError(f"{path}: n_embd {config.n_embd} is not divisible by n_head {config.n_head}")
+    return config
+
+
+def tensor_files(directory):
+    """{tensor name as stored: file holding it}."""
+    directory = Path(directory)
+    single, index = directory / "model.safetensors", directory / "model.safetensors.index.json"
+    if single.is_file():
+        return {name: single for name in _open(single).keys()}
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, UnicodeDecodeError):
+            raise MinwayError(f"{index} is not a valid safetensors index (no weight_map): re-download it") from None
+        for file in set(weight_map.values()):
+            if not (directory / file).is_file():
+                raise MinwayError(f"{directory / file}, a shard listed in {index.name}, is missing: re-download it")
+        return {name: directory / file for name, file in weight_map.items()}
+    raise MinwayError(f"{directory} has no model.safetensors (nor model.safetensors.index.json): "
+                      f"minway reads safetensors checkpoints only")
+
+
+def _open(path):
+    try:
+        return safe_open(str(path), framework="pt")
+    except (SafetensorError, OSError) as e:
+        raise MinwayError(f"{path} is truncated or corrupt ({e}): re-download it") from None
+
+
+def expected_shapes(config):
+    """{name as minway calls it: shape as stored in the checkpoint (Conv1D is (in, out))}."""
+    with torch.device("meta"):
+        model = GPT2(config)
+    shapes = {}
+    for name, p in model.named_parameters():
+        shape = tuple(p.shape)
+        shapes[name] = shape[::-1] if name.endswith(CONV1D_WEIGHTS) else shape
+    return shapes
+
+
+def load_gpt2(directory, device="cpu", dtype=torch.float32, attention="auto"):
+    """Build a GPT2 from a checkpoint directory, validating every tensor."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise MinwayError(f"checkpoint directory {directory} does not exist")
+    config = read_config(directory)
+    files = tensor_files(directory)
+    stored = {_strip(name): name for name in files if not IGNORED.match(_strip(name))}
+    expected = expected_shapes(config)
+    first_file = next(iter(files.values())).name if files else "model.safetensors"
+
+    missing = sorted(set(expected) - set(stored), key=_natural)
+    if missing:
+        raise MinwayError(f"{first_file} in {directory} is missing tensor {missing[0]}"
+                          f"{f' and {len(missing) - 1} more' if len(missing) > 1 else ''} for the config in config.json")
+    unexpected = sorted(set(stored) - set(expected), key=_natural)
+    if unexpected:
+        raise MinwayError(f"{files[stored[unexpected[0]]].name} in {directory} has unexpected tensor "
+                          f"{stored[unexpected[0]]}: not a GPT-2 checkpoint of this config")
+
+    with torch.device("meta"):
+        model = GPT2(config, attention=attention)
+    handles = {}
+    state = {}
+    for name in expected:
+        file = files[stored[name]]
+        if file not in handles:
+            handles[file] = _open(file)
+        try:
+            tensor = handles[file].get_tensor(stored[name])
+        except SafetensorError as e:
+            raise MinwayError(f"{file} is truncated or corrupt at tensor {stored[name]} ({e}): re-download it") from None
+        if tuple(tensor.shape) != expected[name]:
+            raise MinwayError(f"tensor {stored[name]} in {file.name} has shape {tuple(tensor.shape)}, expected "
+                              f"{expected[name]} for the config in config.json")
+        if name.endswith(CONV1D_WEIGHTS):
+            tensor = tensor.T
+        state[name] = tensor.to(device=device, dtype=dtype).contiguous()
+    model.load_state_dict(state, assign=True)
+    return model.eval()
+
+
+def _strip(name):
+    return name.removeprefix("transformer.")
+
+
+def _natural(name):
+    """Sort h.2 before h.10 in messages."""
+    return [int(part) if part.isdigit() else part for part in name.split(".")]
