@@ -1,0 +1,96 @@
+"""GPT-2's forward pass in plain NumPy: the teaching version.
+
+The whole model on one page, with no autograd, batching or caching, so that
+each step of the paper's setting can be read off directly: token and position
+embeddings, n_layer pre-norm blocks of causal self-attention and an MLP, a
+final layer norm, and logits from the tied token-embedding matrix. It loads
+the same Hugging Face checkpoint directory (config.json + model.safetensors)
+as the PyTorch model, which makes it a second, independent oracle for tests.
+"""
+import json
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file
+
+from minway.errors import MinwayError
+
+CONFIG_KEYS = ("n_embd", "n_head", "n_layer", "n_positions", "vocab_size", "layer_norm_epsilon")
+BLOCK_TENSORS = ("ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp.c_fc", "mlp.c_proj")
+
+
+def load(directory, dtype=np.float32) -> tuple[dict[str, np.ndarray], dict]:
+    """Parameters keyed by their checkpoint names without the `transformer.` prefix, and the config."""
+    directory = Path(directory)
+    for name in ("config.json", "model.safetensors"):
+        if not (directory / name).is_file():
+            raise MinwayError(f"{directory / name} is missing; point to a GPT-2 checkpoint directory")
+    config = json.loads((directory / "config.json").read_text())
+    missing = [key for key in CONFIG_KEYS if key not in config]
+    if missing:
+        raise MinwayError(f"{directory / 'config.json'} lacks {', '.join(missing)}; use a GPT-2 config.json")
+
+    params = {name.removeprefix("transformer."): tensor.astype(dtype)
+              for name, tensor in load_file(directory / "model.safetensors").items()}
+    needed = ["wte.weight", "wpe.weight", "ln_f.weight", "ln_f.bias"]
+    needed += [f"h.{i}.{part}.{kind}" for i in range(config["n_layer"]) for part in BLOCK_TENSORS
+               for kind in ("weight", "bias")]
+    missing = [name for name in needed if name not in params]
+    if missing:
+        raise MinwayError(f"{directory / 'model.safetensors'} lacks {missing[0]} (and {len(missing) - 1} more); "
+                          "use a GPT-2 checkpoint")
+    # lm_head.weight is a copy of wte.weight, attn.bias / attn.masked_bias are mask buffers
+    return {name: params[name] for name in needed}, config
+
+
+def gelu(x):
+    """GPT-2's GELU, the tanh approximation."""
+    return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
+
+
+def softmax(x):
+    exp = np.exp(x - x.max(axis=-1, keepdims=True))
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def layer_norm(x, params, name, eps):
+    normalized = (x - x.mean(axis=-1, keepdims=True)) / np.sqrt(x.var(axis=-1, keepdims=True) + eps)
+    return normalized * params[f"{name}.weight"] + params[f"{name}.bias"]
+
+
+def linear(x, params, name):
+    # GPT-2's Conv1D layers store the weight as (in, out)
+    return x @ params[f"{name}.weight"] + params[f"{name}.bias"]
+
+
+def attention(x, params, name, n_head):
+    T, C = x.shape
+    q, k, v = np.split(linear(x, params, f"{name}.c_attn"), 3, axis=-1)
+    q, k, v = (m.reshape(T, n_head, C // n_head).transpose(1, 0, 2) for m in (q, k, v))  # (head, T, C/head)
+    scores = q @ k.transpose(0, 2, 1) / np.sqrt(C // n_head)
+    scores = np.where(np.tri(T, dtype=bool), scores, -np.inf)  # position t sees positions <= t
+    heads = softmax(scores) @ v
+    return linear(heads.transpose(1, 0, 2).reshape(T, C), params, f"{name}.c_proj")
+
+
+def forward(token_ids, params, config) -> np.ndarray:
+    """Logits (T, vocab) for a sequence of T token ids."""
+    token_ids = np.asarray(token_ids)
+    if len(token_ids) > config["n_positions"]:
+        raise MinwayError(f"{len(token_ids)} tokens exceed the model's {config['n_positions']} positions; shorten the text")
+    eps = config["layer_norm_epsilon"]
+    x = params["wte.weight"][token_ids] + params["wpe.weight"][: len(token_ids)]
+    for i in range(config["n_layer"]):
+        block = f"h.{i}"
+        x = x + attention(layer_norm(x, params, f"{block}.ln_1", eps), params, f"{block}.attn", config["n_head"])
+        hidden = gelu(linear(layer_norm(x, params, f"{block}.ln_2", eps), params, f"{block}.mlp.c_fc"))
+        x = x + linear(hidden, params, f"{block}.mlp.c_proj")
+    return layer_norm(x, params, "ln_f", eps) @ params["wte.weight"].T
+
+
+def generate(token_ids, n_new, params, config) -> list[int]:
+    """The n_new tokens greedy decoding appends (the prompt is not repeated)."""
+    ids = [int(i) for i in token_ids]
+    for _ in range(n_new):
+        ids.append(int(forward(ids, params, config)[-1].argmax()))
+    return ids[len(ids) - n_new:]

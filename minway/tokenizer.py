@@ -1,0 +1,122 @@
+"""GPT-2's byte-level BPE tokenizer, run by tiktoken, built offline from a
+checkpoint directory's `vocab.json` and `merges.txt`.
+
+vocab.json spells every token as a string in GPT-2's byte-to-unicode alphabet
+(each of the 256 byte values stands for one printable character); tiktoken wants
+raw bytes mapped to merge ranks. For GPT-2 a token's id *is* its merge rank: ids
+0-255 are the single bytes, and the token made by merge line i has id 256 + i.
+"""
+import json
+from pathlib import Path
+
+import tiktoken
+
+from minway.errors import MinwayError
+
+EOT = "<|endoftext|>"
+
+# GPT-2's pre-tokenizer: contractions, then runs of letters, digits or other
+# symbols (each with an optional leading space), then whitespace.
+GPT2_SPLIT_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+
+def gpt2_byte_alphabet() -> dict[str, int]:
+    """Map each character of GPT-2's byte alphabet to the byte value it stands for.
+
+    Printable Latin-1 bytes stand for themselves; the other 68 bytes (controls,
+    space, soft hyphen...) are given the characters from U+0100 on, in byte order.
+    """
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    alphabet = {chr(b): b for b in printable}
+    next_char = 256
+    for b in range(256):
+        if b not in printable:
+            alphabet[chr(next_char)] = b
+            next_char += 1
+    return alphabet
+
+
+class Tokenizer:
+    def __init__(self, encoding: tiktoken.Encoding):
+        self.encoding = encoding
+        self.eot_id = encoding.eot_token
+        self.n_vocab = encoding.n_vocab
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`; a literal "<|endoftext|>" in it is plain text, not the special token."""
+        return self.encoding.encode_ordinary(text)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return self.encoding.encode_ordinary_batch(texts)
+
+    def decode(self, ids) -> str:
+        return self.encoding.decode(list(ids))
+
+    def token_strings(self, ids) -> list[str]:
+        """Each id decoded on its own; a token holding part of a UTF-8 character shows as U+FFFD."""
+        return [self.encoding.decode_single_token_bytes(i).decode("utf-8", errors="replace") for i in ids]
+
+
+def load_tokenizer(directory) -> Tokenizer:
+    directory = Path(directory)
+    vocab = _read_vocab(directory / "vocab.json")
+    merges = _read_merges(directory / "merges.txt")
+    if EOT not in vocab:
+        raise MinwayError(f"{directory / 'vocab.json'} has no {EOT} entry; use a GPT-2 vocab.json")
+    if sorted(vocab.values()) != list(range(len(vocab))):
+        raise MinwayError(f"{directory / 'vocab.json'} ids are not 0..{len(vocab) - 1}, each used once; re-download it")
+    eot_id = vocab.pop(EOT)
+
+    _check_consistent(vocab, merges, directory)
+    alphabet = gpt2_byte_alphabet()
+    try:
+        ranks = {bytes(alphabet[ch] for ch in token): token_id for token, token_id in vocab.items()}
+    except KeyError as e:
+        raise MinwayError(f"{directory / 'vocab.json'} has a character ({e}) outside GPT-2's byte alphabet; "
+                          "use a GPT-2 byte-level vocab.json") from None
+
+    encoding = tiktoken.Encoding(name=f"gpt2:{directory}", pat_str=GPT2_SPLIT_PATTERN,
+                                 mergeable_ranks=ranks, special_tokens={EOT: eot_id})
+    return Tokenizer(encoding)
+
+
+def _read_vocab(path: Path) -> dict[str, int]:
+    try:
+        vocab = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise MinwayError(f"{path} is missing; point to a GPT-2 checkpoint directory with vocab.json and merges.txt") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise MinwayError(f"{path} is not valid JSON ({e}); re-download it") from None
+    if not isinstance(vocab, dict) or not all(isinstance(v, int) for v in vocab.values()):
+        raise MinwayError(f"{path} must map token strings to integer ids; re-download it")
+    return vocab
+
+
+def _read_merges(path: Path) -> list[tuple[str, str]]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise MinwayError(f"{path} is missing; point to a GPT-2 checkpoint directory with vocab.json and merges.txt") from None
+    except UnicodeDecodeError as e:
+        raise MinwayError(f"{path} is not UTF-8 text ({e}); re-download it") from None
+    merges = []
+    for number, line in enumerate(lines, start=1):
+        if line.startswith("#version") or not line.strip():
+            continue
+        parts = line.split(" ")
+        if len(parts) != 2:
+            raise MinwayError(f"{path} line {number} is {line!r}, not two tokens separated by a space; re-download it")
+        merges.append((parts[0], parts[1]))
+    return merges
+
+
+def _check_consistent(vocab: dict[str, int], merges, directory: Path) -> None:
+    """tiktoken merges by rank, so the files must agree that merge line i makes id 256 + i."""
+    mismatch = f"; vocab.json and merges.txt in {directory} come from different tokenizers"
+    if sum(len(token) == 1 and token_id < 256 for token, token_id in vocab.items()) != 256:
+        raise MinwayError(f"{directory / 'vocab.json'} does not give ids 0-255 to the 256 single bytes; re-download it")
+    if len(merges) != len(vocab) - 256:
+        raise MinwayError(f"merges.txt has {len(merges)} merges but vocab.json has {len(vocab) - 256} merged tokens{mismatch}")
+    for line_index, (left, right) in enumerate(merges):
+        if vocab.get(left + right) != 256 + line_index:
+            raise MinwayError(f"merge {line_index + 1} ({left!r} + {right!r}) does not make token id {256 + line_index}{mismatch}")

@@ -1,0 +1,107 @@
+import json
+
+import pytest
+
+from conftest import SHARED
+from minway.errors import MinwayError
+from minway.tokenizer import EOT, gpt2_byte_alphabet, load_tokenizer
+
+GPT2_DIR = SHARED / "gpt2-tokenizer"
+needs_shared = pytest.mark.skipif(not GPT2_DIR.is_dir(), reason=f"shared GPT-2 tokenizer files not found at {GPT2_DIR}")
+
+
+@needs_shared
+def test_check_sentence_from_the_data_readme():
+    tokenizer = load_tokenizer(GPT2_DIR)
+    assert tokenizer.encode("Hello world, it's a test.") == [15496, 995, 11, 340, 338, 257, 1332, 13]
+    assert tokenizer.eot_id == 50256
+    assert tokenizer.n_vocab == 50257
+
+
+@needs_shared
+def test_endoftext_in_text_is_ordinary_text():
+    tokenizer = load_tokenizer(GPT2_DIR)
+    ids = tokenizer.encode("a <|endoftext|> b")
+    assert tokenizer.eot_id not in ids
+    assert tokenizer.decode(ids) == "a <|endoftext|> b"
+
+
+@needs_shared
+def test_token_strings_show_partial_characters_as_replacement():
+    tokenizer = load_tokenizer(GPT2_DIR)
+    ids = tokenizer.encode("Hi 日")  # "日" is three UTF-8 bytes, split over tokens
+    strings = tokenizer.token_strings(ids)
+    assert strings[0] == "Hi"
+    assert "\ufffd" in "".join(strings)
+    assert tokenizer.decode(ids) == "Hi 日"
+
+
+def shared_test_texts() -> list[str]:
+    texts = []
+    for path in sorted((SHARED / "data").glob("*/test.tsv")):
+        lines = path.read_text(encoding="utf-8").splitlines()
+        assert lines[0] == "text\tlabel"
+        texts += [line.rsplit("\t", 1)[0] for line in lines[1:]]
+    return texts
+
+
+@needs_shared
+def test_ids_equal_transformers_on_every_test_sentence():
+    transformers = pytest.importorskip("transformers")
+    texts = shared_test_texts()
+    assert len(texts) > 13000
+    reference = transformers.GPT2TokenizerFast.from_pretrained(str(GPT2_DIR))
+    expected = reference(texts)["input_ids"]
+    ours = load_tokenizer(GPT2_DIR).encode_batch(texts)
+    mismatches = [text for text, a, b in zip(texts, ours, expected) if a != b]
+    assert not mismatches, f"{len(mismatches)} texts differ, first: {mismatches[0]!r}"
+
+
+@needs_shared
+def test_decode_round_trips_every_test_sentence():
+    tokenizer = load_tokenizer(GPT2_DIR)
+    texts = shared_test_texts()
+    decoded = [tokenizer.decode(ids) for ids in tokenizer.encode_batch(texts)]
+    assert decoded == texts
+
+
+def write_tiny_tokenizer(directory, merges):
+    """The 256 single bytes (id = byte value), the given merges (ids 256...), then <|endoftext|>."""
+    vocab = dict(gpt2_byte_alphabet())
+    for left, right in merges:
+        vocab[left + right] = len(vocab)
+    vocab[EOT] = len(vocab)
+    (directory / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (directory / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
+
+
+def test_tiny_tokenizer_applies_merges_in_order(tmp_path):
+    write_tiny_tokenizer(tmp_path, [("h", "e"), ("l", "l"), ("he", "ll")])
+    tokenizer = load_tokenizer(tmp_path)
+    assert tokenizer.encode("hello") == [258, ord("o")]
+    assert tokenizer.eot_id == 259
+    assert tokenizer.decode(tokenizer.encode("hello there")) == "hello there"
+
+
+def test_missing_file_names_it(tmp_path):
+    write_tiny_tokenizer(tmp_path, [("h", "e")])
+    (tmp_path / "merges.txt").unlink()
+    with pytest.raises(MinwayError, match="merges.txt is missing"):
+        load_tokenizer(tmp_path)
+    with pytest.raises(MinwayError, match="vocab.json is missing"):
+        load_tokenizer(tmp_path / "nowhere")
+
+
+def test_malformed_vocab_names_it(tmp_path):
+    write_tiny_tokenizer(tmp_path, [("h", "e")])
+    (tmp_path / "vocab.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(MinwayError, match="vocab.json is not valid JSON"):
+        load_tokenizer(tmp_path)
+
+
+def test_mismatched_merges_are_reported(tmp_path):
+    write_tiny_tokenizer(tmp_path, [("h", "e"), ("l", "l")])
+    (tmp_path / "merges.txt").write_text("#version: 0.2\nl l\nh e\n", encoding="utf-8")
+    with pytest.raises(MinwayError, match="come from different tokenizers") as error:
+        load_tokenizer(tmp_path)
+    assert "\n" not in str(error.value)
