@@ -1,0 +1,43 @@
+"""A continuous prompt in front of embedded text, and the loss on an output text.
+
+Every row of a batch is ``[prompt (L vectors)] [input tokens] [output tokens] [padding]``.
+The output tokens carry the loss: the token at position t is predicted from the
+hidden state at t - 1, so only those positions go through the 50257-way head.
+"""
+import torch
+import torch.nn.functional as F
+
+
+def pad(rows, value, device):
+    """list of lists -> (B, T) long tensor, right-padded, and its (B, T) mask."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), value, dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
+    mask = torch.arange(width)[None, :] < torch.tensor([len(r) for r in rows])[:, None]
+    return ids.to(device), mask.to(device)
+
+
+def prompted_embeddings(model, prompt, rows):
+    """Embeddings (B, L + T, d) and mask of ``prompt`` (L, d) or (B, L, d) followed by each row of ids."""
+    device = model.wte.weight.device
+    ids, text_mask = pad(rows, 0, device)
+    text = model.embed(ids)
+    prompt = prompt.to(text.dtype)
+    if prompt.dim() == 2:
+        prompt = prompt.expand(len(rows), -1, -1)
+    prompt_mask = torch.ones(prompt.shape[:2], dtype=torch.bool, device=device)
+    return torch.cat([prompt, text], dim=1), torch.cat([prompt_mask, text_mask], dim=1)
+
+
+def output_nll(model, prompt, inputs, outputs):
+    """Mean negative log-likelihood per row (B,) of ``outputs[b]`` after prompt and ``inputs[b]``."""
+    embeds, mask = prompted_embeddings(model, prompt, [i + o for i, o in zip(inputs, outputs)])
+    device = embeds.device
+    L = prompt.shape[-2]
+    targets, target_mask = pad(outputs, -100, device)
+    first = torch.tensor([L + len(i) - 1 for i in inputs], device=device)
+    positions = (first[:, None] + torch.arange(targets.shape[1], device=device)).clamp(max=embeds.shape[1] - 1)
+    logits = model(embeds=embeds, key_padding_mask=mask, logit_positions=positions).logits
+    nll = F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=-100, reduction="none")
+    return (nll * target_mask).sum(1) / target_mask.sum(1)

@@ -1,0 +1,121 @@
+"""Datasets: finding, reading, k-shot sampling and tokenising.
+
+Layouts read (``text<TAB>label`` with a header line, label an integer):
+
+    <data-dir>/<task>/{train,test}.tsv                    full splits
+    <data-dir>/k-shot/<task>/<k>-<seed>/{train,test}.tsv  LM-BFF k-shot splits
+
+The data directory is ``--data-dir``, else ``$MINWAY_DATA``, else ``data/``, else
+``../shared/data`` next to this repository. A task missing everywhere is
+downloaded from the Hugging Face Hub into ``data/`` when ``datasets`` is installed
+and the network answers; otherwise a one-line error says what to do.
+"""
+import csv
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from minway.errors import MinwayError
+from minway.tasks import Task
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+# Hub copies of the tasks: (dataset id, text column, label column or None, {source label name: our label}).
+HUB_SOURCES = {
+    "sst2": ("SetFit/sst2", "text", "label_text", {"negative": 0, "positive": 1}),
+    "sst5": ("SetFit/sst5", "text", "label_text",
+             {"very negative": 0, "negative": 1, "neutral": 2, "positive": 3, "very positive": 4}),
+    "agnews": ("fancyzhx/ag_news", "text", None, {0: 0, 1: 1, 2: 2, 3: 3}),
+    "subj": ("SetFit/subj", "text", "label_text", {"subjective": 0, "objective": 1}),
+    "trec": ("CogComp/trec", "text", "coarse_label", {2: 0, 1: 1, 0: 2, 3: 3, 4: 4, 5: 5}),
+}
+
+
+@dataclass(frozen=True)
+class Example:
+    text: str
+    label: int
+
+
+def data_dir_candidates(data_dir=None):
+    if data_dir:
+        return [Path(data_dir)]
+    if os.environ.get("MINWAY_DATA"):
+        return [Path(os.environ["MINWAY_DATA"])]
+    return [Path("data"), SHARED_DATA]
+
+
+def read_tsv(path, n_classes):
+    path = Path(path)
+    examples = []
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        header = next(rows, None)
+        if header is None or [h.strip().lower() for h in header[:2]] != ["text", "label"]:
+            raise MinwayError(f"{path} must start with the header line 'text<TAB>label'")
+        for line, row in enumerate(rows, start=2):
+            if len(row) != 2 or not row[1].strip().lstrip("-").isdigit() or not 0 <= int(row[1]) < n_classes:
+                raise MinwayError(f"{path}:{line} is not 'text<TAB>label' with a label in 0..{n_classes - 1}")
+            examples.append(Example(row[0], int(row[1])))
+    if not examples:
+        raise MinwayError(f"{path} has no examples")
+    return examples
+
+
+def find_split(task: Task, split, data_dir=None, k_shot=None):
+    """Path of a split; ``k_shot=(k, seed)`` picks the LM-BFF k-shot layout."""
+    relative = Path(task.name) / f"{split}.tsv"
+    if k_shot:
+        relative = Path("k-shot") / task.name / f"{k_shot[0]}-{k_shot[1]}" / f"{split}.tsv"
+    candidates = data_dir_candidates(data_dir)
+    for directory in candidates:
+        if (directory / relative).is_file():
+            return directory / relative
+    if not k_shot and not data_dir and download(task, Path("data")):
+        return Path("data") / relative
+    raise MinwayError(f"no {relative} in {' or '.join(str(c) for c in candidates)}: pass --data-dir DIR "
+                      f"holding <task>/{{train,test}}.tsv (text<TAB>label), set $MINWAY_DATA, "
+                      f"or `pip install datasets` to download it")
+
+
+def load_split(task: Task, split, data_dir=None, k_shot=None):
+    return read_tsv(find_split(task, split, data_dir, k_shot), task.n_classes)
+
+
+def sample_per_class(examples, k, seed):
+    """k examples of each class, drawn with ``seed``; all of a class when it has fewer."""
+    rng = random.Random(seed)
+    by_class = {}
+    for example in examples:
+        by_class.setdefault(example.label, []).append(example)
+    chosen = [e for label in sorted(by_class) for e in rng.sample(by_class[label], min(k, len(by_class[label])))]
+    rng.shuffle(chosen)
+    return chosen
+
+
+def download(task: Task, root):
+    """Write ``root/<task>/{train,test}.tsv`` from the Hub; False when that is not possible here."""
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("MINWAY_OFFLINE") == "1":
+        return False
+    try:
+        from datasets import load_dataset
+    except ImportError:
+        return False
+    dataset_id, text_column, label_column, label_map = HUB_SOURCES[task.name]
+    try:
+        dataset = load_dataset(dataset_id)
+    except Exception:  # network, authentication or a renamed dataset: not obtainable this way
+        return False
+    target = Path(root) / task.name
+    target.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "test"):
+        rows = dataset[split]
+        labels = rows[label_column or "label"]
+        with open(target / f"{split}.tsv.tmp", "w", encoding="utf-8") as f:
+            f.write("text\tlabel\n")
+            for text, label in zip(rows[text_column], labels):
+                f.write(f"{' '.join(text.split())}\t{label_map[label]}\n")
+        os.replace(target / f"{split}.tsv.tmp", target / f"{split}.tsv")
+    return True

@@ -1,0 +1,89 @@
+"""Every measure of the paper for one trained prompt.
+
+* accuracy of the continuous prompt on the test set;
+* for each way of projecting (dot, l2, cos): the projected text, its prompt F1
+  against the target (with and without lemmatisation), the exact-position match
+  rate, and the margins to the second nearest token;
+* hard-prompt accuracy: the projection itself, as tokens, used as the prompt. The
+  gap to the continuous accuracy is the waywardness made visible;
+* c-dist to the target, and the target tokens no d-projection can produce.
+"""
+from collections import Counter
+
+import torch
+
+from minway.classify import predict
+from minway.metrics import accuracy, mark_mismatches, position_match_rate, prompt_f1
+from minway.objective import c_dist
+from minway.prompt import METRICS, c_proj, d_proj
+from minway.reachability import UNREACHABLE, reachability
+
+
+def projection_report(prompt, target_ids, tokenizer, embeddings, metric):
+    nearest = d_proj(prompt, embeddings, metric, k=2)
+    ids = nearest.indices[:, 0].tolist()
+    text, target_text = tokenizer.decode(ids), tokenizer.decode(target_ids)
+    status = reachability(target_ids, embeddings, metric)
+    reachable_ids = [t for t, s in zip(target_ids, status) if s != UNREACHABLE]
+    return {
+        "ids": ids,
+        "text": text,
+        "f1": prompt_f1(text, target_text, lemmatize=True),
+        "f1_no_lemma": prompt_f1(text, target_text, lemmatize=False),
+        "position_match": position_match_rate(ids, target_ids),
+        "mean_margin": float(nearest.margin.mean()),
+        "unreachable_target_tokens": sorted({t for t, s in zip(target_ids, status) if s == UNREACHABLE}),
+        "reachability_counts": dict(Counter(status)),
+        # the best F1 possible if every reachable position were projected right
+        "f1_ceiling": prompt_f1(tokenizer.decode(reachable_ids), target_text) if reachable_ids else 0.0,
+        "marked": mark_mismatches(text, target_text),
+    }
+
+
+@torch.no_grad()
+def measure(model, tokenizer, task, prompt, target_ids, test_inputs, test_labels, metric="dot",
+            batch_size=32, progress=False, hard_prompt=True):
+    options = [tokenizer.encode(task.output_text(c)) for c in range(task.n_classes)]
+    prompt = prompt.detach().float()
+    predictions, _ = predict(model, prompt, test_inputs, options, batch_size, progress, desc="test (continuous)")
+    embeddings = model.wte.weight
+    results = {
+        "accuracy": accuracy(predictions.tolist(), test_labels),
+        "c_dist": float(c_dist(prompt, c_proj(model, target_ids))),
+        "n_test": len(test_labels),
+        "metric": metric,
+        "projections": {m: projection_report(prompt, target_ids, tokenizer, embeddings, m) for m in METRICS},
+    }
+    main = results["projections"][metric]
+    results["prompt_f1"] = main["f1"]
+    if hard_prompt:
+        hard = c_proj(model, main["ids"])
+        hard_predictions, _ = predict(model, hard, test_inputs, options, batch_size, progress, desc="test (hard)")
+        results["hard_prompt_accuracy"] = accuracy(hard_predictions.tolist(), test_labels)
+    return results
+
+
+def summary(results, target_text):
+    """A short human-readable account of one run's results."""
+    main = results["projections"][results["metric"]]
+    lines = [
+        f"task accuracy (continuous prompt): {100 * results['accuracy']:.1f}%  on {results['n_test']} test examples",
+    ]
+    if "hard_prompt_accuracy" in results:
+        lines.append(f"hard-prompt accuracy (d-proj as text): {100 * results['hard_prompt_accuracy']:.1f}%")
+    lines.append(f"c-dist to target: {results['c_dist']:.4f}")
+    for m, report in results["projections"].items():
+        ceiling = f", ceiling {100 * report['f1_ceiling']:.1f}" if report["unreachable_target_tokens"] else ""
+        lines.append(f"prompt F1 [{m}{' (main)' if m == results['metric'] else ''}]: {100 * report['f1']:.1f} "
+                     f"(no lemmas {100 * report['f1_no_lemma']:.1f}), positions matched "
+                     f"{100 * report['position_match']:.1f}%{ceiling}")
+    if main["unreachable_target_tokens"]:
+        lines.append(f"target tokens unreachable under {results['metric']}: {main['unreachable_target_tokens']} "
+                     f"(no gamma can project to them)")
+    lines.append(f"target   : {target_text}")
+    lines.append(f"projected: {main['marked']}   ([x] differs, [-x] missing)")
+    if "compare" in results:
+        c = results["compare"]
+        lines.append(f"unconstrained vs constrained: Acc(p*c) {100 * c['accuracy_unconstrained']:.1f} -> "
+                     f"Acc(p~c) {100 * c['accuracy_constrained']:.1f}, relative drop {c['relative_drop']:.1f}%")
+    return "\n".join(lines)

@@ -1,0 +1,29 @@
+"""The wayward prompt tuning objective (paper eq. 5 and 7):
+
+    loss(p) = CE(task; p) + gamma * ||p - c-proj(target)||^2 / L
+
+gamma = 0 is ordinary prompt tuning (the unconstrained prompt p*_c); a large gamma
+pins the prompt to the target's embeddings.
+"""
+from typing import NamedTuple
+
+import torch
+
+from minway.batch import output_nll
+
+
+class Loss(NamedTuple):
+    total: torch.Tensor
+    ce: torch.Tensor
+    distance: torch.Tensor
+
+
+def c_dist(prompt, target_embeds):
+    """Squared L2 distance to c-proj(target), divided by the prompt length L."""
+    return (prompt - target_embeds).pow(2).sum((-2, -1)) / prompt.shape[-2]
+
+
+def wayward_loss(model, prompt, target_embeds, inputs, outputs, gamma):
+    ce = output_nll(model, prompt, inputs, outputs).mean()
+    distance = c_dist(prompt, target_embeds)
+    return Loss(ce + gamma * distance, ce, distance)
