@@ -23,6 +23,9 @@ from minway.model import GPT2, GPT2Config
 CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 # the causal-mask buffers of the reference implementation and its tied head: not parameters here
 IGNORED = re.compile(r"(h\.\d+\.attn\.(masked_)?bias|lm_head\.weight)$")
+# config.json settings of GPT-2 variants this model does not compute: {key: values that mean released GPT-2}
+RELEASED = {"activation_function": ("gelu_new", "gelu_pytorch_tanh"), "scale_attn_weights": (True,),
+            "scale_attn_by_inverse_layer_idx": (False,), "tie_word_embeddings": (True,)}
 
 
 def read_config(directory):
@@ -33,12 +36,20 @@ def read_config(directory):
         values = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise MinwayError(f"{path} is not valid JSON ({e}): re-download or rewrite it") from None
+    if not isinstance(values, dict):
+        raise MinwayError(f"{path} holds a JSON {type(values).__name__}, not an object: not a GPT-2 config")
     if values.get("model_type") != "gpt2":
         raise MinwayError(f"{path} has model_type {values.get('model_type')!r}; minway runs GPT-2 checkpoints "
                           f"(model_type 'gpt2') only")
     missing = [k for k in ("n_embd", "n_head", "n_layer", "vocab_size") if k not in values]
     if missing:
         raise MinwayError(f"{path} lacks {', '.join(missing)}: not a GPT-2 config")
+    for key, released in RELEASED.items():
+        if values.get(key, released[0]) not in released:
+            raise MinwayError(f"{path} sets {key} to {values[key]!r}; minway computes GPT-2 as released "
+                              f"({key} {released[0]!r}) only")
+    if values.get("n_inner") not in (None, 4 * values["n_embd"]):
+        raise MinwayError(f"{path} sets n_inner to {values['n_inner']!r}; minway's MLP is 4 * n_embd wide")
     config = GPT2Config.from_dict(values)
     if config.n_embd % config.n_head:
         raise MinwayError(f"{path}: n_embd {config.n_embd} is not divisible by n_head {config.n_head}")
@@ -53,9 +64,11 @@ def tensor_files(directory):
         return {name: single for name in _open(single).keys()}
     if index.is_file():
         try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, UnicodeDecodeError):
-            raise MinwayError(f"{index} is not a valid safetensors index (no weight_map): re-download it") from None
+            weight_map = json.loads(index.read_text()).get("weight_map")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            weight_map = None
+        if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+            raise MinwayError(f"{index} is not a valid safetensors index (no weight_map): re-download it")
         for file in set(weight_map.values()):
             if not (directory / file).is_file():
                 raise MinwayError(f"{directory / file}, a shard listed in {index.name}, is missing: re-download it")
@@ -85,17 +98,19 @@ def expected_shapes(config):
 def load_gpt2(directory, device="cpu", dtype=torch.float32, attention="auto"):
     """Build a GPT2 from a checkpoint directory, validating every tensor."""
     directory = Path(directory)
-    if not directory.is_dir():
+    if not directory.exists():
         raise MinwayError(f"checkpoint directory {directory} does not exist")
+    if not directory.is_dir():
+        raise MinwayError(f"{directory} is a file; pass the checkpoint directory that holds it")
     config = read_config(directory)
     files = tensor_files(directory)
     stored = {_strip(name): name for name in files if not IGNORED.match(_strip(name))}
     expected = expected_shapes(config)
-    first_file = next(iter(files.values())).name if files else "model.safetensors"
+    listing = "model.safetensors" if (directory / "model.safetensors").is_file() else "model.safetensors.index.json"
 
     missing = sorted(set(expected) - set(stored), key=_natural)
     if missing:
-        raise MinwayError(f"{first_file} in {directory} is missing tensor {missing[0]}"
+        raise MinwayError(f"{listing} in {directory} is missing tensor {missing[0]}"
                           f"{f' and {len(missing) - 1} more' if len(missing) > 1 else ''} for the config in config.json")
     unexpected = sorted(set(stored) - set(expected), key=_natural)
     if unexpected:
@@ -110,6 +125,8 @@ def load_gpt2(directory, device="cpu", dtype=torch.float32, attention="auto"):
         file = files[stored[name]]
         if file not in handles:
             handles[file] = _open(file)
+        if stored[name] not in handles[file].keys():
+            raise MinwayError(f"{file.name} lacks tensor {stored[name]}, which {listing} places there: re-download it")
         try:
             tensor = handles[file].get_tensor(stored[name])
         except SafetensorError as e:

@@ -84,5 +84,5 @@ def resolve_checkpoint(name_or_path, allow_download=True):
     raise MinwayError(
         f"no checkpoint {name_or_path!r}: not a directory, not in {WEIGHTS_DIR}/, not in the Hugging Face cache "
         f"{hub_cache_dir()}, and it could not be downloaded; get it with `pip install huggingface_hub && "
-        f"hf download {hub_id(name_or_path)} {' '.join(NEEDED_FILES)} --local-dir weights/{name_or_path}`, "
+        f"hf download {hub_id(name_or_path)} {' '.join(NEEDED_FILES)} --local-dir {local}`, "
         f"or pass --model DIR holding {', '.join(NEEDED_FILES)}")
