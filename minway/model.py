@@ -156,11 +156,15 @@ class GPT2(nn.Module):
         """
         x = self.embed(ids) if embeds is None else embeds
         B, T, _ = x.shape
+        if (past is None) != (position_offset is None) or (past is not None and key_padding_mask is None):
+            raise ValueError("a cached continuation needs past, position_offset and key_padding_mask together")
         positions = torch.arange(T, device=x.device).expand(B, T)
+        longest = T
         if position_offset is not None:
             positions = positions + position_offset[:, None]
-        if position_offset is None and T > self.config.n_positions:
-            raise ValueError(f"sequence of {T} positions is longer than the model's context of "
+            longest += int(position_offset.max())  # one sync, on the cached (inference) path only
+        if longest > self.config.n_positions:
+            raise ValueError(f"sequence of {longest} positions is longer than the model's context of "
                              f"{self.config.n_positions}")
         x = x + self.wpe(positions).to(x.dtype)
 

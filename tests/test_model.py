@@ -309,10 +309,6 @@ def test_sequence_longer_than_context_raises(pair):
             model(torch.zeros(1, n + 1, dtype=torch.long))
 
 
-@pytest.mark.xfail(strict=True, raises=IndexError, reason=(
-    "minway/model.py checks the context length only when position_offset is None: a cached continuation "
-    "(or generate) running past n_positions indexes wpe out of range, IndexError on CPU and a device-side "
-    "assert on CUDA, instead of the ValueError of the uncached path"))
 def test_cached_continuation_past_the_context_raises_value_error(pair):
     _, model = pair
     n = model.config.n_positions
