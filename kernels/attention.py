@@ -2,7 +2,7 @@
 
 ``naive``  : the textbook formula, materialises the T x T matrix (the reference).
 ``sdpa``   : ``torch.nn.functional.scaled_dot_product_attention``.
-``triton`` : a fused flash-attention kernel (forward and backward).
+``triton`` : a fused flash-attention kernel, forward and backward (``kernels.flash_attention``).
 
 All take q, k, v of shape (B, H, T, D) and an optional ``key_padding_mask`` of
 shape (B, T), True where a key may be attended to. A query with no key to attend
@@ -43,6 +43,11 @@ def sdpa_attention(q, k, v, key_padding_mask=None):
 
 
 def default_backend(device):
+    """PyTorch's fused attention, on every device.
+
+    The Triton kernel passes its tests in the interpreter, but becomes the CUDA default only
+    once ``benchmarks/bench_attention.py`` has shown it correct and faster on a real GPU.
+    """
     return "sdpa"
 
 

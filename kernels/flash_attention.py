@@ -1,0 +1,265 @@
+"""Fused causal attention with a key-padding mask, forward and backward, in Triton.
+
+Flash attention: a program owns a block of query rows and streams over the key blocks
+with an online softmax, so no T x T matrix is ever stored; the forward keeps only the
+log-sum-exp of each row for the backward to rebuild the probabilities from. Key blocks
+entirely above the diagonal are skipped; the causal mask is applied only to the blocks
+that straddle it. Scores live in the log2 domain (exp2 is the fast instruction).
+
+Backward, in two kernels that each recompute the probabilities of their blocks:
+``_bwd_dq`` per query block (it also stores delta = rowsum(dO * O) on its way), then
+``_bwd_dkdv`` per key block, streaming over the query blocks at and below the diagonal.
+A query with no key to attend to has lse 0 and probabilities 0: output, and gradients
+through it, are zero.
+"""
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.triton_common import check_device, dot
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _fwd_inner(acc, l_i, m_i, q, K, V, KEEP, offs_m, lo, hi, T, stride_kt, stride_vt, qk_scale,
+               D: tl.constexpr, BLOCK_N: tl.constexpr, DIAGONAL: tl.constexpr, PRECISION: tl.constexpr):
+    offs_d = tl.arange(0, D)
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        in_t = offs_n < T
+        kt = tl.load(K + offs_n[None, :] * stride_kt + offs_d[:, None], mask=in_t[None, :], other=0.0)
+        keep = tl.load(KEEP + offs_n, mask=in_t, other=0) != 0
+        s = dot(q, kt, None, PRECISION) * qk_scale
+        allowed = keep[None, :]
+        if DIAGONAL:
+            allowed = allowed & (offs_m[:, None] >= offs_n[None, :])
+        s = tl.where(allowed, s, float("-inf"))
+
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing allowed yet
+        p = tl.exp2(s - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        v = tl.load(V + offs_n[:, None] * stride_vt + offs_d[None, :], mask=in_t[:, None], other=0.0)
+        acc = dot(p.to(v.dtype), v, acc * alpha[:, None], PRECISION)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _fwd(Q, K, V, KEEP, O, LSE, qk_scale, T, H,
+         stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
+         D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
+    # the longest rows first: blocks further down the diagonal have more keys to visit
+    start_m = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_M
+    bh = tl.program_id(1)
+    b, h = bh // H, bh % H
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, D)
+    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qt + offs_d[None, :],
+                mask=offs_m[:, None] < T, other=0.0)
+    K += b * stride_kb + h * stride_kh
+    V += b * stride_vb + h * stride_vh
+    KEEP += b * T
+
+    acc = tl.zeros((BLOCK_M, D), tl.float32)
+    l_i = tl.zeros((BLOCK_M,), tl.float32)
+    m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K, V, KEEP, offs_m, 0, start_m, T, stride_kt, stride_vt,
+                               qk_scale, D, BLOCK_N, False, PRECISION)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K, V, KEEP, offs_m, start_m, tl.minimum(start_m + BLOCK_M, T),
+                               T, stride_kt, stride_vt, qk_scale, D, BLOCK_N, True, PRECISION)
+
+    nonempty = l_i > 0
+    acc = acc / tl.where(nonempty, l_i, 1.0)[:, None]
+    lse = tl.where(nonempty, m_i + tl.log2(tl.where(nonempty, l_i, 1.0)), 0.0)
+    in_t = offs_m < T
+    tl.store(O + (bh * T + offs_m[:, None]) * D + offs_d[None, :], acc.to(O.dtype.element_ty), mask=in_t[:, None])
+    tl.store(LSE + bh * T + offs_m, lse, mask=in_t)
+
+
+@triton.jit
+def _bwd_dq_inner(dq, q, do, lse, delta, K, V, KEEP, offs_m, lo, hi, T, stride_kt, stride_vt, qk_scale,
+                  D: tl.constexpr, BLOCK_N: tl.constexpr, DIAGONAL: tl.constexpr, PRECISION: tl.constexpr):
+    offs_d = tl.arange(0, D)
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        in_t = offs_n < T
+        kt = tl.load(K + offs_n[None, :] * stride_kt + offs_d[:, None], mask=in_t[None, :], other=0.0)
+        vt = tl.load(V + offs_n[None, :] * stride_vt + offs_d[:, None], mask=in_t[None, :], other=0.0)
+        keep = tl.load(KEEP + offs_n, mask=in_t, other=0) != 0
+        s = dot(q, kt, None, PRECISION) * qk_scale
+        allowed = keep[None, :]
+        if DIAGONAL:
+            allowed = allowed & (offs_m[:, None] >= offs_n[None, :])
+        p = tl.exp2(tl.where(allowed, s, float("-inf")) - lse[:, None])
+        dp = dot(do, vt, None, PRECISION)
+        ds = p * (dp - delta[:, None])
+        dq = dot(ds.to(kt.dtype), tl.trans(kt), dq, PRECISION)
+    return dq
+
+
+@triton.jit
+def _bwd_dq(Q, K, V, KEEP, O, DO, LSE, DELTA, DQ, sm_scale, qk_scale, T, H,
+            stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
+            stride_dob, stride_doh, stride_dot,
+            D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
+    start_m = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_M
+    bh = tl.program_id(1)
+    b, h = bh // H, bh % H
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, D)
+    in_t = offs_m < T
+    rows = offs_m[:, None] * D + offs_d[None, :]  # O and DQ are contiguous
+    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qt + offs_d[None, :],
+                mask=in_t[:, None], other=0.0)
+    do = tl.load(DO + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dot + offs_d[None, :],
+                 mask=in_t[:, None], other=0.0)
+    o = tl.load(O + bh * T * D + rows, mask=in_t[:, None], other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
+    tl.store(DELTA + bh * T + offs_m, delta, mask=in_t)
+    lse = tl.load(LSE + bh * T + offs_m, mask=in_t, other=0.0)
+    K += b * stride_kb + h * stride_kh
+    V += b * stride_vb + h * stride_vh
+    KEEP += b * T
+
+    dq = tl.zeros((BLOCK_M, D), tl.float32)
+    dq = _bwd_dq_inner(dq, q, do, lse, delta, K, V, KEEP, offs_m, 0, start_m, T, stride_kt, stride_vt, qk_scale,
+                       D, BLOCK_N, False, PRECISION)
+    dq = _bwd_dq_inner(dq, q, do, lse, delta, K, V, KEEP, offs_m, start_m, tl.minimum(start_m + BLOCK_M, T),
+                       T, stride_kt, stride_vt, qk_scale, D, BLOCK_N, True, PRECISION)
+    tl.store(DQ + bh * T * D + rows, (dq * sm_scale).to(DQ.dtype.element_ty), mask=in_t[:, None])
+
+
+@triton.jit
+def _bwd_dkdv_inner(dk, dv, k, v, keep, Q, DO, LSE, DELTA, offs_n, lo, hi, T, stride_qt, stride_dot, qk_scale,
+                    D: tl.constexpr, BLOCK_M: tl.constexpr, DIAGONAL: tl.constexpr, PRECISION: tl.constexpr):
+    """Transposed blocks: keys along rows, queries along columns."""
+    offs_d = tl.arange(0, D)
+    for start_m in range(lo, hi, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        in_t = offs_m < T
+        qt = tl.load(Q + offs_m[None, :] * stride_qt + offs_d[:, None], mask=in_t[None, :], other=0.0)
+        do = tl.load(DO + offs_m[:, None] * stride_dot + offs_d[None, :], mask=in_t[:, None], other=0.0)
+        # rows past T get lse = inf, hence probability 0
+        lse = tl.load(LSE + offs_m, mask=in_t, other=float("inf"))
+        delta = tl.load(DELTA + offs_m, mask=in_t, other=0.0)
+        st = dot(k, qt, None, PRECISION) * qk_scale
+        allowed = keep[:, None]
+        if DIAGONAL:
+            allowed = allowed & (offs_m[None, :] >= offs_n[:, None])
+        pt = tl.exp2(tl.where(allowed, st, float("-inf")) - lse[None, :])
+        dv = dot(pt.to(do.dtype), do, dv, PRECISION)
+        dpt = dot(v, tl.trans(do), None, PRECISION)
+        dst = pt * (dpt - delta[None, :])
+        dk = dot(dst.to(qt.dtype), tl.trans(qt), dk, PRECISION)
+    return dk, dv
+
+
+@triton.jit
+def _bwd_dkdv(Q, K, V, KEEP, DO, LSE, DELTA, DK, DV, sm_scale, qk_scale, T, H,
+              stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
+              stride_dob, stride_doh, stride_dot,
+              D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
+    start_n = tl.program_id(0) * BLOCK_N
+    bh = tl.program_id(1)
+    b, h = bh // H, bh % H
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, D)
+    in_t = offs_n < T
+    k = tl.load(K + b * stride_kb + h * stride_kh + offs_n[:, None] * stride_kt + offs_d[None, :],
+                mask=in_t[:, None], other=0.0)
+    v = tl.load(V + b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vt + offs_d[None, :],
+                mask=in_t[:, None], other=0.0)
+    keep = tl.load(KEEP + b * T + offs_n, mask=in_t, other=0) != 0
+    Q += b * stride_qb + h * stride_qh
+    DO += b * stride_dob + h * stride_doh
+    LSE += bh * T
+    DELTA += bh * T
+
+    dk = tl.zeros((BLOCK_N, D), tl.float32)
+    dv = tl.zeros((BLOCK_N, D), tl.float32)
+    dk, dv = _bwd_dkdv_inner(dk, dv, k, v, keep, Q, DO, LSE, DELTA, offs_n, start_n, tl.minimum(start_n + BLOCK_N, T),
+                             T, stride_qt, stride_dot, qk_scale, D, BLOCK_M, True, PRECISION)
+    dk, dv = _bwd_dkdv_inner(dk, dv, k, v, keep, Q, DO, LSE, DELTA, offs_n, start_n + BLOCK_N, T,
+                             T, stride_qt, stride_dot, qk_scale, D, BLOCK_M, False, PRECISION)
+    rows = (bh * T + offs_n[:, None]) * D + offs_d[None, :]
+    tl.store(DK + rows, (dk * sm_scale).to(DK.dtype.element_ty), mask=in_t[:, None])
+    tl.store(DV + rows, dv.to(DV.dtype.element_ty), mask=in_t[:, None])
+
+
+def _config(D, device):
+    """Block sizes and launch options of (forward, dq, dkdv). Each kernel's outer block is a
+    multiple of its inner block, so that the diagonal falls on whole inner blocks."""
+    if device.type != "cuda":  # interpreter: small blocks so that tests cross block edges cheaply
+        small = dict(BLOCK_M=32, BLOCK_N=16)
+        return small, small, dict(BLOCK_M=16, BLOCK_N=32), {}
+    warps = 4 if D <= 64 else 8
+    launch = dict(num_warps=warps, num_stages=3)
+    fwd = dict(BLOCK_M=128, BLOCK_N=64 if D <= 64 else 32)
+    return fwd, dict(BLOCK_M=128, BLOCK_N=32), dict(BLOCK_M=32, BLOCK_N=128), launch
+
+
+def _strides(x):
+    return x.stride(0), x.stride(1), x.stride(2)
+
+
+def _precision(dtype):
+    # fp32 inputs: three tf32 products give about fp32 accuracy; 16-bit inputs ignore this
+    return "tf32x3" if dtype == torch.float32 else "tf32"
+
+
+class _FlashAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, keep):
+        B, H, T, D = q.shape
+        fwd, _, _, launch = _config(D, q.device)
+        o = torch.empty(B, H, T, D, dtype=q.dtype, device=q.device)
+        lse = torch.empty(B, H, T, dtype=torch.float32, device=q.device)
+        grid = (triton.cdiv(T, fwd["BLOCK_M"]), B * H)
+        _fwd[grid](q, k, v, keep, o, lse, LOG2E / math.sqrt(D), T, H, *_strides(q), *_strides(k), *_strides(v),
+                   D=D, PRECISION=_precision(q.dtype), **fwd, **launch)
+        ctx.save_for_backward(q, k, v, keep, o, lse)
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, keep, o, lse = ctx.saved_tensors
+        B, H, T, D = q.shape
+        _, dq_blocks, dkdv_blocks, launch = _config(D, q.device)
+        if do.stride(-1) != 1:
+            do = do.contiguous()
+        dq, dk, dv = (torch.empty(B, H, T, D, dtype=q.dtype, device=q.device) for _ in range(3))
+        delta = torch.empty_like(lse)
+        sm_scale = 1.0 / math.sqrt(D)
+        args = (sm_scale, sm_scale * LOG2E, T, H, *_strides(q), *_strides(k), *_strides(v), *_strides(do))
+        consts = dict(D=D, PRECISION=_precision(q.dtype), **launch)
+        _bwd_dq[(triton.cdiv(T, dq_blocks["BLOCK_M"]), B * H)](
+            q, k, v, keep, o, do, lse, delta, dq, *args, **dq_blocks, **consts)
+        _bwd_dkdv[(triton.cdiv(T, dkdv_blocks["BLOCK_N"]), B * H)](
+            q, k, v, keep, do, lse, delta, dk, dv, *args, **dkdv_blocks, **consts)
+        return dq, dk, dv, None
+
+
+def flash_attention(q, k, v, key_padding_mask=None):
+    """Causal attention of (B, H, T, D) tensors; see kernels.attention for the semantics."""
+    check_device(q.device, "causal_attention")
+    B, H, T, D = q.shape
+    if not (k.shape == v.shape == q.shape and k.dtype == v.dtype == q.dtype):
+        raise ValueError(f"q, k, v must have one shape and dtype, got {tuple(q.shape)} {q.dtype}, "
+                         f"{tuple(k.shape)} {k.dtype}, {tuple(v.shape)} {v.dtype}")
+    if D not in (16, 32, 64, 128) or q.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"the triton backend takes head dims 16, 32, 64, 128 in fp32, bf16 or fp16, "
+                         f"got {D} in {q.dtype}: use backend='sdpa'")
+    if key_padding_mask is None:
+        keep = torch.ones(B, T, dtype=torch.bool, device=q.device)
+    elif key_padding_mask.shape != (B, T) or key_padding_mask.dtype != torch.bool:
+        raise ValueError(f"key_padding_mask must be a ({B}, {T}) bool tensor, got "
+                         f"{tuple(key_padding_mask.shape)} {key_padding_mask.dtype}")
+    else:
+        keep = key_padding_mask.contiguous()
+    q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
+    return _FlashAttention.apply(q, k, v, keep)

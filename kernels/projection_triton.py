@@ -1,0 +1,139 @@
+"""Triton kernel behind ``kernels.projection.nearest_tokens``.
+
+Each program takes a block of queries and a slice of the vocabulary. It scores one tile
+of vocabulary rows at a time against all its queries, a (BLOCK_V, BLOCK_M) block on the
+tensor cores: vocabulary rows on the long side, so that the tile stays efficient when
+there are only a few queries. Each query column keeps its running top-KP in registers.
+The slices are there for parallelism when there are few query blocks; their candidates
+are merged on the host (a top-k over splits * KP entries per query).
+
+Exact fp32 scores on tensor cores: fp32 and fp16 rows go through the tf32x3 dot (three
+tf32 products, about fp32 accuracy). For bf16 rows the fp32 queries are split into
+three bf16 parts whose sum is the query exactly; every bf16 x bf16 product is exact in
+fp32, so three bf16 dots give the fp32 result at a fraction of the tf32x3 cost.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from kernels.triton_common import check_device, dot
+
+_BIG = tl.constexpr(2**31 - 1)
+
+
+@triton.jit
+def _score_tile(Q, E, inv_qn, offs_m, offs_v, M, v_hi, D, stride_qp, stride_qm, stride_e,
+                METRIC: tl.constexpr, Q_PARTS: tl.constexpr, PRECISION: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Ranking scores (higher is better) of rows offs_v against queries offs_m: (BLOCK_V, BLOCK_M)."""
+    acc = tl.zeros((BLOCK_V, BLOCK_M), tl.float32)
+    sq = tl.zeros((BLOCK_V,), tl.float32)
+    rows = offs_v.to(tl.int64)[:, None] * stride_e
+    for d0 in range(0, D, BLOCK_D):
+        offs_d = d0 + tl.arange(0, BLOCK_D)
+        e = tl.load(E + rows + offs_d[None, :], mask=(offs_v[:, None] < v_hi) & (offs_d[None, :] < D), other=0.0)
+        if METRIC != "dot":
+            ef = e.to(tl.float32)
+            sq += tl.sum(ef * ef, axis=1)
+        if Q_PARTS == 1:
+            e = e.to(tl.float32)
+        q_mask = (offs_m[None, :] < M) & (offs_d[:, None] < D)
+        for p in tl.static_range(Q_PARTS):
+            qt = tl.load(Q + p * stride_qp + offs_m[None, :] * stride_qm + offs_d[:, None], mask=q_mask, other=0.0)
+            acc = dot(e, qt, acc, PRECISION)
+    if METRIC == "l2":
+        acc = 2.0 * acc - sq[:, None]
+    if METRIC == "cos":
+        inv_en = tl.where(sq > 0, tl.div_rn(1.0, tl.sqrt_rn(tl.maximum(sq, 1e-30))), 0.0)
+        acc = acc * inv_qn[None, :] * inv_en[:, None]
+    return tl.where(offs_v[:, None] < v_hi, acc, float("-inf"))
+
+
+@triton.jit
+def _fold(s, offs_v, best_s, best_i, KP: tl.constexpr):
+    """Fold a tile of scores into each query column's running top-KP.
+
+    KP rounds each take the best remaining tile entry of every column (lowest row on a
+    tie) and let it replace the worst kept entry if it beats it. Rows arrive in
+    increasing order, so an equal score never displaces a kept entry, and of equal
+    kept scores the highest row is the one to go.
+    """
+    for _ in tl.static_range(KP):
+        top = tl.max(s, axis=0)
+        at = tl.min(tl.where(s == top[None, :], offs_v[:, None], _BIG), axis=0)
+        s = tl.where(offs_v[:, None] == at[None, :], float("-inf"), s)
+        worst = tl.min(best_s, axis=0)
+        drop = tl.max(tl.where(best_s == worst[None, :], best_i, -1), axis=0)
+        replace = (best_i == drop[None, :]) & (top > worst)[None, :]
+        best_s = tl.where(replace, top[None, :], best_s)
+        best_i = tl.where(replace, at[None, :], best_i)
+    return best_s, best_i
+
+
+@triton.jit
+def _nearest_kernel(Q, E, INV_QN, OUT_S, OUT_I, M, V, D, rows_per_split,
+                    stride_qp, stride_qm, stride_e,
+                    METRIC: tl.constexpr, Q_PARTS: tl.constexpr, PRECISION: tl.constexpr, KP: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr):
+    split = tl.program_id(1)
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    v_lo = split * rows_per_split
+    v_hi = tl.minimum(v_lo + rows_per_split, V)
+    inv_qn = tl.zeros((BLOCK_M,), tl.float32)
+    if METRIC == "cos":
+        inv_qn = tl.load(INV_QN + offs_m, mask=offs_m < M, other=0.0)
+
+    slots = tl.arange(0, KP)[:, None]
+    best_s = tl.full((KP, BLOCK_M), float("-inf"), tl.float32)
+    best_i = tl.broadcast_to(V + slots, (KP, BLOCK_M))  # placeholders rank below every real row
+    for v0 in range(v_lo, v_hi, BLOCK_V):
+        offs_v = v0 + tl.arange(0, BLOCK_V)
+        s = _score_tile(Q, E, inv_qn, offs_m, offs_v, M, v_hi, D, stride_qp, stride_qm, stride_e,
+                        METRIC, Q_PARTS, PRECISION, BLOCK_M, BLOCK_V, BLOCK_D)
+        best_s, best_i = _fold(s, offs_v, best_s, best_i, KP)
+
+    out = split * M * KP + offs_m[None, :] * KP + slots
+    tl.store(OUT_S + out, best_s, mask=offs_m[None, :] < M)
+    tl.store(OUT_I + out, best_i, mask=offs_m[None, :] < M)
+
+
+def _split_bf16(q):
+    """Three bf16 tensors whose fp32 sum is q exactly."""
+    parts = []
+    for _ in range(3):
+        parts.append(q.bfloat16())
+        q = q - parts[-1].float()
+    return torch.stack(parts)
+
+
+def _config(M, d, device):
+    """Block sizes, launch options and how many programs to aim for."""
+    if device.type != "cuda":  # interpreter: small tiles so that tests cover every edge cheaply
+        return dict(BLOCK_M=min(64, max(16, triton.next_power_of_2(M))), BLOCK_V=64, BLOCK_D=32), {}, 3
+    block_m = min(128, max(16, triton.next_power_of_2(M)))
+    launch = dict(num_warps=4 if block_m <= 64 else 8, num_stages=3 if block_m <= 64 else 2)
+    programs = 4 * torch.cuda.get_device_properties(device).multi_processor_count
+    return dict(BLOCK_M=block_m, BLOCK_V=128, BLOCK_D=64), launch, programs
+
+
+def candidates(q, E, kp, metric, inv_qn):
+    """Per query, the top-kp (scores, int64 indices) of each vocabulary slice: (M, splits * kp) each."""
+    check_device(q.device, "nearest_tokens")
+    (M, d), V = q.shape, E.shape[0]
+    if E.dtype == torch.bfloat16:
+        qp, q_parts, precision = _split_bf16(q), 3, "tf32"  # bf16 dots: the precision is unused
+    else:
+        qp, q_parts, precision = q[None], 1, "tf32x3"
+    blocks, launch, programs = _config(M, d, q.device)
+    m_blocks = triton.cdiv(M, blocks["BLOCK_M"])
+    tiles = triton.cdiv(V, blocks["BLOCK_V"])
+    tiles_per_split = triton.cdiv(tiles, min(tiles, max(1, programs // m_blocks)))
+    splits = triton.cdiv(tiles, tiles_per_split)
+
+    out_s = torch.empty(splits, M, kp, dtype=torch.float32, device=q.device)
+    out_i = torch.empty(splits, M, kp, dtype=torch.int32, device=q.device)
+    _nearest_kernel[(m_blocks, splits)](
+        qp, E, inv_qn if inv_qn is not None else q, out_s, out_i, M, V, d, tiles_per_split * blocks["BLOCK_V"],
+        qp.stride(0), qp.stride(1), E.stride(0),
+        METRIC=metric, Q_PARTS=q_parts, PRECISION=precision, KP=kp, **blocks, **launch)
+    return out_s.transpose(0, 1).reshape(M, -1), out_i.transpose(0, 1).reshape(M, -1)

@@ -1,0 +1,99 @@
+"""The sdpa and triton attention backends against the naive one, forward and backward.
+
+The Triton kernels run in the interpreter on CPU tensors: small shapes whose lengths are
+not multiples of the block sizes (16 and 32 there), right-padded sequences and a
+sequence that is all padding.
+"""
+import pytest
+import torch
+
+from kernels.attention import causal_attention, default_backend
+
+B, H = 2, 3
+
+
+def padding_mask(T):
+    """Sequence 0 is right-padded (when T > 1), sequence 1 is all padding."""
+    keep = torch.ones(B, T, dtype=torch.bool)
+    keep[0, max(1, T - 3):] = False
+    keep[1] = False
+    return keep
+
+
+def inputs(T, D, dtype, seed, transposed=False):
+    """q, k, v and an output gradient; transposed ones come as (B, T, H, D) views, as in a model."""
+    g = torch.Generator().manual_seed(seed)
+    shape = (B, T, H, D) if transposed else (B, H, T, D)
+    q, k, v, do = (torch.randn(shape, generator=g).to(dtype) for _ in range(4))
+    if transposed:
+        q, k, v, do = (x.transpose(1, 2) for x in (q, k, v, do))
+    return q, k, v, do
+
+
+def run(backend, q, k, v, do, keep, dtype=None):
+    """Output and (dq, dk, dv) of one backend, on copies of the inputs cast to dtype."""
+    q, k, v = (x.detach().to(dtype or x.dtype).requires_grad_() for x in (q, k, v))
+    out = causal_attention(q, k, v, keep, backend=backend)
+    grads = torch.autograd.grad(out, (q, k, v), do.to(out.dtype))
+    return (out, *grads)
+
+
+def max_errors(got, want):
+    return [(g.double() - w.double()).abs().max().item() for g, w in zip(got, want)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("T,D", [(1, 16), (5, 32), (37, 64), (70, 16)])
+def test_triton_matches_naive(T, D, dtype):
+    q, k, v, do = inputs(T, D, dtype, seed=T + D, transposed=T == 37)
+    keep = padding_mask(T)
+    triton_results = run("triton", q, k, v, do, keep)
+    exact = run("naive", q, k, v, do, keep, dtype=torch.float64)
+    errors = max_errors(triton_results, exact)
+    if dtype == torch.float32:
+        assert max(errors) < 1e-5, errors
+    else:
+        # a few units of rounding of the largest value (the interpreter truncates when it
+        # casts to bf16, where a GPU rounds to nearest, so bf16 needs the margin here)
+        tolerances = [4 * torch.finfo(dtype).eps * w.abs().max().item() + 1e-4 for w in exact]
+        assert all(e <= t for e, t in zip(errors, tolerances)), (errors, tolerances)
+
+    out, dq, dk, dv = triton_results
+    assert out.dtype == dtype and not any(torch.isnan(x).any() for x in triton_results)
+    # the all-padding sequence: zero output, and nothing flows back through it
+    for x in triton_results:
+        assert torch.all(x[1] == 0)
+    # padded keys get no gradient
+    assert torch.all(dk[0, :, ~keep[0]] == 0) and torch.all(dv[0, :, ~keep[0]] == 0)
+
+
+@pytest.mark.parametrize("T,D", [(37, 32), (20, 128)])
+def test_triton_without_mask(T, D):
+    q, k, v, do = inputs(T, D, torch.float32, seed=D)
+    errors = max_errors(run("triton", q, k, v, do, None), run("naive", q, k, v, do, None, dtype=torch.float64))
+    assert max(errors) < 1e-5, errors
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("T", [1, 5, 37])
+def test_sdpa_matches_naive(T, masked):
+    q, k, v, do = inputs(T, 32, torch.float32, seed=T)
+    keep = padding_mask(T) if masked else None
+    errors = max_errors(run("sdpa", q, k, v, do, keep), run("naive", q, k, v, do, keep, dtype=torch.float64))
+    assert max(errors) < 1e-5, errors
+
+
+def test_default_backend_on_cpu_is_sdpa():
+    assert default_backend(torch.device("cpu")) == "sdpa"
+
+
+def test_unknown_backend_says_what_to_use():
+    q = torch.zeros(1, 1, 4, 16)
+    with pytest.raises(ValueError, match="unknown attention backend 'flash': use one of naive, sdpa, triton or auto"):
+        causal_attention(q, q, q, backend="flash")
+
+
+def test_triton_rejects_unsupported_head_dim():
+    q = torch.zeros(1, 1, 4, 24)
+    with pytest.raises(ValueError, match="head dims 16, 32, 64, 128 .* use backend='sdpa'"):
+        causal_attention(q, q, q, backend="triton")

@@ -1,0 +1,129 @@
+"""kernels.projection.nearest_tokens against a brute-force float64 reference.
+
+The Triton backend runs in the interpreter on CPU tensors, so shapes stay small but
+awkward: V and d are not multiples of the block sizes, and M=1 splits the vocabulary
+across programs, which exercises the merge of their candidates.
+"""
+import pytest
+import torch
+
+import kernels.projection as projection
+from kernels.projection import nearest_tokens
+
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+METRICS = ("dot", "l2", "cos")
+BACKENDS = ("torch", "triton")
+
+
+def reference(q, E, k, metric):
+    """Full score matrix in float64, stable sort: equal scores keep the lowest index first."""
+    q, E = q.double(), E.double()
+    if metric == "l2":
+        rank = -((q[:, None, :] - E[None, :, :]) ** 2).sum(-1)
+    else:
+        rank = q @ E.T
+        if metric == "cos":
+            norms = q.norm(dim=1)[:, None] * E.norm(dim=1)[None, :]
+            rank = torch.where(norms > 0, rank / norms, 0.0)
+    order = torch.sort(-rank, dim=1, stable=True).indices[:, : max(k, 2)]
+    best = rank.gather(1, order)
+    scores = -best if metric == "l2" else best
+    return order[:, :k], scores[:, :k], (best[:, 0] - best[:, 1]).abs(), rank
+
+
+def grid(*shape, generator):
+    """Multiples of 1/8 in [-1, 1]: exact in every dtype, so dot and l2 sums are exact in fp32
+    whatever the order of summation, and ties are common."""
+    return torch.randint(-8, 9, shape, generator=generator).float() / 8
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Makes the torch backend walk the vocabulary in many chunks, the last one partial."""
+    monkeypatch.setattr(projection, "CHUNK_ELEMENTS", 2048)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("M,k", [(1, 1), (37, 8)])
+def test_exact_on_grid_data(M, k, metric, dtype, backend, small_chunks):
+    g = torch.Generator().manual_seed(M * 31 + k)
+    q, E = grid(M, 40, generator=g), grid(517, 40, generator=g).to(dtype)
+    got = nearest_tokens(q, E, k=k, metric=metric, backend=backend)
+    ref_i, ref_s, ref_margin, rank = reference(q, E, k, metric)
+
+    assert got.indices.dtype == torch.int64 and got.indices.shape == (M, k)
+    assert got.scores.dtype == torch.float32 and got.margin.shape == (M,)
+    torch.testing.assert_close(got.scores.double(), ref_s, atol=1e-5, rtol=1e-6)
+    torch.testing.assert_close(got.margin.double(), ref_margin, atol=1e-5, rtol=1e-6)
+    if metric == "cos":
+        # cosines are rounded; rows may swap only where their true cosines are that close
+        torch.testing.assert_close(rank.gather(1, got.indices), rank.gather(1, ref_i), atol=1e-6, rtol=0)
+    else:
+        assert torch.equal(got.indices, ref_i)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("M,d,k", [(1, 24, 8), (300, 64, 1)])
+def test_backends_agree_on_random_data(M, d, k, metric, dtype):
+    g = torch.Generator().manual_seed(M + d)
+    q, E = torch.randn(M, d, generator=g), torch.randn(600, d, generator=g).to(dtype)
+    by_torch = nearest_tokens(q, E, k=k, metric=metric, backend="torch")
+    by_triton = nearest_tokens(q, E, k=k, metric=metric, backend="triton")
+    assert torch.equal(by_triton.indices, by_torch.indices)
+    torch.testing.assert_close(by_triton.scores, by_torch.scores, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(by_triton.margin, by_torch.margin, atol=1e-4, rtol=1e-5)
+
+    ref_i, ref_s, ref_margin, rank = reference(q, E, k, metric)
+    torch.testing.assert_close(rank.gather(1, by_triton.indices), rank.gather(1, ref_i), atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(by_triton.scores.double(), ref_s, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(by_triton.margin.double(), ref_margin, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("metric", METRICS)
+def test_duplicate_rows_go_to_the_lowest_index(metric, backend, small_chunks):
+    g = torch.Generator().manual_seed(0)
+    E = grid(700, 32, generator=g)
+    E[5:15] *= 4  # long rows, so that each is its own best match under every metric
+    E[400:410] = E[5:15]
+    got = nearest_tokens(E[5:15].clone(), E.bfloat16(), k=2, metric=metric, backend=backend)
+    rows = torch.arange(5, 15)
+    assert torch.equal(got.indices, torch.stack([rows, rows + 395], dim=1))
+    assert torch.equal(got.scores[:, 0], got.scores[:, 1])
+    assert torch.all(got.margin == 0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_zero_vectors_have_cosine_zero(backend):
+    g = torch.Generator().manual_seed(1)
+    q, E = torch.randn(3, 24, generator=g), torch.randn(300, 24, generator=g)
+    q[1] = 0
+    E[7] = 0
+    got = nearest_tokens(q, E, k=4, metric="cos", backend=backend)
+    assert torch.equal(got.indices[1], torch.arange(4))
+    assert torch.all(got.scores[1] == 0) and got.margin[1] == 0
+    assert not torch.isnan(got.scores).any()
+    assert 7 not in got.indices[[0, 2]]
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(queries=torch.zeros(2, 3, 4)), "queries must be a non-empty (M, d) tensor"),
+    (dict(queries=torch.zeros(0, 4)), "queries must be a non-empty (M, d) tensor"),
+    (dict(queries=torch.zeros(2, 4, dtype=torch.long)), "queries must be floating point"),
+    (dict(embeddings=torch.zeros(10)), "embeddings must be a (V, d) tensor"),
+    (dict(embeddings=torch.zeros(10, 4, dtype=torch.float64)), "embeddings must be float32, bfloat16"),
+    (dict(embeddings=torch.zeros(10, 5)), "queries have d=4 but embeddings have d=5"),
+    (dict(k=0), "k must be an int from 1 to 8"),
+    (dict(k=9), "k must be an int from 1 to 8"),
+    (dict(k=3, embeddings=torch.zeros(2, 4)), "fewer than max(k, 2) = 3"),
+    (dict(metric="euclid"), "unknown metric 'euclid': use one of dot, l2, cos"),
+    (dict(backend="cuda"), "unknown backend 'cuda': use one of auto, triton, torch"),
+])
+def test_bad_input_says_what_to_do(kwargs, message):
+    args = dict(queries=torch.zeros(2, 4), embeddings=torch.zeros(10, 4), k=1, metric="dot", backend="torch")
+    with pytest.raises(ValueError) as error:
+        nearest_tokens(**{**args, **kwargs})
+    assert message in str(error.value) and "\n" not in str(error.value)
