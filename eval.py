@@ -16,7 +16,8 @@ from minway.cli import run_cli
 from minway.errors import MinwayError
 from minway.evaluation import measure, summary
 from minway.prompt import METRICS, d_proj
-from minway.training import Setup, load_prompt
+from minway.setup import Setup
+from minway.storage import load_prompt
 
 
 def position_table(prompt, target_ids, tokenizer, embeddings):
@@ -52,7 +53,7 @@ def main(argv=None):
                                    ("max_eval", args.max_eval)) if v is not None}
     config = replace(config, device=args.device, **overrides)
     setup = Setup(config)
-    if setup.target_ids != target_ids:
+    if setup.target_ids(config) != target_ids:
         raise MinwayError(f"the tokenizer of {setup.checkpoint_dir} encodes the target differently from the one "
                           f"the prompt was trained with: pass --model with the right checkpoint")
     if prompt.shape[1] != setup.model.config.n_embd:

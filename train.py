@@ -9,7 +9,9 @@ from minway.prompt import METRICS
 from minway.targets import resolve_target
 from minway.tasks import TASKS
 from minway.evaluation import summary
-from minway.training import RunConfig, compare, train
+from minway.config import RunConfig
+from minway.errors import MinwayError
+from minway.training import compare, train
 
 
 def parse_args(argv=None):
@@ -29,6 +31,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--metric", choices=METRICS, default="dot", help="nearest neighbour of d-proj (the paper: dot)")
     p.add_argument("--k", type=int, help="training examples per class (default: all)")
+    p.add_argument("--label-map", help="train towards permuted labels, e.g. 1,0: positive reviews called negative")
     p.add_argument("--data-dir", help="holds <task>/{train,test}.tsv (default: $MINWAY_DATA, data/, ../shared/data)")
     p.add_argument("--max-eval", type=int, help="evaluate on the first N test examples only")
     p.add_argument("--eval-batch-size", type=int, default=32)
@@ -45,6 +48,15 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def parse_label_map(text):
+    if text is None:
+        return None
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise MinwayError(f"--label-map {text!r} must be comma-separated label ids, e.g. 1,0") from None
+
+
 def main(argv=None):
     args = parse_args(argv)
     target = resolve_target(args.target, args.target_file, args.target_name, args.prompts_file)
@@ -53,7 +65,7 @@ def main(argv=None):
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed, metric=args.metric,
         k=args.k, data_dir=args.data_dir, max_eval=args.max_eval, eval_batch_size=args.eval_batch_size,
         eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, device=args.device, dtype=args.dtype,
-        attention=args.attention, target_name=args.target_name)
+        attention=args.attention, target_name=args.target_name, label_map=parse_label_map(args.label_map))
     run = compare if args.compare else train
     results = run(config, args.out, args.resume, args.force, progress=not args.no_progress)
     if results.get("random_weights"):

@@ -30,14 +30,41 @@ def prompted_embeddings(model, prompt, rows):
     return torch.cat([prompt, text], dim=1), torch.cat([prompt_mask, text_mask], dim=1)
 
 
-def output_nll(model, prompt, inputs, outputs):
-    """Mean negative log-likelihood per row (B,) of ``outputs[b]`` after prompt and ``inputs[b]``."""
-    embeds, mask = prompted_embeddings(model, prompt, [i + o for i, o in zip(inputs, outputs)])
+def nll_after(model, embeds, mask, first, outputs):
+    """Mean negative log-likelihood per row of ``outputs[b]``, whose first token is predicted at ``first[b]``."""
     device = embeds.device
-    L = prompt.shape[-2]
     targets, target_mask = pad(outputs, -100, device)
-    first = torch.tensor([L + len(i) - 1 for i in inputs], device=device)
     positions = (first[:, None] + torch.arange(targets.shape[1], device=device)).clamp(max=embeds.shape[1] - 1)
     logits = model(embeds=embeds, key_padding_mask=mask, logit_positions=positions).logits
     nll = F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=-100, reduction="none")
     return (nll * target_mask).sum(1) / target_mask.sum(1)
+
+
+def output_nll(model, prompt, inputs, outputs):
+    """Mean negative log-likelihood per row (B,) of ``outputs[b]`` after the prompt and ``inputs[b]``."""
+    embeds, mask = prompted_embeddings(model, prompt, [i + o for i, o in zip(inputs, outputs)])
+    first = torch.tensor([prompt.shape[-2] + len(i) - 1 for i in inputs], device=embeds.device)
+    return nll_after(model, embeds, mask, first, outputs)
+
+
+def bank_embeddings(model, vectors, lengths, owner, rows):
+    """Like ``prompted_embeddings`` with a prompt per row: row r is led by prompt ``owner[r]`` of
+    ``vectors`` (K, L_max, d), of which the first ``lengths[owner[r]]`` vectors are real."""
+    device = model.wte.weight.device
+    ids, text_mask = pad(rows, 0, device)
+    text = model.embed(ids)
+    prompt_len = lengths[owner]
+    n_real = prompt_len + text_mask.sum(1)
+    L_max, T = vectors.shape[1], int(n_real.max())
+    source = torch.cat([vectors[owner].to(text.dtype), text], dim=1)
+    t = torch.arange(T, device=device)[None, :]
+    index = torch.where(t < prompt_len[:, None], t, L_max + t - prompt_len[:, None]).clamp(max=source.shape[1] - 1)
+    embeds = source.gather(1, index[..., None].expand(-1, -1, source.shape[-1]))
+    return embeds, t < n_real[:, None]
+
+
+def bank_output_nll(model, vectors, lengths, owner, inputs, outputs):
+    """``output_nll`` with a prompt per row (see ``bank_embeddings``)."""
+    embeds, mask = bank_embeddings(model, vectors, lengths, owner, [i + o for i, o in zip(inputs, outputs)])
+    first = lengths[owner] + torch.tensor([len(i) - 1 for i in inputs], device=embeds.device)
+    return nll_after(model, embeds, mask, first, outputs)

@@ -35,7 +35,8 @@ def option_nll(model, prompt, inputs, options):
     if any(len(o) == 0 for o in options):
         raise ValueError("every option needs at least one token")
     B, C, L = len(inputs), len(options), prompt.shape[-2]
-    n = common_prefix_length(options)
+    # at least one suffix keeps a token (identical options, or a single one, share everything)
+    n = min(common_prefix_length(options), max(len(o) for o in options) - 1)
     common, suffixes = options[0][:n], [o[n:] for o in options]
     device = model.wte.weight.device
 

@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 import torch
 
-from minway.batch import output_nll
+from minway.batch import bank_output_nll, output_nll
 
 
 class Loss(NamedTuple):
@@ -27,3 +27,15 @@ def wayward_loss(model, prompt, target_embeds, inputs, outputs, gamma):
     ce = output_nll(model, prompt, inputs, outputs).mean()
     distance = c_dist(prompt, target_embeds)
     return Loss(ce + gamma * distance, ce, distance)
+
+
+def bank_losses(model, bank, owner, inputs, outputs, gammas):
+    """The loss of each prompt of a PromptBank (K,), its rows of the batch picked by ``owner``.
+
+    The prompts are independent parameters, so the gradient of the sum of these losses
+    with respect to prompt k is the gradient of prompt k's own loss.
+    """
+    nll = bank_output_nll(model, bank.vectors, bank.lengths, owner, inputs, outputs)
+    ce = torch.zeros(len(bank), device=nll.device).index_add(0, owner, nll) / torch.bincount(owner, minlength=len(bank))
+    distance = (bank.vectors - bank.targets).pow(2).sum((1, 2)) / bank.lengths
+    return Loss(ce + gammas * distance, ce, distance)

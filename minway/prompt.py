@@ -27,3 +27,27 @@ def init_prompt(model, target_ids):
 def d_proj(prompt, embeddings, metric="dot", k=1):
     """Nearest tokens of each prompt vector: ``Nearest(indices (L, k), scores (L, k), margin (L,))``."""
     return nearest_tokens(prompt.detach().float(), embeddings.detach(), k=k, metric=metric)
+
+
+class PromptBank(torch.nn.Module):
+    """K prompts, each initialised at the c-proj of its own target, in one (K, L_max, d) parameter.
+
+    Prompts shorter than L_max are padded with zeros there; the padding never enters
+    the model nor the distance, so it gets no gradient and stays zero.
+    """
+
+    def __init__(self, model, targets):
+        super().__init__()
+        lengths = [len(t) for t in targets]
+        padded = torch.zeros(len(targets), max(lengths), model.config.n_embd, device=model.wte.weight.device)
+        for k, ids in enumerate(targets):
+            padded[k, :len(ids)] = c_proj(model, ids)
+        self.register_buffer("lengths", torch.tensor(lengths, device=padded.device))
+        self.register_buffer("targets", padded)
+        self.vectors = torch.nn.Parameter(padded.clone())
+
+    def __len__(self):
+        return len(self.lengths)
+
+    def prompt(self, k):
+        return self.vectors[k, :int(self.lengths[k])]

@@ -29,7 +29,7 @@ TASKS = {
     "sst5": Task("sst5", " It was {} .", ("terrible", "bad", "okay", "good", "great"), 128),
     "agnews": Task("agnews", " Subject: {}.", ("World", "Sports", "Business", "Technology"), 256),
     "subj": Task("subj", " It's all {} .", ("subjective", "objective"), 256),
-    "trec": Task("trec", " Q: {} : ", ("Description", "Entity", "Expression", "Human", "Location", "Number"), 128),
+    "trec": Task("trec", " Q: {} :", ("Description", "Entity", "Expression", "Human", "Location", "Number"), 128),
 }
 
 

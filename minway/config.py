@@ -1,0 +1,66 @@
+"""The configuration of one run, and the id that names its directory."""
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from minway.tasks import get_task
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    task: str
+    target: str
+    model: str = "gpt2-large"
+    gamma: float = 0.01
+    steps: int = 2000
+    batch_size: int = 8
+    lr: float = 0.01
+    weight_decay: float = 0.0
+    clip: float = 1.0
+    seed: int = 1
+    metric: str = "dot"
+    k: int | None = None
+    label_map: tuple[int, ...] | None = None  # train and test towards label_map[y] instead of y
+    data_dir: str | None = None
+    max_eval: int | None = None
+    eval_batch_size: int = 32
+    eval_every: int = 0
+    checkpoint_every: int = 100
+    device: str = "auto"
+    dtype: str = "fp32"
+    attention: str = "auto"
+    target_name: str | None = None
+
+    def __post_init__(self):
+        if self.label_map is not None:  # JSON gives lists back
+            object.__setattr__(self, "label_map", tuple(self.label_map))
+
+    def run_id(self):
+        """Readable and unique: what identifies the result, plus a hash of everything else."""
+        digest = hashlib.sha1(json.dumps(self.result_defining(), sort_keys=True).encode()).hexdigest()[:8]
+        name = self.target_name or re.sub(r"[^A-Za-z0-9]+", "-", self.target).strip("-")[:24]
+        return f"{get_task(self.task).name}-{Path(self.model).name}-{name}-g{self.gamma:g}-s{self.seed}-{digest}"
+
+    def result_defining(self):
+        """The fields that change the trained prompt (not where data comes from or how often we log)."""
+        fields = asdict(self)
+        for key in ("data_dir", "eval_every", "checkpoint_every", "eval_batch_size", "target_name"):
+            fields.pop(key)
+        if fields["label_map"] is None:
+            fields.pop("label_map")  # ids of runs made before label maps existed stay valid
+        return fields
+
+    def setup_key(self):
+        """Runs with equal keys share one model and data set (and can train in one batch)."""
+        return (self.model, get_task(self.task).name, self.data_dir, self.k, self.seed if self.k else None,
+                self.label_map, self.max_eval, self.device, self.dtype, self.attention)
+
+    def schedule_key(self):
+        """Runs with equal keys follow the same optimiser schedule."""
+        return (self.steps, self.batch_size, self.lr, self.weight_decay, self.clip)

@@ -1,0 +1,115 @@
+"""Shared fixtures of the pipeline tests: a tiny random GPT-2 with the real vocabulary, small data.
+
+Import the fixtures a test module needs (``from fixtures import tiny_checkpoint  # noqa: F401``).
+Each is built once per test session whichever modules import it.
+"""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT, SHARED
+from minway.model import GPT2, GPT2Config, init_weights
+from weights.random_checkpoint import write_random_checkpoint
+
+TOKENIZER_DIR = SHARED / "gpt2-tokenizer"
+SHARED_DATA = SHARED / "data"
+SHARED_PROMPTS = SHARED / "prompts"
+TINY = GPT2Config(vocab_size=50257, n_positions=1024, n_embd=48, n_layer=2, n_head=3)
+
+needs_tokenizer = pytest.mark.skipif(not TOKENIZER_DIR.is_dir(),
+                                     reason=f"shared GPT-2 tokenizer not found at {TOKENIZER_DIR}")
+needs_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"shared data not found at {SHARED_DATA}")
+
+_built = {}
+
+
+def _once(key, tmp_path_factory, build):
+    """Session-wide cache: a fixture imported into several modules is still built once."""
+    if key not in _built:
+        _built[key] = build(tmp_path_factory.mktemp(key))
+    return _built[key]
+
+
+def write_tsv(path, rows):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("text\tlabel\n" + "".join(f"{text}\t{label}\n" for text, label in rows), encoding="utf-8")
+    return path
+
+
+def first_rows(task, split, n):
+    """The first n (text, label) rows of a shared data file."""
+    lines = (SHARED_DATA / task / f"{split}.tsv").read_text(encoding="utf-8").splitlines()[1:n + 1]
+    return [tuple(line.split("\t")) for line in lines]
+
+
+def sharp_model(seed=0):
+    """A random GPT-2 whose predictions and attention are far from uniform, so that an error
+    of position, mask or cache shows in the losses (GPT-2's own init gives near-uniform ones)."""
+    model = init_weights(GPT2(TINY), seed)
+    with torch.no_grad():
+        model.wte.weight.mul_(10)
+        model.wpe.weight.mul_(10)
+        for block in model.h:
+            block.attn.c_attn.weight.mul_(3)
+    return model.freeze().eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """A random-weight GPT-2 checkpoint (d=48, 2 layers, 3 heads) with GPT-2's tokenizer."""
+    if not TOKENIZER_DIR.is_dir():
+        pytest.skip(f"shared GPT-2 tokenizer not found at {TOKENIZER_DIR}")
+    return _once("tiny-gpt2", tmp_path_factory, lambda d: write_random_checkpoint(d, TINY, TOKENIZER_DIR, seed=0))
+
+
+@pytest.fixture(scope="session")
+def short_context_checkpoint(tmp_path_factory):
+    """The tiny model with a context of 64 positions."""
+    if not TOKENIZER_DIR.is_dir():
+        pytest.skip(f"shared GPT-2 tokenizer not found at {TOKENIZER_DIR}")
+    config = GPT2Config(vocab_size=50257, n_positions=64, n_embd=48, n_layer=2, n_head=3)
+    return _once("tiny-gpt2-ctx64", tmp_path_factory, lambda d: write_random_checkpoint(d, config, TOKENIZER_DIR, 0))
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """A data dir with sst2 (40 train, 12 test rows from the shared data, both labels) and trec."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data not found at {SHARED_DATA}")
+
+    def build(root):
+        write_tsv(root / "sst2" / "train.tsv", first_rows("sst2", "train", 40))
+        write_tsv(root / "sst2" / "test.tsv", first_rows("sst2", "test", 12))
+        write_tsv(root / "trec" / "train.tsv", first_rows("trec", "train", 30))
+        write_tsv(root / "trec" / "test.tsv", first_rows("trec", "test", 8))
+        return root
+    return _once("tiny-data", tmp_path_factory, build)
+
+
+def offline_env(**extra):
+    """Environment of a command-line run: no download is ever tried."""
+    env = {k: v for k, v in os.environ.items() if k != "MINWAY_DATA"}
+    env.update(MINWAY_OFFLINE="1", HF_HUB_OFFLINE="1", **extra)
+    return env
+
+
+def run_script(script, *args, env=None, timeout=300):
+    """``python script args...`` in the repository root; the CompletedProcess."""
+    return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, env=env or offline_env(), timeout=timeout)
+
+
+def assert_one_line_error(result, *fragments):
+    """Exit code 2 and exactly one line on stderr, ``error: ...``, holding every fragment; no traceback."""
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]

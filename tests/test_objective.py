@@ -1,0 +1,105 @@
+"""The wayward objective: c-dist, the output loss, and their sum."""
+import pytest
+import torch
+
+from fixtures import TINY, sharp_model
+from minway.batch import output_nll, pad, prompted_embeddings
+from minway.objective import c_dist, wayward_loss
+
+ROWS = [  # (input ids, output ids): different lengths on both sides, so the batch is padded
+    ([464, 3290, 373, 922, 290], [632, 373, 1049, 764]),
+    ([40, 588], [632, 373, 7818, 764]),
+    ([2061, 318, 262, 3139, 286, 4881, 5633, 1892], [1195, 25, 20147]),
+    ([17], [50256]),
+]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return sharp_model(seed=1)
+
+
+def test_c_dist_by_hand():
+    prompt = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    target = torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]])
+    # (0 + 1 + 4) + (16 + 25 + 36) = 82, over L = 2 positions
+    assert float(c_dist(prompt, target)) == 41.0
+    assert float(c_dist(target, target)) == 0.0
+    batched = torch.stack([prompt, target, target + 1.0])
+    assert c_dist(batched, target).tolist() == [41.0, 0.0, 3.0]
+
+
+def test_pad():
+    ids, mask = pad([[1, 2, 3], [4]], -100, "cpu")
+    assert ids.tolist() == [[1, 2, 3], [4, -100, -100]]
+    assert mask.tolist() == [[True, True, True], [True, False, False]]
+
+
+def test_prompted_embeddings(model):
+    prompt = torch.randn(3, TINY.n_embd)
+    embeds, mask = prompted_embeddings(model, prompt, [[5, 6], [7]])
+    assert embeds.shape == (2, 5, TINY.n_embd)
+    assert torch.equal(embeds[0, :3], prompt) and torch.equal(embeds[1, :3], prompt)
+    assert torch.equal(embeds[0, 3:], model.wte.weight[[5, 6]]) and torch.equal(embeds[1, 3], model.wte.weight[7])
+    assert mask.tolist() == [[True] * 5, [True] * 4 + [False]]
+
+
+def test_output_nll_equals_the_full_logits_of_the_token_sequence(model):
+    """A one-vector prompt equal to the first token's embedding makes the row the plain token
+    sequence: the loss must be -log softmax of model(ids)'s full logits at the output tokens."""
+    rows = [(i, o) for i, o in ROWS if len(i) > 1]
+    nll = torch.stack([
+        output_nll(model, model.wte.weight[ids_in[0]][None].clone(), [ids_in[1:]], [ids_out])[0]
+        for ids_in, ids_out in rows])
+    for (ids_in, ids_out), got in zip(rows, nll):
+        ids = ids_in + ids_out
+        logits = model(torch.tensor([ids])).logits[0]
+        assert logits.shape == (len(ids), TINY.vocab_size)
+        expected = [-torch.log_softmax(logits[len(ids_in) + j - 1], -1)[t] for j, t in enumerate(ids_out)]
+        assert float(got) == pytest.approx(float(sum(expected) / len(expected)), abs=1e-4)
+
+
+def test_output_nll_batched_equals_one_row_at_a_time(model):
+    prompt = torch.randn(4, TINY.n_embd) * 0.4
+    inputs, outputs = [i for i, _ in ROWS], [o for _, o in ROWS]
+    batched = output_nll(model, prompt, inputs, outputs)
+    alone = torch.cat([output_nll(model, prompt, [i], [o]) for i, o in ROWS])
+    torch.testing.assert_close(batched, alone, atol=1e-4, rtol=0)
+    # and by hand from the full logits of each unpadded row, through model(embeds=...)
+    for b, (ids_in, ids_out) in enumerate(ROWS):
+        embeds = torch.cat([prompt, model.wte.weight[ids_in + ids_out]])[None]
+        logp = model(embeds=embeds).logits[0].log_softmax(-1)
+        start = len(prompt) + len(ids_in)
+        expected = -sum(logp[start + j - 1, t] for j, t in enumerate(ids_out)) / len(ids_out)
+        assert float(batched[b]) == pytest.approx(float(expected), abs=1e-4)
+    assert batched.std() > 0.1  # rows differ: a mix-up of rows would show
+
+
+def test_wayward_loss_is_ce_plus_gamma_times_distance(model):
+    target = model.wte.weight[[464, 3290, 373]].detach().clone()
+    prompt = torch.nn.Parameter(target + 0.05 * torch.randn(target.shape, generator=torch.Generator().manual_seed(0)))
+    inputs, outputs = [i for i, _ in ROWS], [o for _, o in ROWS]
+    for gamma in (0.0, 0.01, 3.0):
+        with torch.no_grad():
+            loss = wayward_loss(model, prompt, target, inputs, outputs, gamma)
+            ce = output_nll(model, prompt, inputs, outputs).mean()
+            distance = c_dist(prompt, target)
+        assert float(loss.ce) == pytest.approx(float(ce), abs=1e-6)
+        assert float(loss.distance) == pytest.approx(float(distance), rel=1e-6)
+        assert float(loss.distance) > 0
+        assert float(loss.total) == pytest.approx(float(ce + gamma * loss.distance), rel=1e-6)
+
+
+def test_only_the_prompt_gets_a_gradient_and_gamma_pulls_it_to_the_target(model):
+    target = model.wte.weight[[464, 3290]].detach().clone()
+    offset = 0.1 * torch.randn(target.shape, generator=torch.Generator().manual_seed(1))
+    inputs, outputs = [i for i, _ in ROWS], [o for _, o in ROWS]
+    grads = {}
+    for gamma in (0.0, 1000.0):
+        prompt = torch.nn.Parameter(target + offset)
+        wayward_loss(model, prompt, target, inputs, outputs, gamma).total.backward()
+        grads[gamma] = prompt.grad
+    assert all(p.grad is None for p in model.parameters())
+    # d/dp gamma ||p - t||^2 / L = 2 gamma (p - t) / L dominates at gamma = 1000
+    expected = grads[0.0] + 2 * 1000.0 * offset / 2
+    torch.testing.assert_close(grads[1000.0], expected, rtol=1e-4, atol=1e-3)

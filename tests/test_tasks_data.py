@@ -1,0 +1,344 @@
+"""Tasks (names, output texts, label order) and data (reading, finding, downloading, sampling, truncation)."""
+import re
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from fixtures import SHARED_DATA, TOKENIZER_DIR, first_rows, needs_data, needs_tokenizer, tiny_checkpoint, write_tsv  # noqa: F401
+from minway import data
+from minway.classify import common_prefix_length
+from minway.data import Example, find_split, load_split, read_tsv, sample_per_class
+from minway.errors import MinwayError
+from minway.tasks import TASKS, get_task
+from minway.config import RunConfig
+from minway.setup import Setup
+
+# The output texts of the paper's code (Min et al.'s templates, index 1): the template is
+# stripped, then a space is put in front of it (the "direct" formulation).
+PAPER_OUTPUTS = {
+    "sst2": [" It was terrible .", " It was great ."],
+    "sst5": [" It was terrible .", " It was bad .", " It was okay .", " It was good .", " It was great ."],
+    "agnews": [" Subject: World.", " Subject: Sports.", " Subject: Business.", " Subject: Technology."],
+    "subj": [" It's all subjective .", " It's all objective ."],
+    "trec": [" Q: Description :", " Q: Entity :", " Q: Expression :", " Q: Human :", " Q: Location :",
+             " Q: Number :"],
+}
+
+
+def one_line(error):
+    message = str(error.value)
+    assert "\n" not in message, message
+    return message
+
+
+# ---------------------------------------------------------------- tasks
+
+@pytest.mark.parametrize("spelling, name", [
+    ("sst2", "sst2"), ("SST-2", "sst2"), ("sst-2", "sst2"), ("SST2", "sst2"),
+    ("sst-5", "sst5"), ("SST-5", "sst5"),
+    ("AGNews", "agnews"), ("ag_news", "agnews"), ("AG-News", "agnews"),
+    ("Subj", "subj"), ("SUBJ", "subj"), ("TREC", "trec"), ("trec", "trec"),
+])
+def test_task_name_spellings(spelling, name):
+    assert get_task(spelling).name == name
+
+
+@pytest.mark.parametrize("name", ["sst3", "mnli", "", "ag news extra"])
+def test_unknown_task_lists_the_known_ones(name):
+    with pytest.raises(MinwayError) as error:
+        get_task(name)
+    message = one_line(error)
+    assert repr(name) in message
+    for known in ("sst2", "sst5", "agnews", "subj", "trec"):
+        assert known in message
+
+
+def test_five_tasks_with_the_papers_class_counts():
+    assert {name: task.n_classes for name, task in TASKS.items()} == {
+        "sst2": 2, "sst5": 5, "agnews": 4, "subj": 2, "trec": 6}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_OUTPUTS))
+def test_output_texts_are_the_papers(name):
+    task = get_task(name)
+    assert [task.output_text(c) for c in range(task.n_classes)] == PAPER_OUTPUTS[name]
+
+
+@needs_tokenizer
+@pytest.mark.parametrize("name", sorted(PAPER_OUTPUTS))
+def test_options_share_a_prefix_and_differ_at_the_label_word(name):
+    """What the paper's code asserts of its templates: equal up to index idx, all different at idx."""
+    from minway.tokenizer import load_tokenizer
+    tokenizer = load_tokenizer(TOKENIZER_DIR)
+    task = get_task(name)
+    options = [tokenizer.encode(task.output_text(c)) for c in range(task.n_classes)]
+    n = common_prefix_length(options)
+    assert n >= 1
+    assert len({tuple(o[:n]) for o in options}) == 1
+    assert len({o[n] for o in options}) == task.n_classes
+    # the label word starts right after the shared part
+    for option, word in zip(options, task.label_words):
+        assert word.startswith(tokenizer.decode([option[n]]).strip())
+
+
+def readme_label_words():
+    """{task: [verbalizer word of label 0, 1, ...]} as ../shared/data/README.md lists them."""
+    text = (SHARED_DATA / "README.md").read_text(encoding="utf-8")
+    words = {}
+    for section in re.split(r"^## ", text, flags=re.M)[1:]:
+        name = section.split()[0]
+        labels = re.findall(r"(\d) = [^(\n]*?\(\"([^\"]+)\"\)", section)
+        if name in TASKS and labels:
+            assert [int(i) for i, _ in labels] == list(range(len(labels)))
+            words[name] = [w for _, w in labels]
+    return words
+
+
+@needs_data
+def test_label_order_follows_the_data_readme():
+    words = readme_label_words()
+    assert set(words) == set(TASKS)
+    for name, task in TASKS.items():
+        if name == "agnews":
+            # the README names the class (Sci/Tech); the paper's verbalizer for it is "Technology"
+            assert words[name] == ["World", "Sports", "Business", "Sci/Tech"]
+            assert task.label_words == ("World", "Sports", "Business", "Technology")
+        else:
+            assert list(task.label_words) == words[name], name
+
+
+@needs_data
+def test_label_order_on_known_rows():
+    trec = load_split(get_task("trec"), "test")
+    assert trec[0].text == "How far is it from Denver to Aspen ?"
+    assert get_task("trec").label_words[trec[0].label] == "Number"
+    assert get_task("trec").label_words[trec[1].label] == "Location"  # What county is Modesto , California in ?
+    sst2 = load_split(get_task("sst2"), "test")
+    assert sst2[0].text == "one long string of cliches ." and get_task("sst2").label_words[sst2[0].label] == "terrible"
+
+
+# ---------------------------------------------------------------- reading
+
+def test_read_tsv(tmp_path):
+    path = write_tsv(tmp_path / "a.tsv", [("a good film", 1), ("\"quoted\" text", 0)])
+    assert read_tsv(path, 2) == [Example("a good film", 1), Example("\"quoted\" text", 0)]
+
+
+@pytest.mark.parametrize("content, where", [
+    ("sentence\tlabel\nfine\t1\n", "header"),
+    ("", "header"),
+    ("text\tlabel\nfine\t1\nbad label\t2\n", ":3 "),
+    ("text\tlabel\nbad label\tx\n", ":2 "),
+    ("text\tlabel\nbad label\t-1\n", ":2 "),
+    ("text\tlabel\nno tab here\n", ":2 "),
+    ("text\tlabel\ntoo\tmany\t1\n", ":2 "),
+])
+def test_read_tsv_errors_are_one_line(tmp_path, content, where):
+    path = tmp_path / "bad.tsv"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(MinwayError) as error:
+        read_tsv(path, 2)
+    message = one_line(error)
+    assert str(path) in message and where in message
+
+
+def test_read_tsv_without_examples(tmp_path):
+    path = tmp_path / "empty.tsv"
+    path.write_text("text\tlabel\n")
+    with pytest.raises(MinwayError, match="no examples"):
+        read_tsv(path, 2)
+
+
+# ---------------------------------------------------------------- finding
+
+@pytest.fixture
+def clean_env(monkeypatch, tmp_path):
+    """cwd in an empty tmp dir, no $MINWAY_DATA, no downloads, no shared data."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MINWAY_DATA", raising=False)
+    monkeypatch.setenv("MINWAY_OFFLINE", "1")
+    monkeypatch.setattr(data, "SHARED_DATA", tmp_path / "no-shared-data")
+    fake_datasets(monkeypatch, {}, [])
+    return tmp_path
+
+
+def test_k_shot_layout(clean_env):
+    root = clean_env / "d"
+    write_tsv(root / "k-shot" / "sst2" / "16-42" / "train.tsv", [("k-shot row", 1)])
+    write_tsv(root / "sst2" / "train.tsv", [("full row", 0)])
+    task = get_task("sst2")
+    assert find_split(task, "train", root, k_shot=(16, 42)) == root / "k-shot" / "sst2" / "16-42" / "train.tsv"
+    assert load_split(task, "train", root, k_shot=(16, 42)) == [Example("k-shot row", 1)]
+    assert load_split(task, "train", root) == [Example("full row", 0)]
+    with pytest.raises(MinwayError) as error:
+        find_split(task, "train", root, k_shot=(16, 13))
+    assert "16-13" in one_line(error)
+
+
+def test_data_dir_precedence(clean_env, monkeypatch):
+    task = get_task("sst2")
+    for name in ("flag", "env", "data", "shared"):
+        write_tsv(clean_env / name / "sst2" / "train.tsv", [(name, 0)])
+    (clean_env / "data").rename(clean_env / "data-later")
+    monkeypatch.setattr(data, "SHARED_DATA", clean_env / "shared")
+
+    def text():
+        return load_split(task, "train")[0].text
+    assert text() == "shared"
+    (clean_env / "data-later").rename(clean_env / "data")
+    assert text() == "data"                                    # data/ in the working directory
+    monkeypatch.setenv("MINWAY_DATA", str(clean_env / "env"))
+    assert text() == "env"                                     # $MINWAY_DATA before data/
+    assert load_split(task, "train", clean_env / "flag")[0].text == "flag"  # --data-dir before all
+
+
+@pytest.mark.parametrize("how", ["flag", "env", "nowhere"])
+def test_missing_data_says_what_to_do(clean_env, monkeypatch, how):
+    data_dir = None
+    if how == "flag":
+        data_dir = clean_env / "empty"
+    elif how == "env":
+        monkeypatch.setenv("MINWAY_DATA", str(clean_env / "empty"))
+    with pytest.raises(MinwayError) as error:
+        load_split(get_task("subj"), "train", data_dir)
+    message = one_line(error)
+    assert "subj/train.tsv" in message
+    assert "--data-dir" in message and "MINWAY_DATA" in message and "datasets" in message
+    assert not (clean_env / "data").exists()
+    assert sys.modules["datasets"].calls == []  # offline: no download was even tried
+
+
+@needs_data
+def test_shared_data_is_found_by_default(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MINWAY_DATA", raising=False)
+    assert find_split(get_task("SST-2"), "test") == SHARED_DATA / "sst2" / "test.tsv"
+    assert len(load_split(get_task("sst2"), "test")) == 872
+
+
+# ---------------------------------------------------------------- downloading
+
+def fake_datasets(monkeypatch, tables, calls):
+    fake = types.ModuleType("datasets")
+
+    def load_dataset(dataset_id, *args, **kwargs):
+        calls.append(dataset_id)
+        if dataset_id not in tables:
+            raise ConnectionError("no network")
+        return tables[dataset_id]
+    fake.load_dataset, fake.calls = load_dataset, calls
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+
+
+@pytest.mark.parametrize("task, dataset_id, columns, expected", [
+    ("sst2", "SetFit/sst2",
+     {"text": ["a  fine\tfilm", "dull"], "label": [1, 0], "label_text": ["positive", "negative"]},
+     [("a fine film", 1), ("dull", 0)]),
+    ("sst5", "SetFit/sst5",
+     {"text": ["a", "b", "c", "d", "e"], "label": [0, 1, 2, 3, 4],
+      "label_text": ["very positive", "negative", "very negative", "neutral", "positive"]},
+     [("a", 4), ("b", 1), ("c", 0), ("d", 2), ("e", 3)]),
+    ("trec", "CogComp/trec",
+     {"text": ["What is NASA ?", "Who ?", "Why ?"], "coarse_label": [0, 3, 2], "fine_label": [1, 2, 3]},
+     [("What is NASA ?", 2), ("Who ?", 3), ("Why ?", 0)]),
+    ("agnews", "fancyzhx/ag_news", {"text": ["w", "t"], "label": [0, 3]}, [("w", 0), ("t", 3)]),
+    ("subj", "SetFit/subj", {"text": ["s", "o"], "label": [9, 9], "label_text": ["subjective", "objective"]},
+     [("s", 0), ("o", 1)]),
+])
+def test_download_writes_tsv_with_our_labels(clean_env, monkeypatch, task, dataset_id, columns, expected):
+    monkeypatch.delenv("MINWAY_OFFLINE")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    calls = []
+    test_columns = {k: v[:1] for k, v in columns.items()}
+    fake_datasets(monkeypatch, {dataset_id: {"train": columns, "test": test_columns}}, calls)
+    t = get_task(task)
+    assert find_split(t, "train") == Path("data") / task / "train.tsv"
+    assert calls == [dataset_id]
+    assert load_split(t, "train") == [Example(*row) for row in expected]
+    assert load_split(t, "test") == [Example(*expected[0])]
+    assert calls == [dataset_id]  # found on disk the second time
+    assert not list((clean_env / "data" / task).glob("*.tmp"))
+
+
+def test_failed_download_is_the_missing_data_error(clean_env, monkeypatch):
+    monkeypatch.delenv("MINWAY_OFFLINE")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    calls = []
+    fake_datasets(monkeypatch, {}, calls)
+    with pytest.raises(MinwayError) as error:
+        load_split(get_task("sst2"), "train")
+    assert calls == ["SetFit/sst2"] and "--data-dir" in one_line(error)
+
+
+@pytest.mark.parametrize("variable", ["MINWAY_OFFLINE", "HF_HUB_OFFLINE"])
+def test_offline_never_downloads(clean_env, monkeypatch, variable):
+    monkeypatch.delenv("MINWAY_OFFLINE")
+    monkeypatch.setenv(variable, "1")
+    calls = []
+    fake_datasets(monkeypatch, {"SetFit/sst2": {}}, calls)
+    with pytest.raises(MinwayError):
+        load_split(get_task("sst2"), "train")
+    assert calls == []
+
+
+# ---------------------------------------------------------------- sampling
+
+def labelled(counts):
+    return [Example(f"{label}-{i}", label) for label, n in enumerate(counts) for i in range(n)]
+
+
+def test_sample_per_class():
+    examples = labelled([10, 7, 2])
+    chosen = sample_per_class(examples, 4, seed=1)
+    by_label = [sum(e.label == c for e in chosen) for c in range(3)]
+    assert by_label == [4, 4, 2]                       # all of a class with fewer than k
+    assert len(set(chosen)) == len(chosen) and set(chosen) <= set(examples)
+    assert sample_per_class(examples, 4, seed=1) == chosen
+    assert sample_per_class(list(examples), 4, seed=2) != chosen
+    orders = {tuple(e.label for e in sample_per_class(examples, 4, seed=s)) for s in range(5)}
+    assert len(orders) > 1
+
+
+@needs_data
+def test_sample_per_class_on_real_data():
+    train = load_split(get_task("trec"), "train")
+    chosen = sample_per_class(train, 16, seed=13)
+    assert sorted(e.label for e in chosen) == [c for c in range(6) for _ in range(16)]
+    assert sample_per_class(train, 16, seed=13) == chosen
+
+
+# ---------------------------------------------------------------- truncation in Setup
+
+@needs_data
+@pytest.mark.parametrize("task, limit", [("sst2", 128), ("agnews", 256)])
+def test_inputs_are_truncated_and_outputs_never(tiny_checkpoint, tmp_path, task, limit):
+    from minway.tokenizer import load_tokenizer
+    tokenizer = load_tokenizer(TOKENIZER_DIR)
+    long_text = " ".join(f"word{i}" for i in range(400))
+    rows = [(long_text, 0), ("short one", 1)] + first_rows(task, "train", 6)
+    write_tsv(tmp_path / task / "train.tsv", rows)
+    write_tsv(tmp_path / task / "test.tsv", [(long_text, 1), ("tiny", 0)])
+    config = RunConfig(task=task, target="Write a question.", model=str(tiny_checkpoint), data_dir=str(tmp_path))
+    setup = Setup(config)
+    t = get_task(task)
+    assert setup.options == [tokenizer.encode(t.output_text(c)) for c in range(t.n_classes)]
+    full = [tokenizer.encode(text) for text, _ in rows]
+    assert len(full[0]) > limit
+    assert setup.train_inputs == [ids[:limit] for ids in full]
+    assert len(setup.train_inputs[0]) == limit
+    assert setup.train_outputs == [setup.options[int(label)] for _, label in rows]
+    assert setup.test_inputs == [tokenizer.encode(long_text)[:limit], tokenizer.encode("tiny")]
+    assert setup.test_labels == [1, 0]
+    assert setup.target_ids(config) == tokenizer.encode("Write a question.")
+
+
+def test_setup_k_shot_and_max_eval(tiny_checkpoint, tmp_path):
+    write_tsv(tmp_path / "sst2" / "train.tsv", [(f"row {i}", i % 2) for i in range(20)])
+    write_tsv(tmp_path / "sst2" / "test.tsv", [(f"test {i}", i % 2) for i in range(9)])
+    setup = Setup(RunConfig(task="sst2", target="x y", model=str(tiny_checkpoint), data_dir=str(tmp_path),
+                            k=3, seed=5, max_eval=4))
+    assert len(setup.train_inputs) == 6 and sorted(o[-2] for o in setup.train_outputs) == sorted(
+        [setup.options[0][-2]] * 3 + [setup.options[1][-2]] * 3)
+    assert len(setup.test_inputs) == 4 and setup.test_labels == [0, 1, 0, 1]
