@@ -17,7 +17,7 @@ from minway.errors import MinwayError
 from minway.evaluation import measure, summary
 from minway.prompt import METRICS, d_proj
 from minway.setup import Setup
-from minway.storage import load_prompt
+from minway.storage import atomic_write_text, load_prompt
 
 
 def position_table(prompt, target_ids, tokenizer, embeddings):
@@ -64,9 +64,10 @@ def main(argv=None):
                       setup.test_labels, config.metric, config.eval_batch_size, progress=not args.no_progress)
     if args.positions:
         print(position_table(prompt, target_ids, setup.tokenizer, setup.model.wte.weight))
+    results["config"] = asdict(config)
     print(summary(results, config.target))
     out = path.parent / "eval.json"
-    out.write_text(json.dumps({**results, "config": asdict(config)}, indent=2) + "\n")
+    atomic_write_text(out, json.dumps(results, indent=2) + "\n")
     print(f"written: {out}")
 
 

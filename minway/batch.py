@@ -3,6 +3,11 @@
 Every row of a batch is ``[prompt (L vectors)] [input tokens] [output tokens] [padding]``.
 The output tokens carry the loss: the token at position t is predicted from the
 hidden state at t - 1, so only those positions go through the 50257-way head.
+
+The loss needs no key-padding mask: the padding is on the right, so under the causal
+mask no real position ever attends to a pad key. The mask would change only the hidden
+states of pad positions, which no loss reads, and leaving it out lets attention take
+its causal fast path.
 """
 import torch
 import torch.nn.functional as F
@@ -30,21 +35,22 @@ def prompted_embeddings(model, prompt, rows):
     return torch.cat([prompt, text], dim=1), torch.cat([prompt_mask, text_mask], dim=1)
 
 
-def nll_after(model, embeds, mask, first, outputs):
-    """Mean negative log-likelihood per row of ``outputs[b]``, whose first token is predicted at ``first[b]``."""
+def nll_after(model, embeds, first, outputs):
+    """Mean negative log-likelihood per right-padded row of ``outputs[b]``, whose first token is
+    predicted at ``first[b]``."""
     device = embeds.device
     targets, target_mask = pad(outputs, -100, device)
     positions = (first[:, None] + torch.arange(targets.shape[1], device=device)).clamp(max=embeds.shape[1] - 1)
-    logits = model(embeds=embeds, key_padding_mask=mask, logit_positions=positions).logits
+    logits = model(embeds=embeds, logit_positions=positions).logits
     nll = F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=-100, reduction="none")
     return (nll * target_mask).sum(1) / target_mask.sum(1)
 
 
 def output_nll(model, prompt, inputs, outputs):
     """Mean negative log-likelihood per row (B,) of ``outputs[b]`` after the prompt and ``inputs[b]``."""
-    embeds, mask = prompted_embeddings(model, prompt, [i + o for i, o in zip(inputs, outputs)])
+    embeds, _ = prompted_embeddings(model, prompt, [i + o for i, o in zip(inputs, outputs)])
     first = torch.tensor([prompt.shape[-2] + len(i) - 1 for i in inputs], device=embeds.device)
-    return nll_after(model, embeds, mask, first, outputs)
+    return nll_after(model, embeds, first, outputs)
 
 
 def bank_embeddings(model, vectors, lengths, owner, rows):
@@ -65,6 +71,6 @@ def bank_embeddings(model, vectors, lengths, owner, rows):
 
 def bank_output_nll(model, vectors, lengths, owner, inputs, outputs):
     """``output_nll`` with a prompt per row (see ``bank_embeddings``)."""
-    embeds, mask = bank_embeddings(model, vectors, lengths, owner, [i + o for i, o in zip(inputs, outputs)])
+    embeds, _ = bank_embeddings(model, vectors, lengths, owner, [i + o for i, o in zip(inputs, outputs)])
     first = lengths[owner] + torch.tensor([len(i) - 1 for i in inputs], device=embeds.device)
-    return nll_after(model, embeds, mask, first, outputs)
+    return nll_after(model, embeds, first, outputs)

@@ -41,10 +41,11 @@ def option_nll(model, prompt, inputs, options):
     device = model.wte.weight.device
 
     # Prefix pass: prompt + input + common part; logits where the common tokens and the
-    # first suffix token are predicted.
+    # first suffix token are predicted. It needs no padding mask (see minway.batch); the
+    # suffix pass masks the cached keys of the padding.
     embeds, mask = prompted_embeddings(model, prompt, [i + common for i in inputs])
     first = torch.tensor([L + len(i) - 1 for i in inputs], device=device)
-    out = model(embeds=embeds, key_padding_mask=mask, use_cache=True,
+    out = model(embeds=embeds, use_cache=True,
                 logit_positions=first[:, None] + torch.arange(n + 1, device=device))
     logp = out.logits.float().log_softmax(-1)
     common_ids = torch.tensor(common, dtype=torch.long, device=device).expand(B, n)

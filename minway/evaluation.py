@@ -69,6 +69,10 @@ def summary(results, target_text):
     lines = [
         f"task accuracy (continuous prompt): {100 * results['accuracy']:.1f}%  on {results['n_test']} test examples",
     ]
+    label_map = results.get("config", {}).get("label_map")
+    if label_map:
+        lines.append(f"labels permuted by --label-map {','.join(map(str, label_map))}: accuracy counts the "
+                     f"permuted labels as correct")
     if "hard_prompt_accuracy" in results:
         lines.append(f"hard-prompt accuracy (d-proj as text): {100 * results['hard_prompt_accuracy']:.1f}%")
     lines.append(f"c-dist to target: {results['c_dist']:.4f}")
@@ -80,7 +84,7 @@ def summary(results, target_text):
     if main["unreachable_target_tokens"]:
         lines.append(f"target tokens unreachable under {results['metric']}: {main['unreachable_target_tokens']} "
                      f"(no gamma can project to them)")
-    lines.append(f"target   : {target_text}")
+    lines.append(f"target   : {' '.join(target_text.split())}")
     lines.append(f"projected: {main['marked']}   ([x] differs, [-x] missing)")
     if "compare" in results:
         c = results["compare"]

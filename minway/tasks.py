@@ -29,6 +29,8 @@ TASKS = {
     "sst5": Task("sst5", " It was {} .", ("terrible", "bad", "okay", "good", "great"), 128),
     "agnews": Task("agnews", " Subject: {}.", ("World", "Sports", "Business", "Technology"), 256),
     "subj": Task("subj", " It's all {} .", ("subjective", "objective"), 256),
+    # the " Q: {} : " ends in a space that GPT-2 would encode as a lone token carrying
+    # loss; the reference code strips it, so we do too
     "trec": Task("trec", " Q: {} :", ("Description", "Entity", "Expression", "Human", "Location", "Number"), 128),
 }
 
