@@ -1,9 +1,12 @@
 """What the Triton kernels share. Imported only on the Triton path, never at package import."""
+import os
+
 import triton
 import triton.language as tl
 
-# Read once, as triton.jit does when it decorates a kernel. A constexpr so that kernels may read it.
-INTERPRET = tl.constexpr(bool(triton.knobs.runtime.interpret))
+# Triton reads the variable when it is imported; older releases have no knob to ask. A
+# constexpr so that kernels may read it.
+INTERPRET = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes"))
 
 
 def check_device(device, what):
