@@ -1,0 +1,167 @@
+"""A sweep's results in the form of the paper's tables, from its run directories.
+
+Each finished constrained run is paired with its unconstrained twin (gamma = 0,
+same target and seed). A row of the report averages the pairs of one model, task,
+target group and gamma, over targets and seeds:
+
+    Acc(p*c) -> Acc(p~c)   accuracy of the twin, then of the constrained prompt
+    relative drop          relative_drop(twin, constrained), per pair, in %
+    prompt F1              of the constrained prompt's projection
+
+each as mean and standard deviation (population std, ddof = 0). For a model with
+several gammas the report also picks, per task and group, the smallest gamma whose
+mean prompt F1 exceeds 0.98, the rule of the paper's Fig. 5.
+
+    python -m minway.report sweeps/main        # rewrite report.md and report.json
+"""
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from minway.errors import MinwayError
+from minway.metrics import relative_drop
+from minway.storage import atomic_write_text
+from minway.sweep import GROUP_FILES, MODEL_SIZES, PAPER_TASKS, SweepState
+
+F1_THRESHOLD = 0.98
+MEASURES = ("acc_unconstrained", "acc_constrained", "relative_drop", "f1", "f1_unconstrained", "length")
+
+
+def read_results(out, run_id):
+    path = Path(out) / run_id / "results.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def collect_pairs(state):
+    """One dict per finished constrained run whose twin is finished too."""
+    pairs = []
+    for entry in state["runs"]:
+        if entry["gamma"] == 0 or entry["status"] != "done":
+            continue
+        constrained, twin = read_results(state["out"], entry["run_id"]), read_results(state["out"], entry["twin"])
+        if constrained is None or twin is None:
+            continue
+        pairs.append({
+            "model": Path(entry["model"]).name, "task": entry["task"], "group": entry["group"],
+            "gamma": entry["gamma"], "seed": entry["seed"], "target_name": entry["target_name"],
+            "run_id": entry["run_id"], "twin": entry["twin"],
+            "acc_unconstrained": twin["accuracy"], "acc_constrained": constrained["accuracy"],
+            "relative_drop": relative_drop(twin["accuracy"], constrained["accuracy"]),
+            "f1": constrained["prompt_f1"], "f1_unconstrained": twin["prompt_f1"],
+            "length": len(constrained["target_ids"])})
+    return pairs
+
+
+def _order(value, known):
+    return (known.index(value), "") if value in known else (len(known), value)
+
+
+def row_order(row):
+    return (_order(row["model"], MODEL_SIZES), _order(row["task"], PAPER_TASKS),
+            _order(row["group"], tuple(GROUP_FILES)), row["gamma"])
+
+
+def aggregate(pairs):
+    """Rows of mean and std per (model, task, group, gamma), in the paper's order."""
+    grouped = defaultdict(list)
+    for pair in pairs:
+        grouped[pair["model"], pair["task"], pair["group"], pair["gamma"]].append(pair)
+    rows = []
+    for (model, task, group, gamma), members in grouped.items():
+        row = {"model": model, "task": task, "group": group, "gamma": gamma, "n": len(members)}
+        for measure in MEASURES:
+            values = np.array([m[measure] for m in members], dtype=float)
+            row[measure] = {"mean": float(values.mean()), "std": float(values.std())}
+        rows.append(row)
+    return sorted(rows, key=row_order)
+
+
+def choose_gammas(rows, threshold=F1_THRESHOLD):
+    """Per model, task and group with several gammas: the smallest gamma whose mean F1 exceeds the
+    threshold; when none does, the gamma of the highest F1, marked ``meets_threshold: false``."""
+    by_setting = defaultdict(list)
+    for row in rows:
+        by_setting[row["model"], row["task"], row["group"]].append(row)
+    chosen = []
+    for candidates in by_setting.values():
+        if len(candidates) < 2:
+            continue
+        passing = [r for r in candidates if r["f1"]["mean"] > threshold]
+        best = min(passing, key=lambda r: r["gamma"]) if passing else max(candidates, key=lambda r: r["f1"]["mean"])
+        chosen.append({**best, "meets_threshold": bool(passing)})
+    return sorted(chosen, key=row_order)
+
+
+def build_report(sweep_dir):
+    state = SweepState.read(sweep_dir)
+    rows = aggregate(collect_pairs(state))
+    runs = state["runs"]
+    return {
+        "sweep_dir": str(sweep_dir), "out": state["out"], "settings": state.get("settings", {}),
+        "counts": {status: sum(r["status"] == status for r in runs) for status in ("done", "failed", "pending")},
+        "rows": rows,
+        "chosen_gamma": choose_gammas(rows),
+        "failed": [{"run_id": r["run_id"], "error": r["error"]} for r in runs if r["status"] == "failed"],
+    }
+
+
+# ---------------------------------------------------------------- Markdown
+
+def _pct(stat):
+    return f"{100 * stat['mean']:.1f} ± {100 * stat['std']:.1f}"
+
+
+def _row_cells(row):
+    return [row["model"], row["task"], row["group"], f"{row['gamma']:g}", f"{row['length']['mean']:.1f}",
+            str(row["n"]), f"{row['relative_drop']['mean']:.1f} ± {row['relative_drop']['std']:.1f}",
+            f"{_pct(row['acc_unconstrained'])} → {_pct(row['acc_constrained'])}", _pct(row["f1"])]
+
+
+def _table(header, lines):
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return out + ["| " + " | ".join(cells) + " |" for cells in lines]
+
+
+def to_markdown(report):
+    counts = report["counts"]
+    header = ["model", "task", "targets", "γ", "L", "n", "Δ̂ (%)", "Acc(p*c) → Acc(p̃c) (%)", "prompt F1 (%)"]
+    lines = [
+        f"# Sweep report: {report['settings'].get('preset', report['sweep_dir'])}", "",
+        f"Runs: {counts['done']} done, {counts['failed']} failed, {counts['pending']} pending. "
+        "Each row: mean ± std (population) over target prompts and seeds; L is the target length in tokens, "
+        "n the number of (constrained, unconstrained twin) pairs. Rows of one task and group at several γ "
+        "are the gamma trade-off (Fig. 3); the PILE-L groups are the prompt-length study (Fig. 4).", "",
+        "## Accuracy and prompt F1", ""]
+    lines += _table(header, [_row_cells(r) for r in report["rows"]]) if report["rows"] else ["(no finished pairs)"]
+    if report["chosen_gamma"]:
+        lines += ["", f"## Smallest γ with prompt F1 > {F1_THRESHOLD} (the rule of Fig. 5)", ""]
+        lines += _table(header + ["F1 > 0.98"],
+                        [_row_cells(r) + ["yes" if r["meets_threshold"] else "no"] for r in report["chosen_gamma"]])
+    if report["failed"]:
+        lines += ["", "## Failed runs", ""] + [f"- `{f['run_id']}`: {f['error']}" for f in report["failed"]]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(sweep_dir):
+    """Write report.json and report.md into the sweep directory; their paths."""
+    report = build_report(sweep_dir)
+    json_path, md_path = Path(sweep_dir) / "report.json", Path(sweep_dir) / "report.md"
+    atomic_write_text(json_path, json.dumps(report, indent=1) + "\n")
+    atomic_write_text(md_path, to_markdown(report))
+    return [md_path, json_path]
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        raise MinwayError("usage: python -m minway.report SWEEP_DIR")
+    print("written: " + ", ".join(map(str, write_report(argv[0]))))
+
+
+if __name__ == "__main__":
+    from minway.cli import run_cli
+
+    run_cli(main)

@@ -1,0 +1,437 @@
+"""The paper's experiments as one resumable grid of runs (section 4 of Khashabi et al.).
+
+    python sweep.py --preset main --model gpt2-large --device cuda --dtype bf16
+    python sweep.py --preset gamma --tasks sst2 --seeds 1 --dry-run
+    python sweep.py --preset size --ray auto          # on a running Ray cluster
+
+A sweep is a grid: tasks x target prompts x seeds x gamma x model. The targets come
+in groups read from a prompts directory in the layout of the paper's release: NI (32
+Natural Instructions definitions), PILE (30 sentences), TRUE (5 true definitions of
+the run's own task) and PILE-4 ... PILE-56 (PILE sentences of exactly L tokens).
+Every constrained run has its unconstrained twin: gamma = 0, same target, same
+seed, hence same length and same initialisation; the relative drop is per target.
+
+Runs of one model, task and schedule train together, K prompts per batch
+(``--prompts-per-batch``). The sweep state, ``<sweep-dir>/sweep.json``, says which
+runs are done, failed (with the error) or pending; a finished run is never trained
+again, and a killed sweep continues where it stopped. At the end the sweep writes
+``report.md``, ``report.json`` and figures (see minway.report and minway.figures).
+"""
+import argparse
+import json
+import os
+from collections import defaultdict
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from minway.config import RunConfig
+from minway.errors import MinwayError
+from minway.prompt import METRICS
+from minway.setup import Setup
+from minway.storage import atomic_write_text
+from minway.targets import SHARED_PROMPTS, read_prompts_file
+from minway.tasks import canonical_name, get_task
+from minway.training import train, train_many
+
+PAPER_TASKS = ("sst2", "sst5", "agnews", "subj", "trec")
+MODEL_SIZES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+PILE_LENGTHS = (4, 7, 14, 28, 56)
+GROUP_FILES = {"NI": "natural_prompts.json", "PILE": "pile.json", "TRUE": "good_prompts.json",
+               **{f"PILE-{n}": f"pile_n={n}.json" for n in PILE_LENGTHS}}
+CRASH_ONCE_ENV = "MINWAY_SWEEP_CRASH_ONCE"
+
+
+@dataclass(frozen=True)
+class Grid:
+    tasks: tuple[str, ...]
+    groups: tuple[str, ...]
+    gammas: tuple[float, ...]
+    seeds: tuple[int, ...] = (1, 2, 3)
+    models: tuple[str, ...] = ("gpt2-large",)
+    targets_limit: int | None = None  # the first N targets of each group
+
+
+PRESETS = {
+    "main": Grid(PAPER_TASKS, ("NI", "PILE"), (0.01,)),                            # Table 2
+    "gamma": Grid(("sst2", "agnews"), ("NI",), (0.001, 0.003, 0.005, 0.01, 0.02, 0.03)),  # Fig. 3
+    "length": Grid(("sst2", "agnews"), tuple(f"PILE-{n}" for n in PILE_LENGTHS), (0.01,)),  # Fig. 4
+    "size": Grid(("sst2",), ("PILE",), (0.003, 0.005, 0.01), models=MODEL_SIZES),   # Fig. 5
+    "true": Grid(PAPER_TASKS, ("TRUE",), (0.01,)),                                  # Tables 4 and 5
+}
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    config: RunConfig
+    group: str
+
+    @property
+    def run_id(self):
+        return self.config.run_id()
+
+    @property
+    def twin_id(self):
+        return replace(self.config, gamma=0.0).run_id()
+
+
+# ---------------------------------------------------------------- the grid
+
+def default_prompts_dir():
+    if not SHARED_PROMPTS.is_dir():
+        raise MinwayError(f"no prompts directory at {SHARED_PROMPTS}: pass --prompts-dir")
+    return SHARED_PROMPTS
+
+
+def group_targets(prompts_dir, group, task):
+    """The (name, text) targets of one group; TRUE keeps the definitions of ``task`` only."""
+    if group not in GROUP_FILES:
+        raise MinwayError(f"unknown target group {group!r}: use some of {', '.join(GROUP_FILES)}")
+    path = Path(prompts_dir) / GROUP_FILES[group]
+    if not path.exists():
+        raise MinwayError(f"target group {group} needs {path}, which does not exist")
+    targets = read_prompts_file(path).items()
+    if group == "TRUE":  # names like "SST-2_0", "agnews_3": the task, then the definition's number
+        targets = [(name, text) for name, text in targets
+                   if canonical_name(name.rsplit("_", 1)[0]) == get_task(task).name]
+    return list(targets)
+
+
+def expand(grid: Grid, prompts_dir, run_fields=None):
+    """Every run of the grid, each constrained run followed by its twin (gamma = 0) once."""
+    runs = {}
+    for model in grid.models:
+        for task in grid.tasks:
+            for group in grid.groups:
+                targets = group_targets(prompts_dir, group, task)[:grid.targets_limit]
+                if not targets:
+                    raise MinwayError(f"target group {group} holds no target for task {task}")
+                for name, text in targets:
+                    for seed in grid.seeds:
+                        twin = RunConfig(task=task, target=text, model=model, gamma=0.0, seed=seed,
+                                         target_name=name, **(run_fields or {}))
+                        for config in [replace(twin, gamma=g) for g in grid.gammas if g > 0] + [twin]:
+                            runs.setdefault(config.run_id(), PlannedRun(config, group))
+    return list(runs.values())
+
+
+def make_chunks(runs, prompts_per_batch):
+    """Runs that may share a batch (same setup and schedule), in chunks of at most K.
+
+    Within a chunk the runs have the same seed and similar target lengths, so that
+    padding to the longest prompt wastes little.
+    """
+    together = defaultdict(list)
+    for run in runs:
+        together[run.config.setup_key(), run.config.schedule_key()].append(run)
+    chunks = []
+    for batchable in together.values():
+        batchable.sort(key=lambda r: (r.config.seed, len(r.config.target), r.config.target, r.config.gamma))
+        for start in range(0, len(batchable), prompts_per_batch):
+            chunks.append(batchable[start:start + prompts_per_batch])
+    return chunks
+
+
+def is_finished(run, out):
+    return (Path(out) / run.run_id / "results.json").exists()
+
+
+# ---------------------------------------------------------------- the sweep state
+
+class SweepState:
+    """``sweep.json``: the plan and where each run stands, rewritten (atomically) after every chunk."""
+
+    def __init__(self, sweep_dir, runs, out, settings):
+        self.path = Path(sweep_dir) / "sweep.json"
+        old_errors = {r["run_id"]: r.get("error") for r in self.read(sweep_dir)["runs"]} if self.path.exists() else {}
+        self.data = {"settings": settings, "out": str(Path(out).resolve()), "runs": []}
+        for run in runs:
+            done = is_finished(run, out)
+            error = None if done else old_errors.get(run.run_id)
+            self.data["runs"].append({
+                "run_id": run.run_id, "twin": run.twin_id, "group": run.group, "task": run.config.task,
+                "model": run.config.model, "target_name": run.config.target_name, "gamma": run.config.gamma,
+                "seed": run.config.seed, "status": "done" if done else "failed" if error else "pending",
+                "error": error})
+        self.entry = {r["run_id"]: r for r in self.data["runs"]}
+
+    @staticmethod
+    def read(sweep_dir):
+        path = Path(sweep_dir) / "sweep.json"
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            raise MinwayError(f"{path} does not exist: run the sweep first") from None
+        except json.JSONDecodeError as e:
+            raise MinwayError(f"{path} is not valid JSON ({e})") from None
+
+    def count(self, status):
+        return sum(r["status"] == status for r in self.data["runs"])
+
+    def record(self, errors):
+        """Mark the runs of a chunk: {run_id: None (done) or the error}."""
+        for run_id, error in errors.items():
+            self.entry[run_id].update(status="failed" if error else "done", error=error)
+
+    def save(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.path, json.dumps(self.data, indent=1) + "\n")
+
+
+# ---------------------------------------------------------------- training a chunk
+
+def describe(error):
+    return f"{type(error).__name__}: {error}".strip().splitlines()[0]
+
+
+def train_chunk(configs, out, make_setup=Setup):
+    """Train a chunk's prompts together; {run_id: None when finished, else the error}.
+
+    A chunk that fails as a whole (one target too long, a loss that diverges) is
+    tried again run by run, so that one bad run does not sink the others.
+    """
+    run_ids = [c.run_id() for c in configs]
+    try:
+        setup = make_setup(configs[0])
+    except Exception as error:  # noqa: BLE001 - any failure is recorded, the sweep goes on
+        return dict.fromkeys(run_ids, describe(error))
+    try:
+        train_many(configs, out, resume=True, progress=False, setup=setup)
+        return dict.fromkeys(run_ids)
+    except Exception as error:  # noqa: BLE001
+        if len(configs) == 1:
+            return {run_ids[0]: describe(error)}
+    return {run_id: _train_alone(config, out, setup) for run_id, config in zip(run_ids, configs)}
+
+
+def _train_alone(config, out, setup):
+    try:
+        train(config, out, resume=True, progress=False, setup=setup)
+        return None
+    except Exception as error:  # noqa: BLE001
+        return describe(error)
+
+
+def run_locally(chunks, out, on_chunk_done):
+    setups = {}
+
+    def cached_setup(config):  # chunks come grouped by setup: keep one model in memory at a time
+        key = config.setup_key()
+        if key not in setups:
+            setups.clear()
+            setups[key] = Setup(config)
+        return setups[key]
+
+    for chunk in chunks:
+        on_chunk_done(chunk, train_chunk([r.config for r in chunk], out, cached_setup))
+
+
+# ---------------------------------------------------------------- training on a Ray cluster
+
+def import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise MinwayError("--ray needs Ray, which is not installed: pip install minway[ray]") from None
+    return ray
+
+
+def train_chunk_on_worker(configs, out):
+    _crash_once_if_asked()
+    return train_chunk(configs, out)
+
+
+def _crash_once_if_asked():
+    """Test hook: with $MINWAY_SWEEP_CRASH_ONCE naming a file that does not exist yet, the first
+    chunk to start creates it and kills its worker process, as a lost node would."""
+    marker = os.environ.get(CRASH_ONCE_ENV)
+    if not marker:
+        return
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL))  # only one worker wins the race
+    except FileExistsError:
+        return
+    os._exit(1)
+
+
+def run_on_ray(chunks, out, address, max_retries, on_chunk_done):
+    """Each chunk is one Ray task (one GPU, or one CPU on a cluster without GPUs); a task whose
+    worker dies is retried up to ``max_retries`` times and resumes from the runs' checkpoints."""
+    ray = import_ray()
+    if address == "local":
+        ray.init(include_dashboard=False, log_to_driver=False)
+    else:
+        ray.init(address=address, log_to_driver=False)
+    try:
+        needs = {"num_gpus": 1} if ray.cluster_resources().get("GPU", 0) >= 1 else {"num_cpus": 1}
+        task = ray.remote(max_retries=max_retries, **needs)(train_chunk_on_worker)
+        out = str(Path(out).resolve())  # the same path on every node: a shared filesystem
+        pending = {task.remote([r.config for r in chunk], out): chunk for chunk in chunks}
+        while pending:
+            [ready], _ = ray.wait(list(pending), num_returns=1)
+            chunk = pending.pop(ready)
+            try:
+                errors = ray.get(ready)
+            except ray.exceptions.RayError as error:  # retries used up
+                errors = dict.fromkeys((r.run_id for r in chunk), describe(error))
+            on_chunk_done(chunk, errors)
+    finally:
+        ray.shutdown()
+
+
+# ---------------------------------------------------------------- the whole sweep
+
+def run_sweep(runs, out, sweep_dir, prompts_per_batch=8, ray_address=None, max_retries=3, settings=None,
+              progress=True):
+    """Train every unfinished run of the plan; the final SweepState."""
+    state = SweepState(sweep_dir, runs, out, settings or {})
+    state.save()
+    todo = [run for run in runs if state.entry[run.run_id]["status"] != "done"]
+    bar = tqdm(total=len(runs), initial=len(runs) - len(todo), unit="run", desc="sweep", disable=not progress,
+               dynamic_ncols=True)
+    _show(bar, state)
+
+    def on_chunk_done(chunk, errors):
+        state.record(errors)
+        state.save()
+        for run_id, error in errors.items():
+            if error:
+                bar.write(f"failed: {run_id}: {error}")
+        _show(bar, state)
+        bar.update(len(chunk))
+
+    chunks = make_chunks(todo, prompts_per_batch)
+    try:
+        if ray_address:
+            run_on_ray(chunks, out, ray_address, max_retries, on_chunk_done)
+        else:
+            run_locally(chunks, out, on_chunk_done)
+    finally:
+        bar.close()
+    return state
+
+
+def _show(bar, state):
+    failed, done = state.count("failed"), state.count("done")
+    bar.set_postfix(done=done, failed=failed, left=len(state.data["runs"]) - done - failed, refresh=False)
+
+
+# ---------------------------------------------------------------- command line
+
+RUN_FIELDS = ("steps", "batch_size", "lr", "k", "max_eval", "data_dir", "device", "dtype", "attention", "metric",
+              "eval_batch_size", "checkpoint_every")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", choices=PRESETS, default="main",
+                   help="main: Table 2; gamma: Fig. 3; length: Fig. 4; size: Fig. 5; true: Tables 4/5")
+    grid = p.add_argument_group("grid (each overrides the preset; comma-separated lists)")
+    grid.add_argument("--tasks", help=f"some of {', '.join(PAPER_TASKS)}")
+    grid.add_argument("--groups", help=f"target groups: some of {', '.join(GROUP_FILES)}")
+    grid.add_argument("--seeds", help="e.g. 1,2,3")
+    grid.add_argument("--gammas", help="constrained gammas, e.g. 0.003,0.01 (each run gets its gamma = 0 twin)")
+    grid.add_argument("--models", "--model", dest="models", help=f"e.g. {','.join(MODEL_SIZES)} or checkpoint dirs")
+    grid.add_argument("--targets-limit", type=int, help="use the first N targets of each group")
+    grid.add_argument("--prompts-dir", help="the paper's prompt files (default: ../shared/prompts)")
+    run = p.add_argument_group("every run (defaults: those of train.py)")
+    for name, kind in (("steps", int), ("batch_size", int), ("lr", float), ("k", int), ("max_eval", int),
+                       ("eval_batch_size", int), ("checkpoint_every", int)):
+        run.add_argument("--" + name.replace("_", "-"), type=kind)
+    run.add_argument("--data-dir")
+    run.add_argument("--device", help="cuda, cpu or auto")
+    run.add_argument("--dtype", choices=("fp32", "bf16"))
+    run.add_argument("--attention", choices=("auto", "naive", "sdpa", "triton"))
+    run.add_argument("--metric", choices=METRICS)
+    p.add_argument("--out", default="runs", help="where run directories go (shared with train.py)")
+    p.add_argument("--sweep-dir", help="sweep state, report and figures (default: sweeps/<preset>)")
+    p.add_argument("--prompts-per-batch", type=int, default=8, help="K prompts trained together in one batch")
+    p.add_argument("--ray", metavar="ADDRESS", help="run on Ray: auto (a running cluster), local, or host:port")
+    p.add_argument("--max-retries", type=int, default=3, help="Ray: retries of a chunk whose worker died")
+    p.add_argument("--dry-run", action="store_true", help="list the runs and stop")
+    p.add_argument("--report-only", action="store_true", help="rewrite the report and figures, train nothing")
+    p.add_argument("--no-figures", action="store_true")
+    p.add_argument("--positions-run", help="run id of the per-position figure (default: the first done)")
+    p.add_argument("--no-progress", action="store_true")
+    return p.parse_args(argv)
+
+
+def _split(text, kind, flag):
+    try:
+        values = tuple(kind(x.strip()) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise MinwayError(f"{flag} {text!r} must be a comma-separated list of {kind.__name__}s") from None
+    if not values:
+        raise MinwayError(f"{flag} is empty")
+    return values
+
+
+def grid_from_args(args):
+    grid = PRESETS[args.preset]
+    overrides = {}
+    for flag, kind in (("tasks", str), ("groups", str), ("seeds", int), ("gammas", float), ("models", str)):
+        if getattr(args, flag) is not None:
+            overrides[flag] = _split(getattr(args, flag), kind, "--" + flag)
+    if args.targets_limit is not None:
+        overrides["targets_limit"] = args.targets_limit
+    grid = replace(grid, **overrides)
+    for task in grid.tasks:
+        get_task(task)
+    if any(g < 0 for g in grid.gammas):
+        raise MinwayError(f"--gammas {','.join(map(str, grid.gammas))}: gamma cannot be negative")
+    if grid.targets_limit is not None and grid.targets_limit < 1:
+        raise MinwayError("--targets-limit must be at least 1")
+    return grid
+
+
+def run_fields_from_args(args):
+    return {name: getattr(args, name) for name in RUN_FIELDS if getattr(args, name) is not None}
+
+
+def print_plan(runs, out, chunks):
+    done = sum(is_finished(r, out) for r in runs)
+    for run in runs:
+        print(f"{'done' if is_finished(run, out) else 'todo'}  {run.group:<8} {run.run_id}")
+    twins = sum(r.config.gamma == 0 for r in runs)
+    print(f"{len(runs)} runs ({len(runs) - twins} constrained, {twins} unconstrained twins), {done} done, "
+          f"{len(runs) - done} to train in {len(chunks)} chunks")
+
+
+def main(argv=None):
+    from minway import figures, report  # here, not above: both import this module
+
+    args = parse_args(argv)
+    sweep_dir = Path(args.sweep_dir or Path("sweeps") / args.preset)
+    if args.report_only:
+        written = report.write_report(sweep_dir)
+        if not args.no_figures:
+            written += figures.write_figures(sweep_dir, args.positions_run)
+        print("written: " + ", ".join(map(str, written)))
+        return
+    if args.prompts_per_batch < 1:
+        raise MinwayError("--prompts-per-batch must be at least 1")
+    grid = grid_from_args(args)
+    runs = expand(grid, args.prompts_dir or default_prompts_dir(), run_fields_from_args(args))
+    if args.dry_run:
+        todo = [r for r in runs if not is_finished(r, args.out)]
+        print_plan(runs, args.out, make_chunks(todo, args.prompts_per_batch))
+        return
+    if not args.no_figures:
+        figures.require_matplotlib()  # fail now, not after hours of training
+    if args.ray:
+        import_ray()
+    settings = {"preset": args.preset, "grid": asdict(grid), "run_fields": run_fields_from_args(args)}
+    state = run_sweep(runs, args.out, sweep_dir, args.prompts_per_batch, args.ray, args.max_retries, settings,
+                      progress=not args.no_progress)
+    written = report.write_report(sweep_dir)
+    if not args.no_figures:
+        written += figures.write_figures(sweep_dir, args.positions_run)
+    print(f"{state.count('done')} done, {state.count('failed')} failed, {state.count('pending')} pending")
+    print("written: " + ", ".join(map(str, written)))
+
+
+if __name__ == "__main__":
+    from minway.cli import run_cli
+
+    run_cli(main)

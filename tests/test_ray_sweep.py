@@ -1,0 +1,50 @@
+"""The sweep on a real (local, in-process) Ray cluster: same run directories, same reports, and a
+worker killed mid-sweep whose chunk Ray retries."""
+import json
+import tempfile
+
+import pytest
+
+pytest.importorskip("ray", reason="Ray is not installed (pip install minway[ray])")
+
+from fixtures import SHARED_PROMPTS, tiny_checkpoint, tiny_data  # noqa: E402,F401
+from minway.report import write_report  # noqa: E402
+from minway.sweep import CRASH_ONCE_ENV, Grid, expand, run_sweep  # noqa: E402
+from test_sweep import assert_report_matches_runs, tiny_fields, write_prompts  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not SHARED_PROMPTS.is_dir(), reason=f"shared prompts not found at {SHARED_PROMPTS}")
+
+
+@pytest.fixture
+def ray_tmpdir(monkeypatch):
+    # short: Ray's socket paths live under it and must stay under the OS limit of 107 characters
+    monkeypatch.setenv("RAY_TMPDIR", tempfile.mkdtemp(prefix="ray"))
+
+
+def plan(root, checkpoint, data_dir):
+    prompts = write_prompts(root / "prompts", SHARED_PROMPTS)
+    grid = Grid(tasks=("sst2",), groups=("PILE-4", "PILE-7"), gammas=(0.01,), seeds=(1,), models=(str(checkpoint),))
+    return expand(grid, prompts, tiny_fields(data_dir))
+
+
+def test_ray_sweep_writes_the_same_runs_and_report(tmp_path, tiny_checkpoint, tiny_data, ray_tmpdir):  # noqa: F811
+    runs = plan(tmp_path, tiny_checkpoint, tiny_data)
+    state = run_sweep(runs, tmp_path / "runs", tmp_path / "sweep", prompts_per_batch=2, ray_address="local",
+                      progress=False)
+    assert state.count("done") == len(runs) == 4
+    write_report(tmp_path / "sweep")
+    report = assert_report_matches_runs(tmp_path / "sweep", tmp_path / "runs")
+    assert {row["group"] for row in report["rows"]} == {"PILE-4", "PILE-7"}
+
+
+def test_ray_retries_a_chunk_whose_worker_died(tmp_path, tiny_checkpoint, tiny_data, ray_tmpdir,  # noqa: F811
+                                              monkeypatch):
+    marker = tmp_path / "crashed"
+    monkeypatch.setenv(CRASH_ONCE_ENV, str(marker))  # the first chunk to start kills its worker
+    runs = plan(tmp_path, tiny_checkpoint, tiny_data)
+    state = run_sweep(runs, tmp_path / "runs", tmp_path / "sweep", prompts_per_batch=2, ray_address="local",
+                      max_retries=2, progress=False)
+    assert marker.exists(), "no worker was killed: the test hook did not reach the Ray workers"
+    assert state.count("done") == len(runs) and state.count("failed") == 0
+    statuses = [r["status"] for r in json.loads((tmp_path / "sweep" / "sweep.json").read_text())["runs"]]
+    assert statuses == ["done"] * len(runs)

@@ -1,0 +1,260 @@
+"""The sweep: grid expansion and presets, a tiny sweep end to end, its report and figures,
+resuming, and a failing run that does not stop the others."""
+import json
+import statistics
+import sys
+from collections import defaultdict
+
+import pytest
+
+import minway.sweep as sweep
+from fixtures import (SHARED_PROMPTS, TOKENIZER_DIR, needs_tokenizer, run_script,  # noqa: F401
+                      tiny_checkpoint, tiny_data)
+from minway.errors import MinwayError
+from minway.report import choose_gammas
+from minway.sweep import PRESETS, expand, make_chunks, run_sweep
+
+needs_prompts = pytest.mark.skipif(not SHARED_PROMPTS.is_dir(), reason=f"shared prompts not found at {SHARED_PROMPTS}")
+TOO_LONG = "word " * 1100  # more tokens than the tiny model's context of 1024
+
+
+# ---------------------------------------------------------------- the grid, no training
+
+@needs_prompts
+@pytest.mark.parametrize("preset, runs", [("main", 5 * 62 * 3 * 2), ("gamma", 2 * 32 * 3 * 7),
+                                          ("length", 2 * 5 * 30 * 3 * 2), ("size", 4 * 30 * 3 * 4),
+                                          ("true", 5 * 5 * 3 * 2)])
+def test_presets_have_the_papers_counts(preset, runs):
+    assert len(expand(PRESETS[preset], SHARED_PROMPTS)) == runs
+
+
+@needs_prompts
+def test_every_constrained_run_has_its_twin():
+    runs = expand(PRESETS["gamma"], SHARED_PROMPTS)
+    by_id = {r.run_id: r for r in runs}
+    constrained = [r for r in runs if r.config.gamma > 0]
+    assert {r.config.gamma for r in constrained} == set(PRESETS["gamma"].gammas)
+    for run in constrained:
+        twin = by_id[run.twin_id].config
+        assert (twin.gamma, twin.target, twin.seed, twin.task, twin.model) == \
+               (0.0, run.config.target, run.config.seed, run.config.task, run.config.model)
+
+
+@needs_prompts
+def test_true_targets_are_the_tasks_own_definitions():
+    runs = expand(PRESETS["true"], SHARED_PROMPTS)
+    for task, prefix in (("sst2", "SST-2_"), ("sst5", "sst-5_"), ("agnews", "agnews_"), ("trec", "trec_")):
+        names = {r.config.target_name for r in runs if r.config.task == task}
+        assert names == {f"{prefix}{i}" for i in range(5)}
+
+
+@needs_prompts
+@needs_tokenizer
+def test_length_groups_hold_targets_of_their_token_length():
+    from minway.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(TOKENIZER_DIR)
+    runs = expand(PRESETS["length"], SHARED_PROMPTS)
+    for run in runs:
+        assert len(tokenizer.encode(run.config.target)) == int(run.group.removeprefix("PILE-"))
+
+
+@needs_prompts
+def test_overrides_and_chunks():
+    grid = PRESETS["main"]
+    grid = type(grid)(**{**grid.__dict__, "tasks": ("sst2",), "seeds": (1, 2), "targets_limit": 3})
+    runs = expand(grid, SHARED_PROMPTS, {"steps": 5})
+    assert len(runs) == 1 * 2 * 3 * 2 * 2 and all(r.config.steps == 5 for r in runs)
+    chunks = make_chunks(runs, 5)
+    assert sorted(r.run_id for c in chunks for r in c) == sorted(r.run_id for r in runs)
+    for chunk in chunks:
+        assert len(chunk) <= 5
+        assert len({(r.config.setup_key(), r.config.schedule_key()) for r in chunk}) == 1
+
+
+def test_choose_gamma_takes_the_smallest_above_098():
+    def row(gamma, f1):
+        return {"model": "m", "task": "sst2", "group": "PILE", "gamma": gamma, "f1": {"mean": f1, "std": 0.0}}
+    chosen = choose_gammas([row(0.003, 0.95), row(0.005, 0.985), row(0.01, 0.99)])
+    assert [(c["gamma"], c["meets_threshold"]) for c in chosen] == [(0.005, True)]
+    chosen = choose_gammas([row(0.003, 0.90), row(0.01, 0.97)])
+    assert [(c["gamma"], c["meets_threshold"]) for c in chosen] == [(0.01, False)]
+
+
+# ---------------------------------------------------------------- a tiny sweep, trained
+
+def write_prompts(directory, shared_prompts):
+    """A prompts directory: three NI targets (one longer than the context), one PILE-4 and one PILE-7."""
+    directory.mkdir(parents=True, exist_ok=True)
+    natural = list(json.loads((shared_prompts / "natural_prompts.json").read_text()).items())
+    files = {"natural_prompts.json": {**dict(natural[:2]), "too_long": TOO_LONG}}
+    for n in (4, 7):
+        pile = json.loads((shared_prompts / f"pile_n={n}.json").read_text())
+        files[f"pile_n={n}.json"] = {"prompt00": pile["prompt00"]}
+    for name, prompts in files.items():
+        (directory / name).write_text(json.dumps(prompts))
+    return directory
+
+
+def tiny_grid(groups=("NI", "PILE-4", "PILE-7")):
+    return sweep.Grid(tasks=("sst2",), groups=groups, gammas=(0.01, 0.03), seeds=(1,))
+
+
+def tiny_fields(data_dir):
+    return {"steps": 2, "batch_size": 2, "k": 4, "max_eval": 6, "device": "cpu", "data_dir": str(data_dir),
+            "checkpoint_every": 1}
+
+
+class TrainingSpy:
+    """Counts what the sweep hands to training."""
+
+    def __init__(self, monkeypatch):
+        self.trained = []
+        real = sweep.train_many
+
+        def spy(configs, *args, **kwargs):
+            self.trained += [c.run_id() for c in configs]
+            return real(configs, *args, **kwargs)
+        monkeypatch.setattr(sweep, "train_many", spy)
+
+
+@pytest.fixture(scope="module")
+def tiny_sweep(tmp_path_factory, tiny_checkpoint, tiny_data):  # noqa: F811
+    if not SHARED_PROMPTS.is_dir():
+        pytest.skip(f"shared prompts not found at {SHARED_PROMPTS}")
+    root = tmp_path_factory.mktemp("sweep")
+    prompts = write_prompts(root / "prompts", SHARED_PROMPTS)
+    fields = tiny_fields(tiny_data)
+    grid = sweep.Grid(**{**tiny_grid().__dict__, "models": (str(tiny_checkpoint),)})
+    runs = expand(grid, prompts, fields)
+    # first a part of the sweep, as if the sweep had been stopped there
+    first = [r for r in runs if r.group == "PILE-4"]
+    run_sweep(first, root / "runs", root / "sweep", prompts_per_batch=4, progress=False)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        spy = TrainingSpy(monkeypatch)
+        state = run_sweep(runs, root / "runs", root / "sweep", prompts_per_batch=4, progress=False)
+    return {"root": root, "runs": runs, "first": first, "state": state, "trained": spy.trained,
+            "prompts": prompts, "fields": fields, "grid": grid}
+
+
+def expected_rows(sweep_json, out):
+    """Mean and population std per (task, group, gamma), by hand from the runs' results.json."""
+    read = lambda run_id: json.loads((out / run_id / "results.json").read_text())  # noqa: E731
+    pairs = defaultdict(list)
+    for entry in sweep_json["runs"]:
+        if entry["gamma"] > 0 and entry["status"] == "done":
+            c, u = read(entry["run_id"]), read(entry["twin"])
+            pairs[entry["task"], entry["group"], entry["gamma"]].append(
+                (u["accuracy"], c["accuracy"], 100 * (u["accuracy"] - c["accuracy"]) / u["accuracy"], c["prompt_f1"]))
+    return {key: [(statistics.fmean(v), statistics.pstdev(v)) for v in zip(*values)]
+            for key, values in pairs.items()}
+
+
+def assert_report_matches_runs(sweep_dir, out):
+    report = json.loads((sweep_dir / "report.json").read_text())
+    expected = expected_rows(json.loads((sweep_dir / "sweep.json").read_text()), out)
+    assert {(r["task"], r["group"], r["gamma"]) for r in report["rows"]} == set(expected)
+    markdown = (sweep_dir / "report.md").read_text()
+    for row in report["rows"]:
+        want = expected[row["task"], row["group"], row["gamma"]]
+        got = [row[m] for m in ("acc_unconstrained", "acc_constrained", "relative_drop", "f1")]
+        for (mean, std), stat in zip(want, got):
+            assert stat["mean"] == pytest.approx(mean) and stat["std"] == pytest.approx(std, abs=1e-12)
+        f1 = want[3]
+        assert f"{100 * f1[0]:.1f} ± {100 * f1[1]:.1f}" in markdown
+    return report
+
+
+def test_sweep_trains_every_run_but_the_failing_one(tiny_sweep):
+    state, runs = tiny_sweep["state"], tiny_sweep["runs"]
+    assert len(runs) == 5 * 3  # 5 targets x (2 gammas + twin)
+    failed = [r for r in state.data["runs"] if r["status"] == "failed"]
+    assert {r["target_name"] for r in failed} == {"too_long"} and len(failed) == 3
+    assert all("exceeds the model's context" in r["error"] for r in failed)
+    assert state.count("done") == 12 and state.count("pending") == 0
+    for run in runs:
+        finished = (tiny_sweep["root"] / "runs" / run.run_id / "results.json").exists()
+        assert finished == (run.config.target_name != "too_long")
+
+
+def test_a_stopped_sweep_continues_without_repeating_finished_runs(tiny_sweep):
+    first_ids = {r.run_id for r in tiny_sweep["first"]}
+    assert first_ids and not first_ids & set(tiny_sweep["trained"])
+    assert set(tiny_sweep["trained"]) == {r.run_id for r in tiny_sweep["runs"]} - first_ids
+
+
+def test_report_numbers_are_the_means_of_the_runs(tiny_sweep):
+    from minway.figures import write_figures
+    from minway.report import write_report
+
+    root = tiny_sweep["root"]
+    write_report(root / "sweep")
+    report = assert_report_matches_runs(root / "sweep", root / "runs")
+    assert report["counts"] == {"done": 12, "failed": 3, "pending": 0}
+    assert next(r for r in report["rows"] if r["group"] == "NI")["n"] == 2
+    assert "too_long" in (root / "sweep" / "report.md").read_text()
+    assert {c["group"] for c in report["chosen_gamma"]} == {"NI", "PILE-4", "PILE-7"}
+    written = write_figures(root / "sweep")
+    assert sorted(p.name for p in written) == ["gamma.png", "length.png", "positions.png"]
+    for path in written:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_finished_sweep_trains_nothing(tiny_sweep, monkeypatch):
+    root = tiny_sweep["root"]
+    done = [r for r in tiny_sweep["runs"] if r.config.target_name != "too_long"]
+    times = {r.run_id: (root / "runs" / r.run_id / "results.json").stat().st_mtime_ns for r in done}
+    spy = TrainingSpy(monkeypatch)
+    state = run_sweep(done, root / "runs", root / "again", progress=False)
+    assert spy.trained == [] and state.count("done") == len(done)
+    assert times == {r.run_id: (root / "runs" / r.run_id / "results.json").stat().st_mtime_ns for r in done}
+
+
+def test_size_figure_from_two_models(tmp_path):
+    from minway.figures import require_matplotlib, size_figure
+
+    def row(model, gamma, acc, f1):
+        stat = lambda v: {"mean": v, "std": 0.01}  # noqa: E731
+        return {"model": model, "task": "sst2", "group": "PILE", "gamma": gamma, "n": 3,
+                "acc_unconstrained": stat(acc + 0.01), "acc_constrained": stat(acc), "relative_drop": stat(1.0),
+                "f1": stat(f1), "f1_unconstrained": stat(0.1), "length": stat(20.0)}
+    rows = [row("gpt2", 0.005, 0.8, 0.97), row("gpt2", 0.01, 0.78, 0.99), row("gpt2-medium", 0.005, 0.85, 0.99)]
+    path = size_figure(require_matplotlib(), rows, choose_gammas(rows), tmp_path / "size.png")
+    assert path.exists() and path.stat().st_size > 1000
+
+
+# ---------------------------------------------------------------- the command line
+
+def test_dry_run_lists_the_runs(tiny_sweep, tmp_path):
+    root = tiny_sweep["root"]
+    args = ["--tasks", "sst2", "--groups", "PILE-4,PILE-7", "--gammas", "0.01,0.03", "--seeds", "1",
+            "--models", tiny_sweep["grid"].models[0], "--prompts-dir", root / "prompts", "--out", root / "runs",
+            "--steps", 2, "--batch-size", 2, "--k", 4, "--max-eval", 6, "--device", "cpu",
+            "--data-dir", tiny_sweep["fields"]["data_dir"], "--checkpoint-every", 1, "--dry-run"]
+    result = run_script("sweep.py", *args)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 7 and all(line.startswith("done ") for line in lines[:6])
+    assert lines[-1] == "6 runs (4 constrained, 2 unconstrained twins), 6 done, 0 to train in 0 chunks"
+
+
+@needs_prompts
+def test_bad_input_is_one_line(capsys, monkeypatch):
+    from minway.cli import run_cli
+    from minway.figures import require_matplotlib
+
+    def error_of(argv):
+        with pytest.raises(SystemExit) as exit_info:
+            run_cli(lambda: sweep.main(argv))
+        assert exit_info.value.code == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ")
+        return lines[0]
+    assert "unknown task 'imdb'" in error_of(["--tasks", "imdb", "--dry-run"])
+    assert "--gammas" in error_of(["--gammas", "0.01,x", "--dry-run"])
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(MinwayError, match=r"pip install minway\[sweep\]"):
+        require_matplotlib()
+    monkeypatch.setitem(sys.modules, "ray", None)
+    assert "pip install minway[ray]" in error_of(["--tasks", "sst2", "--ray", "auto", "--no-figures",
+                                                    "--targets-limit", "1"])
