@@ -89,5 +89,6 @@ def summary(results, target_text):
     if "compare" in results:
         c = results["compare"]
         lines.append(f"unconstrained vs constrained: Acc(p*c) {100 * c['accuracy_unconstrained']:.1f} -> "
-                     f"Acc(p~c) {100 * c['accuracy_constrained']:.1f}, relative drop {c['relative_drop']:.1f}%")
+                     f"Acc(p~c) {100 * c['accuracy_constrained']:.1f}, relative drop "
+                     + ("n/a" if c["relative_drop"] is None else f"{c['relative_drop']:.1f}%"))
     return "\n".join(lines)

@@ -56,8 +56,11 @@ def accuracy(predictions, labels) -> float:
     return sum(p == y for p, y in zip(predictions, labels)) / len(labels)
 
 
-def relative_drop(acc_unconstrained: float, acc_constrained: float) -> float:
-    """Delta-hat of Table 2, in %: how much of the unconstrained accuracy a* the constrained prompt loses."""
+def relative_drop(acc_unconstrained: float, acc_constrained: float) -> float | None:
+    """Delta-hat of Table 2, in %: how much of the unconstrained accuracy a* the constrained prompt loses
+    (None where a* = 0: there is nothing to lose)."""
+    if acc_unconstrained == 0:
+        return None
     return 100.0 * (acc_unconstrained - acc_constrained) / acc_unconstrained
 
 

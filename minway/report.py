@@ -73,8 +73,9 @@ def aggregate(pairs):
     for (model, task, group, gamma), members in grouped.items():
         row = {"model": model, "task": task, "group": group, "gamma": gamma, "n": len(members)}
         for measure in MEASURES:
-            values = np.array([m[measure] for m in members], dtype=float)
-            row[measure] = {"mean": float(values.mean()), "std": float(values.std())}
+            values = np.array([m[measure] for m in members if m[measure] is not None], dtype=float)
+            row[measure] = ({"mean": float(values.mean()), "std": float(values.std())} if len(values)
+                            else {"mean": None, "std": None})
         rows.append(row)
     return sorted(rows, key=row_order)
 
@@ -110,13 +111,17 @@ def build_report(sweep_dir):
 
 # ---------------------------------------------------------------- Markdown
 
+def _stat(stat, scale=1):
+    return "n/a" if stat["mean"] is None else f"{scale * stat['mean']:.1f} ± {scale * stat['std']:.1f}"
+
+
 def _pct(stat):
-    return f"{100 * stat['mean']:.1f} ± {100 * stat['std']:.1f}"
+    return _stat(stat, 100)
 
 
 def _row_cells(row):
     return [row["model"], row["task"], row["group"], f"{row['gamma']:g}", f"{row['length']['mean']:.1f}",
-            str(row["n"]), f"{row['relative_drop']['mean']:.1f} ± {row['relative_drop']['std']:.1f}",
+            str(row["n"]), _stat(row["relative_drop"]),
             f"{_pct(row['acc_unconstrained'])} → {_pct(row['acc_constrained'])}", _pct(row["f1"])]
 
 

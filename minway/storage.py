@@ -23,16 +23,23 @@ from minway.errors import MinwayError
 from minway.evaluation import summary
 
 
-def atomic_save(tensors, path, metadata):
+def _atomic(path, write):
+    """``write(tmp)``, then rename onto ``path``; a write that fails leaves the old file and no temporary one."""
     tmp = Path(str(path) + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_save(tensors, path, metadata):
+    _atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 def atomic_write_text(path, text):
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    _atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def open_run_dir(config, out, resume, force):

@@ -80,6 +80,7 @@ def test_relative_drop():
     assert relative_drop(92.4, 91.8) == pytest.approx(100 * 0.6 / 92.4)
     assert relative_drop(0.8, 0.8) == 0.0
     assert relative_drop(0.5, 0.25) == pytest.approx(50.0)
+    assert relative_drop(0.0, 0.25) is None  # a* = 0: undefined, not a division by zero
 
 
 def test_mark_mismatches():

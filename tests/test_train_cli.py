@@ -1,0 +1,412 @@
+"""The whole pipeline: train.py and eval.py as a user runs them, kill and resume, NaN stops,
+one-line errors, the gamma trade-off, --compare and --label-map.
+
+Every run uses the tiny random GPT-2 (d=48), or a sharpened copy of it, and a few steps;
+what is checked is the pipeline, recomputed here by brute force where it can be, not the
+accuracy of a random model.
+"""
+import importlib
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from conftest import ROOT
+from fixtures import assert_one_line_error, first_rows, offline_env, run_script
+from fixtures import short_context_checkpoint, tiny_checkpoint, tiny_data  # noqa: F401  (pytest fixtures)
+from minway import training
+from minway.cli import run_cli
+from minway.config import RunConfig
+from minway.errors import MinwayError
+from minway.metrics import prompt_f1
+from minway.objective import Loss
+from minway.setup import Setup
+from minway.storage import read_checkpoint, save_prompt
+from minway.tokenizer import load_tokenizer
+
+TARGET = "Write a question about the given fact."
+METRIC_NAMES = ("dot", "l2", "cos")
+
+
+def base_args(checkpoint, data_dir, out, **options):
+    args = {"task": "sst2", "target": TARGET, "model": checkpoint, "data-dir": data_dir, "out": out,
+            "device": "cpu", "batch-size": 2, "max-eval": 8, **options}
+    return [x for key, value in args.items() for x in (f"--{key}", value)] + ["--no-progress"]
+
+
+def config_of(checkpoint, data_dir, **fields):
+    """The RunConfig that base_args(...) gives train.py."""
+    fields = {"task": "sst2", "target": TARGET, "model": str(checkpoint), "data_dir": str(data_dir),
+              "device": "cpu", "batch_size": 2, "max_eval": 8, **fields}
+    return RunConfig(**fields)
+
+
+def read_json(path):
+    return json.loads(path.read_text())
+
+
+def wte(checkpoint):
+    with safe_open(str(checkpoint / "model.safetensors"), framework="pt") as f:
+        return f.get_tensor("wte.weight").float()
+
+
+def brute_force_nearest(prompt, E, metric):
+    """Nearest token id per row, the obvious way (no kernel, no chunking)."""
+    if metric == "dot":
+        return (prompt @ E.T).argmax(1).tolist()
+    if metric == "l2":
+        return torch.cdist(prompt.double(), E.double()).argmin(1).tolist()
+    return (torch.nn.functional.normalize(prompt, dim=1) @ torch.nn.functional.normalize(E, dim=1).T).argmax(1).tolist()
+
+
+def strip_volatile(results):
+    return {k: v for k, v in results.items() if k != "eval_seconds"}
+
+
+@pytest.fixture(scope="module")
+def sharp_checkpoint(tiny_checkpoint, tmp_path_factory):
+    """The tiny checkpoint made sharp as fixtures.sharp_model is: its predictions depend on the prompt,
+    so that training it moves the accuracy (the tiny model's own is near-uniform)."""
+    directory = tmp_path_factory.mktemp("sharp-gpt2")
+    for name in ("config.json", "vocab.json", "merges.txt"):
+        shutil.copy(tiny_checkpoint / name, directory / name)
+    tensors = load_file(str(tiny_checkpoint / "model.safetensors"))
+    for name in tensors:
+        if name in ("wte.weight", "wpe.weight"):
+            tensors[name] = tensors[name] * 10
+        elif name.endswith("attn.c_attn.weight"):
+            tensors[name] = tensors[name] * 3
+    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    return directory
+
+
+@pytest.fixture(scope="module")
+def setup(sharp_checkpoint, tiny_data):
+    """One loaded model and data set for the in-process runs (all share config_of's setup key)."""
+    return Setup(config_of(sharp_checkpoint, tiny_data))
+
+
+# --- a full run, then eval.py ---------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def full_run(tiny_checkpoint, tiny_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    result = run_script("train.py", *base_args(tiny_checkpoint, tiny_data, out, steps=6, **{"checkpoint-every": 2}))
+    assert result.returncode == 0, result.stderr
+    run_dir = out / config_of(tiny_checkpoint, tiny_data, steps=6, checkpoint_every=2).run_id()
+    return result, run_dir
+
+
+def test_train_writes_the_run_directory(full_run):
+    result, run_dir = full_run
+    for name in ("prompt.safetensors", "results.json", "log.jsonl", "checkpoint.safetensors", "summary.txt"):
+        assert (run_dir / name).is_file(), name
+    assert not list(run_dir.glob("*.tmp"))
+    assert f"{run_dir.name}/results.json" in result.stdout
+    results = read_json(run_dir / "results.json")
+    assert results["run_id"] == run_dir.name
+    assert results["config"]["steps"] == 6 and results["config"]["target"] == TARGET
+    assert results["minway_version"] and results["random_weights"] is True
+    assert results["n_test"] == 8
+    for key in ("accuracy", "hard_prompt_accuracy", "c_dist", "prompt_f1"):
+        assert isinstance(results[key], float), key
+    assert results["prompt_f1"] == results["projections"]["dot"]["f1"]
+    assert read_checkpoint(run_dir / "checkpoint.safetensors")[0] == 6
+
+
+def test_log_has_one_line_per_step(full_run):
+    _, run_dir = full_run
+    entries = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in entries] == list(range(6))
+    assert all(e["loss"] == pytest.approx(e["ce"] + 0.01 * e["distance"]) for e in entries)
+    assert entries[0]["distance"] == 0.0  # the prompt starts at c-proj(target)
+
+
+def test_results_match_a_brute_force_projection_of_the_saved_prompt(full_run, tiny_checkpoint):
+    _, run_dir = full_run
+    results = read_json(run_dir / "results.json")
+    with safe_open(str(run_dir / "prompt.safetensors"), framework="pt") as f:
+        prompt, meta = f.get_tensor("prompt"), f.metadata()
+    target_ids = json.loads(meta["target_ids"])
+    tokenizer = load_tokenizer(tiny_checkpoint)
+    assert target_ids == tokenizer.encode(TARGET) == results["target_ids"]
+    E = wte(tiny_checkpoint)
+    assert results["c_dist"] == pytest.approx(float((prompt - E[target_ids]).pow(2).sum() / len(target_ids)), rel=1e-5)
+    for metric in METRIC_NAMES:
+        report = results["projections"][metric]
+        ids = brute_force_nearest(prompt, E, metric)
+        assert report["ids"] == ids, metric
+        text = tokenizer.decode(ids)
+        assert report["text"] == text
+        assert report["f1"] == pytest.approx(prompt_f1(text, TARGET, lemmatize=True))
+        assert report["f1_no_lemma"] == pytest.approx(prompt_f1(text, TARGET, lemmatize=False))
+        assert report["position_match"] == pytest.approx(sum(a == b for a, b in zip(ids, target_ids)) / len(ids))
+
+
+@pytest.mark.slow
+def test_eval_recomputes_the_results(full_run):
+    _, run_dir = full_run
+    result = run_script("eval.py", run_dir, "--positions", "--no-progress", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    trained, evaluated = read_json(run_dir / "results.json"), read_json(run_dir / "eval.json")
+    for key in ("accuracy", "hard_prompt_accuracy", "prompt_f1", "n_test", "projections"):
+        assert evaluated[key] == trained[key], key
+    assert evaluated["c_dist"] == pytest.approx(trained["c_dist"], rel=1e-6)
+    n_positions = len(trained["target_ids"])
+    assert [f"position {i}:" in result.stdout for i in range(n_positions + 1)] == [True] * n_positions + [False]
+    assert result.stdout.count("top-5:") == 3 * n_positions
+
+
+# --- kill and resume ------------------------------------------------------------------------------
+
+def checkpoint_step(path):
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return int(f.metadata()["step"])
+    except Exception:  # not there yet, or being replaced
+        return None
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_bitwise(sharp_checkpoint, tiny_data, setup, tmp_path):
+    steps = 10
+    args = base_args(sharp_checkpoint, tiny_data, tmp_path / "killed", steps=steps, lr=0.05,
+                     **{"checkpoint-every": 2})
+    config = config_of(sharp_checkpoint, tiny_data, steps=steps, lr=0.05, checkpoint_every=2)
+    run_dir = tmp_path / "killed" / config.run_id()
+    process = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *map(str, args)], cwd=ROOT,
+                               env=offline_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while checkpoint_step(run_dir / "checkpoint.safetensors") is None and time.time() < deadline:
+            assert process.poll() is None, "train.py ended before its first checkpoint"
+            time.sleep(0.02)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait()
+    killed_at = checkpoint_step(run_dir / "checkpoint.safetensors")
+    assert killed_at is not None and 0 < killed_at < steps
+    assert not (run_dir / "results.json").exists()
+    # mark the log lines written before the kill: those of the steps the resumed run must not redo stay marked
+    log = run_dir / "log.jsonl"
+    log.write_text("".join(json.dumps({**entry, "before_kill": True}) + "\n" for entry in read_entries(log)))
+
+    resumed = run_script("train.py", *args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    entries = read_entries(log)
+    assert [e["step"] for e in entries if e.pop("before_kill", False)] == list(range(killed_at))
+
+    # the uninterrupted run, and the same configuration once more, both fresh, in this process
+    fresh = [training.train(config, tmp_path / name, progress=False, setup=setup) for name in ("fresh1", "fresh2")]
+    prompts = [load_prompt_tensor(d / config.run_id()) for d in (tmp_path / "killed", tmp_path / "fresh1",
+                                                                  tmp_path / "fresh2")]
+    assert torch.equal(prompts[0], prompts[1]) and torch.equal(prompts[1], prompts[2])
+    assert not torch.equal(prompts[0], initial_prompt(config, setup))  # it did train
+    assert strip_volatile(fresh[0]) == strip_volatile(fresh[1])
+    resumed_results = read_json(run_dir / "results.json")
+    assert strip_volatile(resumed_results) == strip_volatile(read_json(tmp_path / "fresh1" / config.run_id() /
+                                                                       "results.json"))
+    # the log of the resumed run is the uninterrupted one: each step once, same losses
+    assert entries == read_entries(tmp_path / "fresh1" / config.run_id() / "log.jsonl")
+    assert [e["step"] for e in entries] == list(range(steps))
+
+
+def read_entries(log):
+    """The log's entries; a line cut short by a kill is left out."""
+    entries = []
+    for line in log.read_text().splitlines():
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass
+    return entries
+
+
+def load_prompt_tensor(run_dir):
+    with safe_open(str(run_dir / "prompt.safetensors"), framework="pt") as f:
+        return f.get_tensor("prompt")
+
+
+def initial_prompt(config, setup):
+    return setup.model.wte.weight[setup.target_ids(config)].detach().float()
+
+
+# --- NaN ------------------------------------------------------------------------------------------
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(sharp_checkpoint, tiny_data, setup, tmp_path,
+                                                                   monkeypatch):
+    config = config_of(sharp_checkpoint, tiny_data, steps=8, lr=0.05, checkpoint_every=2)
+    real_losses, calls, poisoned = training.bank_losses, [], [True]
+
+    def nan_at_step_5(*args, **kwargs):
+        loss = real_losses(*args, **kwargs)
+        calls.append(None)
+        if poisoned[0] and len(calls) == 6:
+            return Loss(loss.total * float("nan"), loss.ce, loss.distance)
+        return loss
+
+    monkeypatch.setattr(training, "bank_losses", nan_at_step_5)
+    with pytest.raises(MinwayError) as error:
+        training.train(config, tmp_path / "nan", progress=False, setup=setup)
+    message = str(error.value)
+    assert "step 5" in message and "nan" in message and "\n" not in message
+    run_dir = tmp_path / "nan" / config.run_id()
+    step, prompt, adam = read_checkpoint(run_dir / "checkpoint.safetensors")
+    assert step == 4 and bool(torch.isfinite(prompt).all()) and adam["step"] == 4
+    assert not (run_dir / "results.json").exists()
+
+    # the kept checkpoint is good: resuming from it (steps 4..7 only) ends where an undisturbed run ends
+    poisoned[0], calls[:] = False, []
+    resumed = training.train(config, tmp_path / "nan", resume=True, progress=False, setup=setup)
+    assert len(calls) == 4
+    undisturbed = training.train(config, tmp_path / "clean", progress=False, setup=setup)
+    assert torch.equal(load_prompt_tensor(run_dir), load_prompt_tensor(tmp_path / "clean" / config.run_id()))
+    assert strip_volatile(resumed) == strip_volatile(undisturbed)
+
+
+# --- the gamma trade-off --------------------------------------------------------------------------
+
+def test_large_gamma_pins_the_prompt_to_the_target(sharp_checkpoint, tiny_data, setup, tmp_path):
+    config = config_of(sharp_checkpoint, tiny_data, gamma=1e3, steps=10, lr=0.01)
+    results = training.train(config, tmp_path, progress=False, setup=setup)
+    target_ids = setup.tokenizer.encode(TARGET)
+    for metric in ("l2", "cos"):
+        assert results["projections"][metric]["ids"] == target_ids
+        assert results["projections"][metric]["f1"] == 1.0
+        assert results["projections"][metric]["position_match"] == 1.0
+    # under the dot product: the projection of the target's own embeddings, whatever it is
+    E = wte(sharp_checkpoint)
+    assert results["projections"]["dot"]["ids"] == brute_force_nearest(E[target_ids], E, "dot")
+    assert results["c_dist"] < 1e-4
+
+
+def test_unconstrained_prompt_drifts_from_the_target(sharp_checkpoint, tiny_data, setup, tmp_path):
+    config = config_of(sharp_checkpoint, tiny_data, gamma=0.0, steps=10, lr=0.1)
+    results = training.train(config, tmp_path, progress=False, setup=setup)
+    for metric in METRIC_NAMES:
+        assert results["projections"][metric]["f1"] < 1.0
+        assert results["projections"][metric]["position_match"] < 1.0
+    assert results["c_dist"] > 0.01
+
+
+# --- --compare ------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_compare_reports_the_relative_drop(sharp_checkpoint, tiny_data, tmp_path):
+    # pinned to the target vs free to fit the training set: accuracies that differ on the 12 test examples
+    config = config_of(sharp_checkpoint, tiny_data, gamma=1e3, steps=12, lr=0.3, max_eval=None)
+    constrained = training.compare(config, tmp_path, progress=False)
+    twin_id = replace(config, gamma=0.0).run_id()
+    assert constrained["compare"]["unconstrained_run"] == twin_id
+    acc_u = read_json(tmp_path / twin_id / "results.json")["accuracy"]
+    on_disk = read_json(tmp_path / config.run_id() / "results.json")
+    acc_c = on_disk["accuracy"]
+    assert acc_u != acc_c, "the two runs should differ for this test to mean something"
+    assert on_disk["compare"]["relative_drop"] == pytest.approx(100 * (acc_u - acc_c) / acc_u)
+    assert on_disk["compare"]["accuracy_unconstrained"] == acc_u
+    assert on_disk["compare"]["accuracy_constrained"] == acc_c
+    assert "relative drop" in (tmp_path / config.run_id() / "summary.txt").read_text()
+
+
+# --- --label-map ----------------------------------------------------------------------------------
+
+def test_label_map_flips_the_labels(sharp_checkpoint, tiny_data, setup):
+    flipped = Setup(config_of(sharp_checkpoint, tiny_data, label_map=(1, 0)))
+    test_rows, train_rows = first_rows("sst2", "test", 8), first_rows("sst2", "train", 40)
+    original = [int(label) for _, label in test_rows]
+    assert setup.test_labels == original and 0 < sum(original) < len(original)
+    assert flipped.test_labels == [1 - y for y in original]
+    great, terrible = setup.tokenizer.encode(" It was great ."), setup.tokenizer.encode(" It was terrible .")
+    assert flipped.train_outputs == [terrible if int(label) else great for _, label in train_rows]
+    assert flipped.test_inputs == setup.test_inputs
+
+
+# --- one-line errors ------------------------------------------------------------------------------
+
+LONG_TARGET = " ".join(["a long target text of many words"] * 6)
+
+
+@pytest.fixture(scope="module")
+def error_runs(tiny_checkpoint, tiny_data, tmp_path_factory):
+    """Failing commands as real processes, all at once (each spends most of its time importing torch):
+    what a user sees, warnings and exit code included."""
+    tmp = tmp_path_factory.mktemp("errors")
+    corrupt = tmp / "corrupt-run"
+    corrupt.mkdir()
+    save_prompt(corrupt / "prompt.safetensors", torch.zeros(3, 48), config_of(tiny_checkpoint, tiny_data), [1, 2, 3])
+    (corrupt / "prompt.safetensors").write_bytes((corrupt / "prompt.safetensors").read_bytes()[:-20])
+    train = lambda **o: ("train.py", base_args(tiny_checkpoint, tiny_data, tmp / "runs", steps=3, **o))  # noqa: E731
+    cases = {
+        "unknown task": train(task="nosuchtask"),
+        "missing weights": train(model="no-such-model-xyz"),
+        "nan": train(lr=1e30, **{"checkpoint-every": 1}),
+        "corrupt prompt": ("eval.py", [corrupt, "--no-progress"]),
+    }
+    env = offline_env(HF_HOME=str(tmp / "hf-home"), HF_HUB_CACHE=str(tmp / "hf-home" / "hub"))
+    processes = {name: subprocess.Popen([sys.executable, str(ROOT / script), *map(str, args)], cwd=ROOT, env=env,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for name, (script, args) in cases.items()}
+    results = {}
+    for name, process in processes.items():
+        stdout, stderr = process.communicate(timeout=300)
+        results[name] = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+    return results, tmp
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case, fragments", [
+    ("unknown task", ["nosuchtask", "sst2, sst5, agnews, subj, trec"]),
+    ("missing weights", ["no-such-model-xyz", "could not be downloaded"]),
+    ("nan", ["step 1", "lower --lr"]),
+    ("corrupt prompt", ["corrupt-run/prompt.safetensors", "not a valid minway prompt file"]),
+])
+def test_one_line_errors_of_the_scripts(error_runs, case, fragments):
+    assert_one_line_error(error_runs[0][case], *fragments)
+
+
+def run_cli_in_process(script, args, monkeypatch, capsys):
+    """What ``python script args`` does, through the same run_cli, without starting a process."""
+    monkeypatch.setattr(sys, "argv", [script, *map(str, args)])
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(importlib.import_module(script.removesuffix(".py")).main)
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess([script, *args], exit_.value.code, captured.out, captured.err)
+
+
+@pytest.mark.parametrize("case, options, fragments", [
+    ("empty target", {"target": "   "}, ["empty"]),
+    ("too long", {"target": LONG_TARGET, "model": "SHORT"}, ["exceeds the model's context of 64"]),
+    ("missing data", {"data-dir": "NO-DATA"}, ["NO-DATA", "sst2/train.tsv"]),
+    ("bad label map", {"label-map": "1,x"}, ["--label-map '1,x'"]),
+    ("label map not a permutation", {"label-map": "0,0"}, ["0,0", "not a permutation"]),
+])
+def test_one_line_errors_of_train(case, options, fragments, tiny_checkpoint, short_context_checkpoint, tiny_data,
+                                  tmp_path, monkeypatch, capsys):
+    paths = {"SHORT": short_context_checkpoint, "NO-DATA": tmp_path / "no-data"}
+    options = {key: paths.get(value, value) for key, value in options.items()}
+    fragments = [str(paths.get(f, f)) for f in fragments]
+    result = run_cli_in_process("train.py", base_args(tiny_checkpoint, tiny_data, tmp_path, steps=3, **options),
+                                monkeypatch, capsys)
+    assert_one_line_error(result, *fragments)
+
+
+def test_eval_of_a_missing_run_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    result = run_cli_in_process("eval.py", [tmp_path / "no-such-run"], monkeypatch, capsys)
+    assert_one_line_error(result, "no-such-run", "does not exist")
+
+
+@pytest.mark.slow
+def test_nan_run_keeps_its_checkpoint(error_runs, tiny_checkpoint, tiny_data):
+    config = config_of(tiny_checkpoint, tiny_data, steps=3, lr=1e30, checkpoint_every=1)
+    run_dir = error_runs[1] / "runs" / config.run_id()
+    step, prompt, _ = read_checkpoint(run_dir / "checkpoint.safetensors")
+    assert step == 1 and bool(torch.isfinite(prompt).all())
