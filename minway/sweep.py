@@ -1,6 +1,6 @@
 """The paper's experiments as one resumable grid of runs (section 4 of Khashabi et al.).
 
-    python sweep.py --preset main --model gpt2-large --device cuda --dtype bf16
+    python sweep.py --preset main --models gpt2-large --device cuda --dtype bf16
     python sweep.py --preset gamma --tasks sst2 --seeds 1 --dry-run
     python sweep.py --preset size --ray auto          # on a running Ray cluster
 
