@@ -50,7 +50,7 @@ def train_many(configs, out="runs", resume=False, force=False, progress=True, se
     if len({c.setup_key() for c in configs}) > 1 or len({c.schedule_key() for c in configs}) > 1:
         raise ValueError("prompts trained together must share model, task, data, dtype and optimiser schedule")
     results, todo = {}, []
-    for config in configs:
+    for config in {c.run_id(): c for c in configs}.values():  # a config given twice is trained once
         run_dir, finished = open_run_dir(config, out, resume, force)
         if finished:
             results[config.run_id()] = finished

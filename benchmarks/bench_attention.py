@@ -1,0 +1,125 @@
+"""Causal attention, forward and forward+backward: minway's Triton kernel against PyTorch (issue 4).
+
+    python benchmarks/bench_attention.py [--quick] [--device cuda|cpu]
+
+Backends of ``kernels.attention.causal_attention``: ``triton`` (minway's flash attention),
+``sdpa`` (torch.nn.functional.scaled_dot_product_attention, the baseline) and ``naive``
+(the T x T formula). GPT-2 large heads (20 heads of 64), batch 8, T from 64 to 1024, in
+bf16, fp16 and fp32, without and with a right-padding key mask (row b keeps its first
+``lengths[b]`` keys). Each output and input gradient is compared with the naive formula
+computed in fp64 (on two rows of the batch); the table gives the largest absolute difference.
+
+On a CPU the Triton kernel runs only in the interpreter (TRITON_INTERPRET=1), far too slowly
+to time: there sdpa is measured against naive alone.
+"""
+import argparse
+
+import torch
+
+from common import bench, print_table, save
+from kernels.attention import causal_attention
+
+B, H, D = 8, 20, 64
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+PASSES = ("fwd", "fwd+bwd")
+
+
+def inputs(T, dtype, device, padded, seed=0):
+    g = torch.Generator(device).manual_seed(seed)
+    q, k, v = (torch.randn(B, H, T, D, generator=g, device=device).to(dtype).requires_grad_() for _ in range(3))
+    grad = torch.randn(B, H, T, D, generator=g, device=device).to(dtype)
+    mask = None
+    if padded:  # one full row, the others between half and all of T
+        lengths = torch.randint(T // 2, T + 1, (B,), generator=g, device=device)
+        lengths[0] = T
+        mask = torch.arange(T, device=device)[None, :] < lengths[:, None]
+    return (q, k, v), grad, mask
+
+
+def run(backend, qkv, grad, mask, backward):
+    out = causal_attention(*qkv, key_padding_mask=mask, backend=backend)
+    if not backward:
+        return (out,)
+    return (out, *torch.autograd.grad(out, qkv, grad))
+
+
+def max_errors(backends, qkv, grad, mask, rows=2):
+    """{backend: largest |difference| to the fp64 naive formula}, over the output and q, k, v gradients.
+
+    Checked on the first ``rows`` rows of the batch (the full one and a padded one) to spare memory."""
+    qkv = tuple(x.detach()[:rows].requires_grad_() for x in qkv)
+    grad, mask = grad[:rows], None if mask is None else mask[:rows]
+    exact = run("naive", tuple(x.detach().double().requires_grad_() for x in qkv), grad.double(), mask, True)
+    errors = {}
+    for backend in backends:
+        got = run(backend, qkv, grad, mask, backward=True)
+        errors[backend] = max(float((a.double() - b).abs().max()) for a, b in zip(got, exact))
+    return errors
+
+
+def ratio_pairs(backends):
+    return [("triton", "sdpa"), ("triton", "naive")] if "triton" in backends else [("sdpa", "naive")]
+
+
+def ratios(seconds):
+    """{"fast/slow": how many times faster fast is than slow}."""
+    return {f"{fast}/{slow}": seconds[slow] / seconds[fast] for fast, slow in ratio_pairs(seconds)}
+
+
+def timed_backends(device):
+    if device.type != "cuda":
+        print("CPU: the Triton kernel only runs in the interpreter, far too slow to time; sdpa against naive only")
+        return ["sdpa", "naive"]
+    try:
+        import kernels.flash_attention  # noqa: F401
+    except ImportError as e:
+        print(f"no Triton ({e}): sdpa against naive only")
+        return ["sdpa", "naive"]
+    return ["triton", "sdpa", "naive"]
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="T in 64 and 256 only, fewer repeats")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args()
+    device = torch.device(args.device)
+    gpu = device.type == "cuda"
+    Ts = [64, 256] if args.quick else [64, 128, 256, 512, 1024]
+    repeats, warmup = (20, 5) if gpu else (3, 1)
+    if args.quick:
+        repeats, warmup = (5, 2) if gpu else (1, 1)
+    backends = timed_backends(device)
+    print(f"{device}: batch {B}, {H} heads of {D}; median of {repeats} after {warmup} warm-up calls")
+
+    header = ["dtype", "mask", "T", "pass", *(f"{b} ms" for b in backends)]
+    header += [f"{fast}/{slow}" for fast, slow in ratio_pairs(backends)]
+    header += [f"{b} err" for b in backends]
+    rows, records = [], []
+    for dtype_name, dtype in DTYPES.items():
+        for padded in (False, True):
+            for T in Ts:
+                qkv, grad, mask = inputs(T, dtype, device, padded)
+                errors = max_errors(backends, qkv, grad, mask)
+                for name in PASSES:
+                    backward = name == "fwd+bwd"
+                    seconds = {b: bench(lambda: run(b, qkv, grad, mask, backward), device, repeats, warmup)
+                               for b in backends}
+                    speedups = ratios(seconds)
+                    records.append({"dtype": dtype_name, "padded": padded, "T": T, "pass": name, "seconds": seconds,
+                                    "speedup": speedups, "max_abs_error": errors})
+                    rows.append([dtype_name, "right-pad" if padded else "none", T, name,
+                                 *(f"{1e3 * seconds[b]:.3f}" for b in backends),
+                                 *(f"{s:.2f}x" for s in speedups.values()), *(f"{errors[b]:.1e}" for b in backends)])
+                    print(*rows[-1], flush=True)
+                del qkv, grad
+    print()
+    print_table(header, rows)
+    if "triton" in backends:
+        print("targets, fwd+bwd: triton/sdpa >= 1.0x for T <= 256, >= 0.8x at T = 1024")
+    save("attention", device, {"quick": args.quick, "B": B, "H": H, "D": D, "repeats": repeats,
+                               "warmup": warmup, "backends": backends, "rows": records})
+
+
+if __name__ == "__main__":
+    main()
