@@ -24,6 +24,16 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
+def _scores(q, kt, keep, offs_m, offs_n, qk_scale, DIAGONAL: tl.constexpr, PRECISION: tl.constexpr):
+    """Scores of a (BLOCK_M, BLOCK_N) block in the log2 domain, -inf where the key may not be seen."""
+    s = dot(q, kt, None, PRECISION) * qk_scale
+    allowed = keep[None, :]
+    if DIAGONAL:
+        allowed = allowed & (offs_m[:, None] >= offs_n[None, :])
+    return tl.where(allowed, s, float("-inf"))
+
+
+@triton.jit
 def _fwd_inner(acc, l_i, m_i, q, K, V, KEEP, offs_m, lo, hi, T, stride_kt, stride_vt, qk_scale,
                D: tl.constexpr, BLOCK_N: tl.constexpr, DIAGONAL: tl.constexpr, PRECISION: tl.constexpr):
     offs_d = tl.arange(0, D)
@@ -32,11 +42,7 @@ def _fwd_inner(acc, l_i, m_i, q, K, V, KEEP, offs_m, lo, hi, T, stride_kt, strid
         in_t = offs_n < T
         kt = tl.load(K + offs_n[None, :] * stride_kt + offs_d[:, None], mask=in_t[None, :], other=0.0)
         keep = tl.load(KEEP + offs_n, mask=in_t, other=0) != 0
-        s = dot(q, kt, None, PRECISION) * qk_scale
-        allowed = keep[None, :]
-        if DIAGONAL:
-            allowed = allowed & (offs_m[:, None] >= offs_n[None, :])
-        s = tl.where(allowed, s, float("-inf"))
+        s = _scores(q, kt, keep, offs_m, offs_n, qk_scale, DIAGONAL, PRECISION)
 
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing allowed yet
@@ -91,11 +97,7 @@ def _bwd_dq_inner(dq, q, do, lse, delta, K, V, KEEP, offs_m, lo, hi, T, stride_k
         kt = tl.load(K + offs_n[None, :] * stride_kt + offs_d[:, None], mask=in_t[None, :], other=0.0)
         vt = tl.load(V + offs_n[None, :] * stride_vt + offs_d[:, None], mask=in_t[None, :], other=0.0)
         keep = tl.load(KEEP + offs_n, mask=in_t, other=0) != 0
-        s = dot(q, kt, None, PRECISION) * qk_scale
-        allowed = keep[None, :]
-        if DIAGONAL:
-            allowed = allowed & (offs_m[:, None] >= offs_n[None, :])
-        p = tl.exp2(tl.where(allowed, s, float("-inf")) - lse[:, None])
+        p = tl.exp2(_scores(q, kt, keep, offs_m, offs_n, qk_scale, DIAGONAL, PRECISION) - lse[:, None])
         dp = dot(do, vt, None, PRECISION)
         ds = p * (dp - delta[:, None])
         dq = dot(ds.to(kt.dtype), tl.trans(kt), dq, PRECISION)
