@@ -42,6 +42,20 @@ def sdpa_attention(q, k, v, key_padding_mask=None):
     return out.masked_fill(~allowed.any(-1, keepdim=True), 0.0)
 
 
+def attention_at(q, k, v, query_positions, key_padding_mask=None):
+    """Causal attention for a few queries: q (B, H, P, D) stands at ``query_positions`` (B, P)
+    of the T keys. P is small (the positions a loss reads), so the (P, T) mask is cheap."""
+    T = k.shape[-2]
+    allowed = torch.arange(T, device=q.device)[None, None, :] <= query_positions[:, :, None]
+    if key_padding_mask is not None:
+        allowed = allowed & key_padding_mask[:, None, :]
+    allowed = allowed[:, None]
+    # a query with no key would make NaNs, in the backward pass too: let it see every key, then zero it
+    nothing = ~allowed.any(-1, keepdim=True)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed | nothing)
+    return out.masked_fill(nothing, 0.0)
+
+
 def default_backend(device):
     """PyTorch's fused attention, on every device.
 

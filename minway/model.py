@@ -14,7 +14,8 @@ Two things beyond a plain language model, both needed by prompt tuning:
   can be put in front of embedded text;
 * the head is applied only where asked (``logit_positions``): a classification
   loss needs a handful of positions, and the 50257-way head over every position
-  is about a third of the compute of the small model.
+  is about a third of the compute of the small model. The last block, too, runs its
+  queries, residual and MLP only there: its outputs elsewhere feed nothing.
 
 Right-padded batches carry a ``key_padding_mask`` (B, T), True on real tokens.
 Keys and values can be cached (``past``) to score several continuations of a
@@ -29,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kernels.attention import causal_attention
+from kernels.attention import attention_at, causal_attention
 
 
 @dataclass(frozen=True)
@@ -75,16 +76,24 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)
         self.backend = "auto"
 
-    def forward(self, x, key_padding_mask, past=None, cached_mask=None):
+    def forward(self, x, key_padding_mask, past=None, cached_mask=None, queries=None):
+        """``queries`` (B, P): attend from these positions only (every key and value is still made)."""
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        if past is None:
+        if queries is None:
+            q, k, v = self.c_attn(x).split(C, dim=2)
+        else:
+            k, v = F.linear(x, self.c_attn.weight[C:], self.c_attn.bias[C:]).split(C, dim=2)
+            q = F.linear(gather_rows(x, queries), self.c_attn.weight[:C], self.c_attn.bias[:C])
+        q = q.view(B, -1, self.n_head, C // self.n_head).transpose(1, 2)
+        k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (k, v))
+        if queries is not None:
+            y = attention_at(q, k, v, queries, key_padding_mask)
+        elif past is None:
             y = causal_attention(q, k, v, key_padding_mask, backend=self.backend)
         else:
             k, v = torch.cat([past.keys, k], dim=2), torch.cat([past.values, v], dim=2)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=cached_mask)
-        y = y.transpose(1, 2).reshape(B, T, C)
+        y = y.transpose(1, 2).reshape(B, -1, C)
         return self.c_proj(y), KeyValues(k, v)
 
 
@@ -106,8 +115,10 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.mlp = MLP(config)
 
-    def forward(self, x, key_padding_mask, past=None, cached_mask=None):
-        attended, present = self.attn(self.ln_1(x), key_padding_mask, past, cached_mask)
+    def forward(self, x, key_padding_mask, past=None, cached_mask=None, queries=None):
+        attended, present = self.attn(self.ln_1(x), key_padding_mask, past, cached_mask, queries)
+        if queries is not None:
+            x = gather_rows(x, queries)
         x = x + attended
         x = x + self.mlp(self.ln_2(x))
         return x, present
@@ -115,7 +126,7 @@ class Block(nn.Module):
 
 class Output(NamedTuple):
     logits: torch.Tensor          # (B, T, V), or (B, P, V) at the asked positions
-    hidden: torch.Tensor          # (B, T, d) after the final LayerNorm
+    hidden: torch.Tensor          # (B, T, d) after the final LayerNorm, or (B, P, d) at the asked positions
     present: list | None          # KeyValues per layer, when asked with use_cache
 
 
@@ -171,13 +182,14 @@ class GPT2(nn.Module):
         cached_mask = None if past is None else _mask_after_prefix(key_padding_mask, past[0].keys.shape[2], T)
         present = []
         for i, block in enumerate(self.h):
-            x, kv = block(x, key_padding_mask, None if past is None else past[i], cached_mask)
+            last = i == len(self.h) - 1
+            queries = logit_positions if last and past is None else None
+            x, kv = block(x, key_padding_mask, None if past is None else past[i], cached_mask, queries)
             present.append(kv)
         hidden = self.ln_f(x)
-
-        selected = hidden if logit_positions is None else hidden.gather(
-            1, logit_positions[..., None].expand(-1, -1, hidden.shape[-1]))
-        return Output(self.head(selected), hidden, present if use_cache else None)
+        if logit_positions is not None and past is not None:
+            hidden = gather_rows(hidden, logit_positions)
+        return Output(self.head(hidden), hidden, present if use_cache else None)
 
     @torch.no_grad()
     def generate(self, ids, n_new):
@@ -195,6 +207,11 @@ class GPT2(nn.Module):
 
     def num_parameters(self):
         return sum(p.numel() for p in self.parameters())
+
+
+def gather_rows(x, positions):
+    """x (B, T, d) at positions (B, P) -> (B, P, d)."""
+    return x.gather(1, positions[..., None].expand(-1, -1, x.shape[-1]))
 
 
 def _mask_after_prefix(key_padding_mask, prefix_len, T):
