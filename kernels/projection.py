@@ -111,7 +111,10 @@ def _scores(q, e, metric, inv_qn):
 
 def _torch_best(q, E, kp, metric, inv_qn):
     M, V = q.shape[0], E.shape[0]
-    chunk = max(kp, CHUNK_ELEMENTS // max(M, q.shape[1]))
+    # dot on an fp32 E makes only the score block; a 16-bit E is copied to fp32 and l2/cos
+    # square it, so there a (chunk, d) block counts too
+    width = M if E.dtype == torch.float32 and metric == "dot" else max(M, q.shape[1])
+    chunk = max(kp, CHUNK_ELEMENTS // width)
     best = torch.empty(M, 0, dtype=torch.int64, device=q.device)
     for start in range(0, V, chunk):
         e = E[start:start + chunk].float()

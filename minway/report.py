@@ -51,7 +51,7 @@ def collect_pairs(state):
             "acc_unconstrained": twin["accuracy"], "acc_constrained": constrained["accuracy"],
             "relative_drop": relative_drop(twin["accuracy"], constrained["accuracy"]),
             "f1": constrained["prompt_f1"], "f1_unconstrained": twin["prompt_f1"],
-            "length": len(constrained["target_ids"])})
+            "length": len(constrained["target_ids"]), "random_weights": bool(constrained.get("random_weights"))})
     return pairs
 
 
@@ -80,6 +80,25 @@ def aggregate(pairs):
     return sorted(rows, key=row_order)
 
 
+def average_over_groups(rows):
+    """The Avg rows of Table 2: per model, task and gamma with several target groups, the mean of
+    the groups' means (each group weighs the same, however many targets it holds)."""
+    by_setting = defaultdict(list)
+    for row in rows:
+        by_setting[row["model"], row["task"], row["gamma"]].append(row)
+    averages = []
+    for (model, task, gamma), members in by_setting.items():
+        if len(members) < 2:
+            continue
+        average = {"model": model, "task": task, "group": "Avg", "gamma": gamma, "n": sum(m["n"] for m in members)}
+        for measure in MEASURES:
+            means = [m[measure]["mean"] for m in members if m[measure]["mean"] is not None]
+            average[measure] = {"mean": float(np.mean(means)) if means else None,
+                                "std": float(np.std(means)) if means else None}
+        averages.append(average)
+    return sorted(averages, key=row_order)
+
+
 def choose_gammas(rows, threshold=F1_THRESHOLD):
     """Per model, task and group with several gammas: the smallest gamma whose mean F1 exceeds the
     threshold; when none does, the gamma of the highest F1, marked ``meets_threshold: false``."""
@@ -98,12 +117,15 @@ def choose_gammas(rows, threshold=F1_THRESHOLD):
 
 def build_report(sweep_dir):
     state = SweepState.read(sweep_dir)
-    rows = aggregate(collect_pairs(state))
+    pairs = collect_pairs(state)
+    rows = aggregate(pairs)
     runs = state["runs"]
     return {
         "sweep_dir": str(sweep_dir), "out": state["out"], "settings": state.get("settings", {}),
         "counts": {status: sum(r["status"] == status for r in runs) for status in ("done", "failed", "pending")},
+        "random_weights": any(p["random_weights"] for p in pairs),
         "rows": rows,
+        "averages": average_over_groups(rows),
         "chosen_gamma": choose_gammas(rows),
         "failed": [{"run_id": r["run_id"], "error": r["error"]} for r in runs if r["status"] == "failed"],
     }
@@ -139,8 +161,13 @@ def to_markdown(report):
         "Each row: mean ± std (population) over target prompts and seeds; L is the target length in tokens, "
         "n the number of (constrained, unconstrained twin) pairs. Rows of one task and group at several γ "
         "are the gamma trade-off (Fig. 3); the PILE-L groups are the prompt-length study (Fig. 4).", "",
+        *(["**Some runs used a random-weight checkpoint: their accuracies mean nothing.**", ""]
+          if report["random_weights"] else []),
         "## Accuracy and prompt F1", ""]
     lines += _table(header, [_row_cells(r) for r in report["rows"]]) if report["rows"] else ["(no finished pairs)"]
+    if report["averages"]:
+        lines += ["", "## Average over target groups (the Avg rows of Table 2; ± is the spread of the groups)", ""]
+        lines += _table(header, [_row_cells(r) for r in report["averages"]])
     if report["chosen_gamma"]:
         lines += ["", f"## Smallest γ with prompt F1 > {F1_THRESHOLD} (the rule of Fig. 5)", ""]
         lines += _table(header + ["F1 > 0.98"],

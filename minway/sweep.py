@@ -24,6 +24,7 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import torch
 from tqdm.auto import tqdm
 
 from minway.config import RunConfig
@@ -346,7 +347,9 @@ def parse_args(argv=None):
     run.add_argument("--metric", choices=METRICS)
     p.add_argument("--out", default="runs", help="where run directories go (shared with train.py)")
     p.add_argument("--sweep-dir", help="sweep state, report and figures (default: sweeps/<preset>)")
-    p.add_argument("--prompts-per-batch", type=int, default=8, help="K prompts trained together in one batch")
+    p.add_argument("--prompts-per-batch", type=int,
+                   help="K prompts trained together in one batch (default: 8 on a GPU or Ray; 1 on a CPU, "
+                        "where a step is compute-bound and batching prompts gains nothing)")
     p.add_argument("--ray", metavar="ADDRESS", help="run on Ray: auto (a running cluster), local, or host:port")
     p.add_argument("--max-retries", type=int, default=3, help="Ray: retries of a chunk whose worker died")
     p.add_argument("--dry-run", action="store_true", help="list the runs and stop")
@@ -409,6 +412,9 @@ def main(argv=None):
             written += figures.write_figures(sweep_dir, args.positions_run)
         print("written: " + ", ".join(map(str, written)))
         return
+    if args.prompts_per_batch is None:
+        on_gpu = args.ray or (args.device != "cpu" and torch.cuda.is_available())
+        args.prompts_per_batch = 8 if on_gpu else 1
     if args.prompts_per_batch < 1:
         raise MinwayError("--prompts-per-batch must be at least 1")
     grid = grid_from_args(args)

@@ -11,7 +11,7 @@ import minway.sweep as sweep
 from fixtures import (SHARED_PROMPTS, TOKENIZER_DIR, needs_tokenizer, run_script,  # noqa: F401
                       tiny_checkpoint, tiny_data)
 from minway.errors import MinwayError
-from minway.report import choose_gammas
+from minway.report import choose_gammas, write_report
 from minway.sweep import PRESETS, expand, make_chunks, run_sweep
 
 needs_prompts = pytest.mark.skipif(not SHARED_PROMPTS.is_dir(), reason=f"shared prompts not found at {SHARED_PROMPTS}")
@@ -165,6 +165,19 @@ def assert_report_matches_runs(sweep_dir, out):
     return report
 
 
+def test_average_rows_are_the_mean_of_the_group_rows(tiny_sweep):
+    write_report(tiny_sweep["root"] / "sweep")
+    report = json.loads((tiny_sweep["root"] / "sweep" / "report.json").read_text())
+    assert {a["gamma"] for a in report["averages"]} == {0.01, 0.03}
+    for average in report["averages"]:
+        groups = [r for r in report["rows"] if r["task"] == average["task"] and r["gamma"] == average["gamma"]]
+        assert {r["group"] for r in groups} == {"NI", "PILE-4", "PILE-7"}
+        for measure in ("acc_unconstrained", "acc_constrained", "f1"):
+            means = [r[measure]["mean"] for r in groups]
+            assert average[measure]["mean"] == pytest.approx(sum(means) / len(means))
+        assert average["n"] == sum(r["n"] for r in groups)
+
+
 def test_sweep_trains_every_run_but_the_failing_one(tiny_sweep):
     state, runs = tiny_sweep["state"], tiny_sweep["runs"]
     assert len(runs) == 5 * 3  # 5 targets x (2 gammas + twin)
@@ -185,12 +198,12 @@ def test_a_stopped_sweep_continues_without_repeating_finished_runs(tiny_sweep):
 
 def test_report_numbers_are_the_means_of_the_runs(tiny_sweep):
     from minway.figures import write_figures
-    from minway.report import write_report
 
     root = tiny_sweep["root"]
     write_report(root / "sweep")
     report = assert_report_matches_runs(root / "sweep", root / "runs")
     assert report["counts"] == {"done": 12, "failed": 3, "pending": 0}
+    assert report["random_weights"] and "random-weight checkpoint" in (root / "sweep" / "report.md").read_text()
     assert next(r for r in report["rows"] if r["group"] == "NI")["n"] == 2
     assert "too_long" in (root / "sweep" / "report.md").read_text()
     assert {c["group"] for c in report["chosen_gamma"]} == {"NI", "PILE-4", "PILE-7"}
