@@ -12,6 +12,7 @@ Scores are accumulated in fp32 whatever the storage type of the embeddings. Ties
 the lowest vocabulary index.
 """
 import importlib.util
+import warnings
 from typing import NamedTuple
 
 import torch
@@ -40,14 +41,19 @@ def nearest_tokens(queries, embeddings, k=1, metric="dot", backend="auto") -> Ne
     kp = 1 << (max(k, 2) - 1).bit_length()
     inv_qn = _inverse_norms(q) if metric == "cos" else None
 
-    if backend == "auto":
-        backend = "triton" if q.is_cuda and importlib.util.find_spec("triton") else "torch"
-    if backend == "triton":
-        if importlib.util.find_spec("triton") is None:
-            raise ValueError("backend='triton' needs the triton package: install it, or use backend='torch'")
-        from kernels.projection_triton import candidates
-        scores, indices = _best(*candidates(q, E, kp, metric, inv_qn), kp)
-    else:
+    chosen = _auto_backend(q) if backend == "auto" else backend
+    if chosen == "triton":
+        try:
+            scores, indices = _triton_best(q, E, kp, metric, inv_qn)
+        except Exception as error:
+            if backend != "auto":
+                raise
+            # a run must not die at its evaluation because the kernel failed to build on this GPU
+            _TRITON_FAILURES.append(error)
+            warnings.warn(f"the Triton projection kernel failed ({type(error).__name__}: {error}); "
+                          "using the torch path from now on")
+            chosen = "torch"
+    if chosen == "torch":
         scores, indices = _torch_best(q, E, kp, metric, inv_qn)
 
     if metric == "l2":
@@ -55,6 +61,21 @@ def nearest_tokens(queries, embeddings, k=1, metric="dot", backend="auto") -> Ne
         scores = ((q * q).sum(1, keepdim=True) - scores).clamp_min(0.0)
     margin = (scores[:, 0] - scores[:, 1]).abs()
     return Nearest(indices[:, :k], scores[:, :k].contiguous(), margin)
+
+
+_TRITON_FAILURES = []  # errors of the Triton path in this process; after one, "auto" means torch
+
+
+def _auto_backend(q):
+    usable = q.is_cuda and importlib.util.find_spec("triton") is not None and not _TRITON_FAILURES
+    return "triton" if usable else "torch"
+
+
+def _triton_best(q, E, kp, metric, inv_qn):
+    if importlib.util.find_spec("triton") is None:
+        raise ValueError("backend='triton' needs the triton package: install it, or use backend='torch'")
+    from kernels.projection_triton import candidates
+    return _best(*candidates(q, E, kp, metric, inv_qn), kp)
 
 
 def _check(queries, embeddings, k, metric, backend):

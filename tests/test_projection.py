@@ -127,3 +127,24 @@ def test_bad_input_says_what_to_do(kwargs, message):
     with pytest.raises(ValueError) as error:
         nearest_tokens(**{**args, **kwargs})
     assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_auto_falls_back_to_torch_when_the_kernel_fails(monkeypatch):
+    """A kernel that fails to build on some GPU must not end a run: auto warns and uses torch
+    from then on; asking for triton by name still raises."""
+    import kernels.projection_triton as projection_triton
+
+    def broken(*args):
+        raise RuntimeError("no kernel for this device")
+    monkeypatch.setattr(projection_triton, "candidates", broken)
+    monkeypatch.setattr(projection, "_auto_backend", lambda q: "torch" if projection._TRITON_FAILURES else "triton")
+    monkeypatch.setattr(projection, "_TRITON_FAILURES", [])
+    g = torch.Generator().manual_seed(0)
+    q, E = torch.randn(3, 16, generator=g), torch.randn(50, 16, generator=g)
+    expected = nearest_tokens(q, E, k=2, backend="torch")
+    with pytest.warns(UserWarning, match="Triton projection kernel failed .*no kernel for this device"):
+        got = nearest_tokens(q, E, k=2)
+    assert torch.equal(got.indices, expected.indices) and len(projection._TRITON_FAILURES) == 1
+    assert torch.equal(nearest_tokens(q, E, k=2).indices, expected.indices)  # no second warning, no retry
+    with pytest.raises(RuntimeError, match="no kernel"):
+        nearest_tokens(q, E, k=2, backend="triton")
