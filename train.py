@@ -69,7 +69,9 @@ def main(argv=None):
     run = compare if args.compare else train
     results = run(config, args.out, args.resume, args.force, progress=not args.no_progress)
     if results.get("random_weights"):
-        print("NOTE: this checkpoint has random weights: its accuracy means nothing; the pipeline is what ran.")
+        print("NOTE: this checkpoint has random weights: its accuracy means nothing, and neither does its prompt "
+              "F1 (random embeddings are far smaller than GPT-2's, so gamma pulls far less); the pipeline is "
+              "what ran.")
     print(summary(results, target))
     print(f"results: {args.out}/{results['run_id']}/results.json")
 
