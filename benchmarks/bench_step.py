@@ -36,17 +36,21 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def time_steps(step, device, repeats, warmup):
+def time_steps(steps, device, repeats, warmup):
+    """Median seconds per step of each of ``steps`` ({name: step}), taken in turns so that
+    every side sees the same state of the machine."""
     for _ in range(warmup):
-        step()
+        for step in steps.values():
+            step()
     sync(device)
-    times = []
+    times = {name: [] for name in steps}
     for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def minway_step(config, ids, n_prompt, dtype, device, attention):
@@ -70,8 +74,10 @@ def hf_peft_step(config, ids, n_prompt, dtype, device):
     from peft import PromptTuningConfig, TaskType, get_peft_model
     from transformers import GPT2Config as HFConfig, GPT2LMHeadModel
 
+    # no dropout, as in minway: both sides do the same arithmetic
     hf_config = HFConfig(vocab_size=config.vocab_size, n_positions=config.n_positions, n_embd=config.n_embd,
-                         n_layer=config.n_layer, n_head=config.n_head)
+                         n_layer=config.n_layer, n_head=config.n_head, resid_pdrop=0.0, embd_pdrop=0.0,
+                         attn_pdrop=0.0)
     model = GPT2LMHeadModel(hf_config).to(device, dtype)
     model = get_peft_model(model, PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=n_prompt))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.01)
@@ -104,11 +110,9 @@ def main():
     device, dtype, config = torch.device(args.device), DTYPES[args.dtype], SIZES[args.size]
     ids = torch.randint(0, config.vocab_size, (args.batch, args.tokens), generator=torch.Generator().manual_seed(0))
     ids = ids.to(device)
-    seconds = {
-        "hf+peft": time_steps(hf_peft_step(config, ids, args.prompt, dtype, device), device, args.repeats, args.warmup),
-        "minway": time_steps(minway_step(config, ids, args.prompt, dtype, device, args.attention), device,
-                             args.repeats, args.warmup),
-    }
+    steps = {"hf+peft": hf_peft_step(config, ids, args.prompt, dtype, device),
+             "minway": minway_step(config, ids, args.prompt, dtype, device, args.attention)}
+    seconds = time_steps(steps, device, args.repeats, args.warmup)
     speedup = seconds["hf+peft"] / seconds["minway"]
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu-{torch.get_num_threads()}threads"
     print(f"{args.size}, batch {args.batch}, {args.tokens} tokens, {args.prompt} prompt tokens, {args.dtype}, "
