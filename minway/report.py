@@ -12,7 +12,12 @@ each as mean and standard deviation (population std, ddof = 0). For a model with
 several gammas the report also picks, per task and group, the smallest gamma whose
 mean prompt F1 exceeds 0.98, the rule of the paper's Fig. 5.
 
+The Avg rows of Table 2 average the groups of irrelevant targets (all but TRUE); when
+the report also holds TRUE targets (for example ``--report-with sweeps/main`` on the
+``true`` sweep) it sets their drop against that average, per task, as Table 5 does.
+
     python -m minway.report sweeps/main        # rewrite report.md and report.json
+    python -m minway.report sweeps/true sweeps/main   # the first sweep's report, with the runs of both
 """
 import json
 import sys
@@ -81,11 +86,12 @@ def aggregate(pairs):
 
 
 def average_over_groups(rows):
-    """The Avg rows of Table 2: per model, task and gamma with several target groups, the mean of
-    the groups' means (each group weighs the same, however many targets it holds)."""
+    """The Avg rows of Table 2: per model, task and gamma with several groups of irrelevant targets,
+    the mean of the groups' means (each group weighs the same, however many targets it holds)."""
     by_setting = defaultdict(list)
     for row in rows:
-        by_setting[row["model"], row["task"], row["gamma"]].append(row)
+        if row["group"] != "TRUE":
+            by_setting[row["model"], row["task"], row["gamma"]].append(row)
     averages = []
     for (model, task, gamma), members in by_setting.items():
         if len(members) < 2:
@@ -97,6 +103,28 @@ def average_over_groups(rows):
                                 "std": float(np.std(means)) if means else None}
         averages.append(average)
     return sorted(averages, key=row_order)
+
+
+def true_against_irrelevant(rows, averages):
+    """Table 5: per model and gamma, each task's drop with its true definitions as targets and
+    with irrelevant ones (its Avg row, or its one group of irrelevant targets), and their means."""
+    irrelevant = {(r["model"], r["task"], r["gamma"]): r for r in rows if r["group"] != "TRUE"}
+    irrelevant.update({(r["model"], r["task"], r["gamma"]): r for r in averages})
+    drops = defaultdict(dict)  # (model, gamma) -> task -> (drop with TRUE targets, drop with irrelevant ones)
+    for row in rows:
+        other = irrelevant.get((row["model"], row["task"], row["gamma"]))
+        if row["group"] == "TRUE" and other and None not in (row["relative_drop"]["mean"],
+                                                              other["relative_drop"]["mean"]):
+            drops[row["model"], row["gamma"]][row["task"]] = (row["relative_drop"]["mean"],
+                                                              other["relative_drop"]["mean"])
+    tables = []
+    for (model, gamma), by_task in sorted(drops.items(), key=lambda item: (_order(item[0][0], MODEL_SIZES),
+                                                                            item[0][1])):
+        tasks = sorted(by_task, key=lambda task: _order(task, PAPER_TASKS))
+        true, other = [by_task[t][0] for t in tasks], [by_task[t][1] for t in tasks]
+        tables.append({"model": model, "gamma": gamma, "tasks": tasks, "true_drop": true, "irrelevant_drop": other,
+                       "true_drop_mean": float(np.mean(true)), "irrelevant_drop_mean": float(np.mean(other))})
+    return tables
 
 
 def choose_gammas(rows, threshold=F1_THRESHOLD):
@@ -115,17 +143,22 @@ def choose_gammas(rows, threshold=F1_THRESHOLD):
     return sorted(chosen, key=row_order)
 
 
-def build_report(sweep_dir):
+def build_report(sweep_dir, also=()):
+    """The report of one sweep; its tables also take in the finished runs of the sweeps ``also``."""
     state = SweepState.read(sweep_dir)
-    pairs = collect_pairs(state)
+    pairs = {p["run_id"]: p for d in (*also, sweep_dir) for p in collect_pairs(SweepState.read(d))}
+    pairs = list(pairs.values())
     rows = aggregate(pairs)
+    averages = average_over_groups(rows)
     runs = state["runs"]
     return {
         "sweep_dir": str(sweep_dir), "out": state["out"], "settings": state.get("settings", {}),
         "counts": {status: sum(r["status"] == status for r in runs) for status in ("done", "failed", "pending")},
         "random_weights": any(p["random_weights"] for p in pairs),
         "rows": rows,
-        "averages": average_over_groups(rows),
+        "also": [str(d) for d in also],
+        "averages": averages,
+        "true_against_irrelevant": true_against_irrelevant(rows, averages),
         "chosen_gamma": choose_gammas(rows),
         "failed": [{"run_id": r["run_id"], "error": r["error"]} for r in runs if r["status"] == "failed"],
     }
@@ -168,6 +201,13 @@ def to_markdown(report):
     if report["averages"]:
         lines += ["", "## Average over target groups (the Avg rows of Table 2; ± is the spread of the groups)", ""]
         lines += _table(header, [_row_cells(r) for r in report["averages"]])
+    for table in report["true_against_irrelevant"]:
+        lines += ["", f"## Drop with true task definitions (Δ̂T) and with irrelevant targets (Δ̂), "
+                      f"{table['model']}, γ = {table['gamma']:g} (Table 5)", ""]
+        lines += _table(["", *table["tasks"], "Avg"],
+                        [[name, *(f"{d:.1f}" for d in drops), f"{mean:.1f}"] for name, drops, mean in
+                         (("Δ̂T", table["true_drop"], table["true_drop_mean"]),
+                          ("Δ̂", table["irrelevant_drop"], table["irrelevant_drop_mean"]))])
     if report["chosen_gamma"]:
         lines += ["", f"## Smallest γ with prompt F1 > {F1_THRESHOLD} (the rule of Fig. 5)", ""]
         lines += _table(header + ["F1 > 0.98"],
@@ -177,9 +217,9 @@ def to_markdown(report):
     return "\n".join(lines) + "\n"
 
 
-def write_report(sweep_dir):
+def write_report(sweep_dir, also=()):
     """Write report.json and report.md into the sweep directory; their paths."""
-    report = build_report(sweep_dir)
+    report = build_report(sweep_dir, also)
     json_path, md_path = Path(sweep_dir) / "report.json", Path(sweep_dir) / "report.md"
     atomic_write_text(json_path, json.dumps(report, indent=1) + "\n")
     atomic_write_text(md_path, to_markdown(report))
@@ -188,9 +228,9 @@ def write_report(sweep_dir):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        raise MinwayError("usage: python -m minway.report SWEEP_DIR")
-    print("written: " + ", ".join(map(str, write_report(argv[0]))))
+    if not argv:
+        raise MinwayError("usage: python -m minway.report SWEEP_DIR [OTHER_SWEEP_DIR ...]")
+    print("written: " + ", ".join(map(str, write_report(argv[0], argv[1:]))))
 
 
 if __name__ == "__main__":

@@ -354,6 +354,9 @@ def parse_args(argv=None):
     p.add_argument("--max-retries", type=int, default=3, help="Ray: retries of a chunk whose worker died")
     p.add_argument("--dry-run", action="store_true", help="list the runs and stop")
     p.add_argument("--report-only", action="store_true", help="rewrite the report and figures, train nothing")
+    p.add_argument("--report-with", default="", metavar="DIRS",
+                   help="comma-separated sweep dirs whose runs the report takes in too (e.g. sweeps/main for "
+                        "the true preset's Table 5)")
     p.add_argument("--no-figures", action="store_true")
     p.add_argument("--positions-run", help="run id of the per-position figure (default: the first done)")
     p.add_argument("--no-progress", action="store_true")
@@ -401,13 +404,22 @@ def print_plan(runs, out, chunks):
           f"{len(runs) - done} to train in {len(chunks)} chunks")
 
 
+def _dirs(text):
+    dirs = [Path(d) for d in text.split(",") if d]
+    for d in dirs:
+        if not (d / "sweep.json").exists():
+            raise MinwayError(f"--report-with {d}: no sweep.json there; run that sweep first")
+    return dirs
+
+
 def main(argv=None):
     from minway import figures, report  # here, not above: both import this module
 
     args = parse_args(argv)
     sweep_dir = Path(args.sweep_dir or Path("sweeps") / args.preset)
+    also = _dirs(args.report_with)
     if args.report_only:
-        written = report.write_report(sweep_dir)
+        written = report.write_report(sweep_dir, also)
         if not args.no_figures:
             written += figures.write_figures(sweep_dir, args.positions_run)
         print("written: " + ", ".join(map(str, written)))
@@ -430,7 +442,7 @@ def main(argv=None):
     settings = {"preset": args.preset, "grid": asdict(grid), "run_fields": run_fields_from_args(args)}
     state = run_sweep(runs, args.out, sweep_dir, args.prompts_per_batch, args.ray, args.max_retries, settings,
                       progress=not args.no_progress)
-    written = report.write_report(sweep_dir)
+    written = report.write_report(sweep_dir, also)
     if not args.no_figures:
         written += figures.write_figures(sweep_dir, args.positions_run)
     print(f"{state.count('done')} done, {state.count('failed')} failed, {state.count('pending')} pending")

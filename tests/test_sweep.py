@@ -91,6 +91,8 @@ def write_prompts(directory, shared_prompts):
     for n in (4, 7):
         pile = json.loads((shared_prompts / f"pile_n={n}.json").read_text())
         files[f"pile_n={n}.json"] = {"prompt00": pile["prompt00"]}
+    true = json.loads((shared_prompts / "good_prompts.json").read_text())
+    files["good_prompts.json"] = {name: true[name] for name in ("SST-2_0", "SST-2_1", "agnews_0")}
     for name, prompts in files.items():
         (directory / name).write_text(json.dumps(prompts))
     return directory
@@ -176,6 +178,31 @@ def test_average_rows_are_the_mean_of_the_group_rows(tiny_sweep):
             means = [r[measure]["mean"] for r in groups]
             assert average[measure]["mean"] == pytest.approx(sum(means) / len(means))
         assert average["n"] == sum(r["n"] for r in groups)
+
+
+def test_true_definitions_are_set_against_the_irrelevant_targets(tiny_sweep):
+    """Table 5: a sweep of TRUE targets, reported with the runs of the sweep of irrelevant ones."""
+    root = tiny_sweep["root"]
+    grid = sweep.Grid(**{**tiny_sweep["grid"].__dict__, "groups": ("TRUE",)})
+    true_runs = expand(grid, tiny_sweep["prompts"], tiny_sweep["fields"])
+    assert sorted({r.config.target_name for r in true_runs}) == ["SST-2_0", "SST-2_1"]  # sst2's own only
+    run_sweep(true_runs, root / "runs", root / "true", prompts_per_batch=4, progress=False)
+    write_report(root / "true", also=[root / "sweep"])
+    report = json.loads((root / "true" / "report.json").read_text())
+    true_drops = expected_rows(json.loads((root / "true" / "sweep.json").read_text()), root / "runs")
+    irrelevant = expected_rows(json.loads((root / "sweep" / "sweep.json").read_text()), root / "runs")
+    assert [(t["gamma"], t["tasks"]) for t in report["true_against_irrelevant"]] == [(0.01, ["sst2"]),
+                                                                                     (0.03, ["sst2"])]
+    for table in report["true_against_irrelevant"]:
+        gamma = table["gamma"]
+        assert table["true_drop"] == [pytest.approx(true_drops["sst2", "TRUE", gamma][2][0])]
+        group_means = [irrelevant["sst2", g, gamma][2][0] for g in ("NI", "PILE-4", "PILE-7")]
+        assert table["irrelevant_drop"] == [pytest.approx(sum(group_means) / 3)]
+    # the Avg rows leave the true definitions out
+    for average in report["averages"]:
+        assert average["n"] == sum(r["n"] for r in report["rows"]
+                                   if r["gamma"] == average["gamma"] and r["group"] != "TRUE")
+    assert "(Table 5)" in (root / "true" / "report.md").read_text()
 
 
 def test_sweep_trains_every_run_but_the_failing_one(tiny_sweep):
