@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from minway.errors import MinwayError
 from minway.tasks import get_task
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -40,6 +41,13 @@ class RunConfig:
     def __post_init__(self):
         if self.label_map is not None:  # JSON gives lists back
             object.__setattr__(self, "label_map", tuple(self.label_map))
+        for name in ("steps", "batch_size", "checkpoint_every", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise MinwayError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.k is not None and self.k < 1:
+            raise MinwayError(f"--k must be at least 1 example per class, got {self.k}")
+        if self.gamma < 0 or self.lr <= 0:
+            raise MinwayError(f"--gamma must be >= 0 and --lr > 0, got gamma {self.gamma} and lr {self.lr}")
 
     def run_id(self):
         """Readable and unique: what identifies the result, plus a hash of everything else."""

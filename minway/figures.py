@@ -24,7 +24,7 @@ from minway.prompt import d_proj
 from minway.report import build_report
 from minway.storage import load_prompt
 from minway.tokenizer import load_tokenizer
-from weights import load_gpt2, resolve_checkpoint
+from weights import load_token_embeddings, resolve_checkpoint
 
 ACCURACY_COLOUR, F1_COLOUR = "tab:blue", "tab:orange"
 
@@ -83,7 +83,7 @@ def gamma_figure(plt, rows, path):
         return None
     fig, axes = _panels(plt, len(settings))
     for ax, ((model, task, group), members) in zip(axes, settings.items()):
-        twin = members[0]  # gamma = 0: the unconstrained twins, shared by every gamma of the setting
+        twin = members[0]  # the twins (gamma = 0) of the smallest gamma's runs: the point at gamma = 0
         xs = [0.0] + [r["gamma"] for r in members]
         _accuracy_and_f1(ax, xs, [twin["acc_unconstrained"]["mean"]] + _column(members, "acc_constrained"),
                          [twin["acc_unconstrained"]["std"]] + _column(members, "acc_constrained", "std"),
@@ -143,7 +143,7 @@ def positions_figure(plt, run_dir, path):
     """Per position of one prompt: nearest-token distance, target-token distance, margin."""
     prompt, config, target_ids = load_prompt(Path(run_dir) / "prompt.safetensors")
     checkpoint = resolve_checkpoint(config.model)
-    embeddings = load_gpt2(checkpoint, "cpu", torch.float32).wte.weight.detach()
+    embeddings = load_token_embeddings(checkpoint)
     prompt = prompt.float()
     nearest_l2 = d_proj(prompt, embeddings, "l2", k=1)
     nearest = d_proj(prompt, embeddings, config.metric, k=1)

@@ -141,7 +141,11 @@ class GPT2(nn.Module):
         self.set_attention(attention)
 
     def set_attention(self, backend):
-        """'naive', 'sdpa', 'triton', or 'auto' (the fastest correct one for the device)."""
+        """'naive', 'sdpa', 'triton', or 'auto' (the fastest correct one for the device).
+
+        A forward asked for logits at a few positions runs the last block's attention for
+        those queries only, always with PyTorch's attention (``kernels.attention.attention_at``).
+        """
         for block in self.h:
             block.attn.backend = backend
 

@@ -71,14 +71,23 @@ def read_checkpoint(path):
     try:
         with safe_open(str(path), framework="pt") as f:
             meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
-        step = int(meta["step"])
+        step, prompt = int(meta["step"]), tensors["prompt"]
+        adam_state = {}
+        if "exp_avg" in tensors:
+            adam_state = {"step": float(meta["adam_step"]), "exp_avg": tensors["exp_avg"],
+                          "exp_avg_sq": tensors["exp_avg_sq"]}
     except (SafetensorError, OSError, KeyError, TypeError, ValueError) as e:
         raise MinwayError(f"{path} is corrupt ({e}): delete it to restart the run from scratch") from None
-    adam_state = {}
-    if "exp_avg" in tensors:
-        adam_state = {"step": float(meta["adam_step"]), "exp_avg": tensors["exp_avg"],
-                      "exp_avg_sq": tensors["exp_avg_sq"]}
-    return step, tensors["prompt"], adam_state
+    return step, prompt, adam_state
+
+
+def checkpoint_step(path):
+    """The step a checkpoint continues from, read from its header alone."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return int(f.metadata()["step"])
+    except (SafetensorError, OSError, KeyError, TypeError, ValueError) as e:
+        raise MinwayError(f"{path} is corrupt ({e}): delete it to restart the run from scratch") from None
 
 
 def read_log(path, before_step):

@@ -120,8 +120,8 @@ def expand(grid: Grid, prompts_dir, run_fields=None):
 def make_chunks(runs, prompts_per_batch):
     """Runs that may share a batch (same setup and schedule), in chunks of at most K.
 
-    Within a chunk the runs have the same seed and similar target lengths, so that
-    padding to the longest prompt wastes little.
+    The runs are sorted by seed and target length before they are cut into chunks, so
+    that padding to the longest prompt of a chunk wastes little.
     """
     together = defaultdict(list)
     for run in runs:

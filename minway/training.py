@@ -7,7 +7,8 @@ prompts are independent (own schedule, own AdamW state, own gradient clipping),
 and K prompts trained together end where K separate runs end.
 
 The batch order of a run is fixed by its seed before training starts, so a run
-resumed from its checkpoint continues exactly as if it had never stopped.
+resumed from its checkpoint continues with the same batches and optimiser state as if it had
+never stopped (bitwise on CPU when it resumes in the same group).
 """
 import json
 import math
@@ -28,8 +29,8 @@ from minway.metrics import prompt_f1, relative_drop
 from minway.objective import bank_losses
 from minway.prompt import PromptBank, d_proj
 from minway.setup import Setup
-from minway.storage import (atomic_write_text, open_run_dir, read_checkpoint, read_log, save_checkpoint,
-                            save_prompt, write_results)
+from minway.storage import (atomic_write_text, checkpoint_step, open_run_dir, read_checkpoint, read_log,
+                            save_checkpoint, save_prompt, write_results)
 
 
 def batch_schedule(n_examples, steps, batch_size, seed):
@@ -69,14 +70,13 @@ def train_many(configs, out="runs", resume=False, force=False, progress=True, se
 
 def _checkpoint_step(run_dir):
     checkpoint = run_dir / "checkpoint.safetensors"
-    return read_checkpoint(checkpoint)[0] if checkpoint.exists() else 0
+    return checkpoint_step(checkpoint) if checkpoint.exists() else 0
 
 
 def _train_group(todo, start, setup, progress):
     configs, run_dirs = [c for c, _ in todo], [d for _, d in todo]
     base, K, model = configs[0], len(configs), setup.model
     targets = [setup.target_ids(c) for c in configs]
-    torch.manual_seed(base.seed)
     bank = PromptBank(model, targets)
     optimizer = torch.optim.AdamW([bank.vectors], lr=base.lr, weight_decay=base.weight_decay)
     if start:
@@ -127,13 +127,14 @@ def _train_group(todo, start, setup, progress):
                 logs[k].write(json.dumps(entry) + "\n")
             bar.set_postfix(loss=f"{np.mean(total):.3f}", ce=f"{np.mean(ce):.3f}", dist=f"{np.mean(distance):.3f}",
                             f1=f"{np.mean(f1):.2f}")
-            if (step + 1) % base.checkpoint_every == 0:
-                _save(bank, optimizer, run_dirs, logs, step + 1)
+            due = [k for k, c in enumerate(configs) if (step + 1) % c.checkpoint_every == 0]
+            if due:
+                _save(bank, optimizer, run_dirs, logs, step + 1, due)
     finally:
         for log in logs:
             log.close()
-    bar.close()
-    _save(bank, optimizer, run_dirs, logs, base.steps)
+        bar.close()
+    _save(bank, optimizer, run_dirs, logs, base.steps, range(K))
     return [finish(c, setup, bank.prompt(k).detach(), targets[k], d, progress)
             for k, (c, d) in enumerate(zip(configs, run_dirs))]
 
@@ -153,11 +154,13 @@ def _adam_slice(optimizer, bank, k):
     return {"step": state["step"], "exp_avg": state["exp_avg"][k, :L], "exp_avg_sq": state["exp_avg_sq"][k, :L]}
 
 
-def _save(bank, optimizer, run_dirs, logs, step):
-    for k, (run_dir, log) in enumerate(zip(run_dirs, logs)):
-        if not log.closed:
-            log.flush()
-        save_checkpoint(run_dir / "checkpoint.safetensors", bank.prompt(k), _adam_slice(optimizer, bank, k), step)
+def _save(bank, optimizer, run_dirs, logs, step, which):
+    """Checkpoint the prompts ``which`` at ``step``, their logs flushed first."""
+    for k in which:
+        if not logs[k].closed:
+            logs[k].flush()
+        save_checkpoint(run_dirs[k] / "checkpoint.safetensors", bank.prompt(k), _adam_slice(optimizer, bank, k),
+                        step)
 
 
 def _restore(bank, optimizer, run_dirs):

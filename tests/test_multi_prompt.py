@@ -177,3 +177,17 @@ def test_a_config_given_twice_is_trained_once(configs, separate, tmp_path):
     assert_same_run(out, tmp_path, configs[1])
     assert_same_results(alone[1], results[0])
     assert len(log_of(tmp_path, configs[1])) == STEPS
+
+
+def test_each_run_keeps_its_own_checkpoint_interval(configs, tmp_path, monkeypatch):
+    saved = []
+    real = minway.training.save_checkpoint
+
+    def spy(path, prompt, adam_state, step):
+        saved.append((path.parent.name, step))
+        return real(path, prompt, adam_state, step)
+    monkeypatch.setattr(minway.training, "save_checkpoint", spy)
+    first, second = replace(configs[0], checkpoint_every=2), replace(configs[1], checkpoint_every=3)
+    train_many([first, second], tmp_path, progress=False)
+    assert [s for name, s in saved if name == first.run_id()] == [2, 4, STEPS]
+    assert [s for name, s in saved if name == second.run_id()] == [3, STEPS]

@@ -4,7 +4,8 @@ import torch
 
 from fixtures import TINY, sharp_model
 from minway.batch import output_nll, pad, prompted_embeddings
-from minway.objective import c_dist, wayward_loss
+from minway.objective import bank_losses, c_dist, wayward_loss
+from minway.prompt import PromptBank
 
 ROWS = [  # (input ids, output ids): different lengths on both sides, so the batch is padded
     ([464, 3290, 373, 922, 290], [632, 373, 1049, 764]),
@@ -103,3 +104,25 @@ def test_only_the_prompt_gets_a_gradient_and_gamma_pulls_it_to_the_target(model)
     # d/dp gamma ||p - t||^2 / L = 2 gamma (p - t) / L dominates at gamma = 1000
     expected = grads[0.0] + 2 * 1000.0 * offset / 2
     torch.testing.assert_close(grads[1000.0], expected, rtol=1e-4, atol=1e-3)
+
+
+def test_bank_losses_are_each_prompts_own_wayward_loss(model):
+    """The batched objective of training equals the one-prompt statement of it, prompt by prompt."""
+    targets = [[464, 3290, 373], [40], [2061, 318]]
+    bank = PromptBank(model, targets)
+    with torch.no_grad():
+        bank.vectors.add_(0.05 * torch.randn(bank.vectors.shape, generator=torch.Generator().manual_seed(2)))
+        bank.vectors[0, 3:] = 0  # keep the padding of the shorter prompts at zero
+        bank.vectors[1, 1:] = 0
+        bank.vectors[2, 2:] = 0
+    owner = torch.tensor([0, 1, 1, 2])
+    inputs, outputs = [i for i, _ in ROWS], [o for _, o in ROWS]
+    gammas = torch.tensor([0.0, 0.5, 3.0])
+    with torch.no_grad():
+        together = bank_losses(model, bank, owner, inputs, outputs, gammas)
+        for k in range(3):
+            rows = [r for r in range(len(ROWS)) if owner[r] == k]
+            alone = wayward_loss(model, bank.prompt(k), bank.targets[k, :len(targets[k])],
+                                 [inputs[r] for r in rows], [outputs[r] for r in rows], float(gammas[k]))
+            for got, want in zip(together, alone):
+                assert float(got[k]) == pytest.approx(float(want), rel=1e-5, abs=1e-6), k

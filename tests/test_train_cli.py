@@ -388,6 +388,9 @@ def run_cli_in_process(script, args, monkeypatch, capsys):
     ("missing data", {"data-dir": "NO-DATA"}, ["NO-DATA", "sst2/train.tsv"]),
     ("bad label map", {"label-map": "1,x"}, ["--label-map '1,x'"]),
     ("label map not a permutation", {"label-map": "0,0"}, ["0,0", "not a permutation"]),
+    ("no checkpoints", {"checkpoint-every": 0}, ["--checkpoint-every must be at least 1"]),
+    ("negative gamma", {"gamma": -1}, ["--gamma must be >= 0"]),
+    ("no examples", {"k": 0}, ["--k must be at least 1"]),
 ])
 def test_one_line_errors_of_train(case, options, fragments, tiny_checkpoint, short_context_checkpoint, tiny_data,
                                   tmp_path, monkeypatch, capsys):

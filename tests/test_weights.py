@@ -14,7 +14,7 @@ from conftest import ROOT, SHARED
 from minway.errors import MinwayError
 from minway.model import GPT2Config
 from weights import resolve
-from weights.checkpoint import load_gpt2, read_config
+from weights.checkpoint import load_gpt2, load_token_embeddings, read_config
 from weights.random_checkpoint import write_random_checkpoint
 from weights.resolve import resolve_checkpoint
 
@@ -68,6 +68,15 @@ def test_transformer_prefix_and_bare_names_load_identically(checkpoint, referenc
     rewrite(checkpoint, lambda t: t.update({f"transformer.{name}": t.pop(name) for name in list(t)}))
     assert all(name.startswith("transformer.") for name in load_file(checkpoint / "model.safetensors"))
     assert_same_model(checkpoint, reference)
+
+
+@pytest.mark.parametrize("prefixed", [False, True])
+def test_token_embeddings_alone_equal_the_models(checkpoint, prefixed):
+    if prefixed:
+        rewrite(checkpoint, lambda t: t.update({f"transformer.{name}": t.pop(name) for name in list(t)}))
+    embeddings = load_token_embeddings(checkpoint)
+    assert embeddings.dtype == torch.float32
+    assert torch.equal(embeddings, load_gpt2(checkpoint).wte.weight.detach())
 
 
 def test_sharded_checkpoint_loads_identically(checkpoint, reference):

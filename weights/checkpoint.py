@@ -77,6 +77,16 @@ def tensor_files(directory):
                       f"minway reads safetensors checkpoints only")
 
 
+def load_token_embeddings(directory):
+    """The token embedding matrix (V, d) alone, in fp32: all that d-proj needs of a checkpoint."""
+    files = tensor_files(directory)
+    for name in ("wte.weight", "transformer.wte.weight"):
+        if name in files:
+            with _open(files[name]) as f:
+                return f.get_tensor(name).float()
+    raise MinwayError(f"{directory} holds no wte.weight tensor: not a GPT-2 checkpoint")
+
+
 def _open(path):
     try:
         return safe_open(str(path), framework="pt")
