@@ -9,7 +9,7 @@ target group and gamma, over targets and seeds:
     prompt F1              of the constrained prompt's projection
 
 each as mean and standard deviation (population std, ddof = 0). For a model with
-several gammas the report also picks, per task and group, the smallest gamma whose
+several gammas the report also picks, per task and group, the most accurate gamma whose
 mean prompt F1 exceeds 0.98, the rule of the paper's Fig. 5.
 
 The Avg rows of Table 2 average the groups of irrelevant targets (all but TRUE); when
@@ -128,8 +128,9 @@ def true_against_irrelevant(rows, averages):
 
 
 def choose_gammas(rows, threshold=F1_THRESHOLD):
-    """Per model, task and group with several gammas: the smallest gamma whose mean F1 exceeds the
-    threshold; when none does, the gamma of the highest F1, marked ``meets_threshold: false``."""
+    """Per model, task and group with several gammas: of the gammas whose mean F1 exceeds the
+    threshold, the one of the highest accuracy (as the paper's code picks; ties to the smaller
+    gamma); when none does, the gamma of the highest F1, marked ``meets_threshold: false``."""
     by_setting = defaultdict(list)
     for row in rows:
         by_setting[row["model"], row["task"], row["group"]].append(row)
@@ -138,7 +139,10 @@ def choose_gammas(rows, threshold=F1_THRESHOLD):
         if len(candidates) < 2:
             continue
         passing = [r for r in candidates if r["f1"]["mean"] > threshold]
-        best = min(passing, key=lambda r: r["gamma"]) if passing else max(candidates, key=lambda r: r["f1"]["mean"])
+        if passing:
+            best = max(passing, key=lambda r: (r["acc_constrained"]["mean"], -r["gamma"]))
+        else:
+            best = max(candidates, key=lambda r: r["f1"]["mean"])
         chosen.append({**best, "meets_threshold": bool(passing)})
     return sorted(chosen, key=row_order)
 
@@ -209,7 +213,7 @@ def to_markdown(report):
                          (("Δ̂T", table["true_drop"], table["true_drop_mean"]),
                           ("Δ̂", table["irrelevant_drop"], table["irrelevant_drop_mean"]))])
     if report["chosen_gamma"]:
-        lines += ["", f"## Smallest γ with prompt F1 > {F1_THRESHOLD} (the rule of Fig. 5)", ""]
+        lines += ["", f"## The most accurate γ with prompt F1 > {F1_THRESHOLD} (the rule of Fig. 5)", ""]
         lines += _table(header + ["F1 > 0.98"],
                         [_row_cells(r) + ["yes" if r["meets_threshold"] else "no"] for r in report["chosen_gamma"]])
     if report["failed"]:

@@ -72,12 +72,15 @@ def test_overrides_and_chunks():
         assert len({(r.config.setup_key(), r.config.schedule_key()) for r in chunk}) == 1
 
 
-def test_choose_gamma_takes_the_smallest_above_098():
-    def row(gamma, f1):
-        return {"model": "m", "task": "sst2", "group": "PILE", "gamma": gamma, "f1": {"mean": f1, "std": 0.0}}
-    chosen = choose_gammas([row(0.003, 0.95), row(0.005, 0.985), row(0.01, 0.99)])
-    assert [(c["gamma"], c["meets_threshold"]) for c in chosen] == [(0.005, True)]
-    chosen = choose_gammas([row(0.003, 0.90), row(0.01, 0.97)])
+def test_choose_gamma_takes_the_most_accurate_above_098():
+    def row(gamma, f1, acc):
+        return {"model": "m", "task": "sst2", "group": "PILE", "gamma": gamma, "f1": {"mean": f1, "std": 0.0},
+                "acc_constrained": {"mean": acc, "std": 0.0}}
+    chosen = choose_gammas([row(0.003, 0.95, 0.93), row(0.005, 0.985, 0.90), row(0.01, 0.99, 0.91)])
+    assert [(c["gamma"], c["meets_threshold"]) for c in chosen] == [(0.01, True)]
+    chosen = choose_gammas([row(0.005, 0.985, 0.91), row(0.01, 0.99, 0.91)])
+    assert [c["gamma"] for c in chosen] == [0.005]  # a tie goes to the smaller gamma
+    chosen = choose_gammas([row(0.003, 0.90, 0.93), row(0.01, 0.97, 0.90)])
     assert [(c["gamma"], c["meets_threshold"]) for c in chosen] == [(0.01, False)]
 
 
