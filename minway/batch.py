@@ -54,8 +54,8 @@ def output_nll(model, prompt, inputs, outputs):
 
 
 def bank_embeddings(model, vectors, lengths, owner, rows):
-    """Like ``prompted_embeddings`` with a prompt per row: row r is led by prompt ``owner[r]`` of
-    ``vectors`` (K, L_max, d), of which the first ``lengths[owner[r]]`` vectors are real."""
+    """Embeddings (B, T, d) of right-padded rows, row r led by prompt ``owner[r]`` of ``vectors``
+    (K, L_max, d), of which the first ``lengths[owner[r]]`` vectors are real."""
     device = model.wte.weight.device
     ids, text_mask = pad(rows, 0, device)
     text = model.embed(ids)
@@ -65,12 +65,11 @@ def bank_embeddings(model, vectors, lengths, owner, rows):
     source = torch.cat([vectors[owner].to(text.dtype), text], dim=1)
     t = torch.arange(T, device=device)[None, :]
     index = torch.where(t < prompt_len[:, None], t, L_max + t - prompt_len[:, None]).clamp(max=source.shape[1] - 1)
-    embeds = source.gather(1, index[..., None].expand(-1, -1, source.shape[-1]))
-    return embeds, t < n_real[:, None]
+    return source.gather(1, index[..., None].expand(-1, -1, source.shape[-1]))
 
 
 def bank_output_nll(model, vectors, lengths, owner, inputs, outputs):
     """``output_nll`` with a prompt per row (see ``bank_embeddings``)."""
-    embeds, _ = bank_embeddings(model, vectors, lengths, owner, [i + o for i, o in zip(inputs, outputs)])
+    embeds = bank_embeddings(model, vectors, lengths, owner, [i + o for i, o in zip(inputs, outputs)])
     first = lengths[owner] + torch.tensor([len(i) - 1 for i in inputs], device=embeds.device)
     return nll_after(model, embeds, first, outputs)
