@@ -1,6 +1,6 @@
 """Causal attention, forward and forward+backward: minway's Triton kernel against PyTorch (issue 4).
 
-    python benchmarks/bench_attention.py [--quick] [--device cuda|cpu]
+    python benchmarks/bench_attention.py [--quick] [--device cuda|cpu] [--prefix N]
 
 Backends of ``kernels.attention.causal_attention``: ``triton`` (minway's flash attention),
 ``sdpa`` (torch.nn.functional.scaled_dot_product_attention, the baseline) and ``naive``
@@ -8,6 +8,9 @@ Backends of ``kernels.attention.causal_attention``: ``triton`` (minway's flash a
 bf16, fp16 and fp32, without and with a right-padding key mask (row b keeps its first
 ``lengths[b]`` keys). Each output and input gradient is compared with the naive formula
 computed in fp64 (on two rows of the batch); the table gives the largest absolute difference.
+
+``--prefix N``: the T queries follow N cached keys and values, as in training, where the
+prompt is run once and every row's text attends to its keys (``GPT2.prefix_cache``).
 
 On a CPU the Triton kernel runs only in the interpreter (TRITON_INTERPRET=1), far too slowly
 to time: there sdpa is measured against naive alone.
@@ -24,15 +27,17 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 PASSES = ("fwd", "fwd+bwd")
 
 
-def inputs(T, dtype, device, padded, seed=0):
+def inputs(T, dtype, device, padded, prefix=0, seed=0):
+    """q (B, H, T, D), k and v (B, H, prefix + T, D), an output gradient and the key mask."""
     g = torch.Generator(device).manual_seed(seed)
-    q, k, v = (torch.randn(B, H, T, D, generator=g, device=device).to(dtype).requires_grad_() for _ in range(3))
+    q, k, v = (torch.randn(B, H, n, D, generator=g, device=device).to(dtype).requires_grad_()
+               for n in (T, prefix + T, prefix + T))
     grad = torch.randn(B, H, T, D, generator=g, device=device).to(dtype)
     mask = None
     if padded:  # one full row, the others between half and all of T
         lengths = torch.randint(T // 2, T + 1, (B,), generator=g, device=device)
         lengths[0] = T
-        mask = torch.arange(T, device=device)[None, :] < lengths[:, None]
+        mask = torch.arange(prefix + T, device=device)[None, :] < prefix + lengths[:, None]
     return (q, k, v), grad, mask
 
 
@@ -82,6 +87,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="T in 64 and 256 only, fewer repeats")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--prefix", type=int, default=0, help="cached keys before the T queries (14: a prompt)")
     args = p.parse_args()
     device = torch.device(args.device)
     gpu = device.type == "cuda"
@@ -90,7 +96,8 @@ def main():
     if args.quick:
         repeats, warmup = (5, 2) if gpu else (1, 1)
     backends = timed_backends(device)
-    print(f"{device}: batch {B}, {H} heads of {D}; median of {repeats} after {warmup} warm-up calls")
+    print(f"{device}: batch {B}, {H} heads of {D}, {args.prefix} cached keys before the queries; "
+          f"median of {repeats} after {warmup} warm-up calls")
 
     header = ["dtype", "mask", "T", "pass", *(f"{b} ms" for b in backends)]
     header += [f"{fast}/{slow}" for fast, slow in ratio_pairs(backends)]
@@ -99,7 +106,7 @@ def main():
     for dtype_name, dtype in DTYPES.items():
         for padded in (False, True):
             for T in Ts:
-                qkv, grad, mask = inputs(T, dtype, device, padded)
+                qkv, grad, mask = inputs(T, dtype, device, padded, args.prefix)
                 errors = max_errors(backends, qkv, grad, mask)
                 for name in PASSES:
                     backward = name == "fwd+bwd"
@@ -117,7 +124,8 @@ def main():
     print_table(header, rows)
     if "triton" in backends:
         print("targets, fwd+bwd: triton/sdpa >= 1.0x for T <= 256, >= 0.8x at T = 1024")
-    save("attention", device, {"quick": args.quick, "B": B, "H": H, "D": D, "repeats": repeats,
+    save("attention" + (f"-prefix{args.prefix}" if args.prefix else ""), device,
+         {"quick": args.quick, "B": B, "H": H, "D": D, "prefix": args.prefix, "repeats": repeats,
                                "warmup": warmup, "backends": backends, "rows": records})
 
 

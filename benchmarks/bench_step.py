@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from minway.model import GPT2, SIZES, init_weights  # noqa: E402
-from minway.objective import wayward_loss  # noqa: E402
+from minway.objective import bank_losses  # noqa: E402
+from minway.prompt import PromptBank  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 OUTPUT_TOKENS = 4  # " It was great ." carries the loss
@@ -54,17 +55,18 @@ def time_steps(steps, device, repeats, warmup):
 
 
 def minway_step(config, ids, n_prompt, dtype, device, attention):
+    """The step of ``minway.training``: a PromptBank of one prompt and its objective."""
     model = init_weights(GPT2(config, attention=attention)).to(device, dtype).freeze()
-    prompt = torch.nn.Parameter(model.wte.weight[:n_prompt].detach().float().clone())
-    target = prompt.detach().clone()
-    optimizer = torch.optim.AdamW([prompt], lr=0.01)
+    bank = PromptBank(model, [list(range(n_prompt))])
+    optimizer = torch.optim.AdamW(bank.parameters(), lr=0.01)
     rows = ids.tolist()
     inputs, outputs = [r[:-OUTPUT_TOKENS] for r in rows], [r[-OUTPUT_TOKENS:] for r in rows]
+    owner, gammas = torch.zeros(len(rows), dtype=torch.long, device=device), torch.full((1,), 0.01, device=device)
 
     def step():
-        loss = wayward_loss(model, prompt, target, inputs, outputs, gamma=0.01).total
+        loss = bank_losses(model, bank, owner, inputs, outputs, gammas).total.sum()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_([prompt], 1.0)
+        torch.nn.utils.clip_grad_norm_(bank.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     return step

@@ -4,30 +4,33 @@
 ``sdpa``   : ``torch.nn.functional.scaled_dot_product_attention``.
 ``triton`` : a fused flash-attention kernel, forward and backward (``kernels.flash_attention``).
 
-All take q, k, v of shape (B, H, T, D) and an optional ``key_padding_mask`` of
-shape (B, T), True where a key may be attended to. A query with no key to attend
-to (a row of a sequence that is all padding) gets a zero output and no gradient.
+All take q of shape (B, H, Tq, D), k and v of shape (B, H, Tk, D) with Tk >= Tq, and
+an optional ``key_padding_mask`` of shape (B, Tk), True where a key may be attended
+to. The queries are the last Tq of the Tk positions (Tq < Tk when the keys of a
+cached prefix come first): query i stands at position Tk - Tq + i and sees the keys
+up to there. A query with no key to attend to (a row of a sequence that is all
+padding) gets a zero output and no gradient.
 """
 import math
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention.bias import causal_lower_right
 
 BACKENDS = ("naive", "sdpa", "triton")
 
 
-def _allowed(T, key_padding_mask, device):
-    """(B or 1, 1, T, T) boolean: query i may look at key j."""
-    allowed = torch.ones(T, T, dtype=torch.bool, device=device).tril()[None, None]
+def _allowed(Tq, Tk, key_padding_mask, device):
+    """(B or 1, 1, Tq, Tk) boolean: query i may look at key j."""
+    allowed = torch.ones(Tq, Tk, dtype=torch.bool, device=device).tril(diagonal=Tk - Tq)[None, None]
     if key_padding_mask is not None:
         allowed = allowed & key_padding_mask[:, None, None, :]
     return allowed
 
 
 def naive_attention(q, k, v, key_padding_mask=None):
-    T = q.shape[-2]
     scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
-    allowed = _allowed(T, key_padding_mask, q.device)
+    allowed = _allowed(q.shape[-2], k.shape[-2], key_padding_mask, q.device)
     scores = scores.float().masked_fill(~allowed, float("-inf"))
     weights = torch.softmax(scores, dim=-1).nan_to_num(0.0).to(v.dtype)
     return weights @ v
@@ -35,8 +38,11 @@ def naive_attention(q, k, v, key_padding_mask=None):
 
 def sdpa_attention(q, k, v, key_padding_mask=None):
     if key_padding_mask is None:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    allowed = _allowed(q.shape[-2], key_padding_mask, q.device)
+        if q.shape[-2] == k.shape[-2]:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        # no mask tensor: on a GPU this keeps the flash and memory-efficient kernels available
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(q.shape[-2], k.shape[-2]))
+    allowed = _allowed(q.shape[-2], k.shape[-2], key_padding_mask, q.device)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
     # rows with no allowed key come back as NaN on some backends
     return out.masked_fill(~allowed.any(-1, keepdim=True), 0.0)
@@ -66,6 +72,8 @@ def default_backend(device):
 
 
 def causal_attention(q, k, v, key_padding_mask=None, backend="auto"):
+    if k.shape[-2] < q.shape[-2]:
+        raise ValueError(f"{q.shape[-2]} queries need at least as many keys, got {k.shape[-2]}")
     if backend == "auto":
         backend = default_backend(q.device)
     if backend == "naive":

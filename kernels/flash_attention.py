@@ -1,10 +1,14 @@
 """Fused causal attention with a key-padding mask, forward and backward, in Triton.
 
 Flash attention: a program owns a block of query rows and streams over the key blocks
-with an online softmax, so no T x T matrix is ever stored; the forward keeps only the
+with an online softmax, so no TQ x TK matrix is ever stored; the forward keeps only the
 log-sum-exp of each row for the backward to rebuild the probabilities from. Key blocks
 entirely above the diagonal are skipped; the causal mask is applied only to the blocks
 that straddle it. Scores live in the log2 domain (exp2 is the fast instruction).
+
+There may be more keys (TK) than queries (TQ), the first TK - TQ from a cached prefix:
+query m then stands at key position m + TK - TQ (``pos_m`` below), and the diagonal
+moves right by that much.
 
 Backward, in two kernels that each recompute the probabilities of their blocks:
 ``_bwd_dq`` per query block (it also stores delta = rowsum(dO * O) on its way), then
@@ -24,25 +28,25 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def _scores(q, kt, keep, offs_m, offs_n, qk_scale, DIAGONAL: tl.constexpr, PRECISION: tl.constexpr):
+def _scores(q, kt, keep, pos_m, offs_n, qk_scale, DIAGONAL: tl.constexpr, PRECISION: tl.constexpr):
     """Scores of a (BLOCK_M, BLOCK_N) block in the log2 domain, -inf where the key may not be seen."""
     s = dot(q, kt, None, PRECISION) * qk_scale
     allowed = keep[None, :]
     if DIAGONAL:
-        allowed = allowed & (offs_m[:, None] >= offs_n[None, :])
+        allowed = allowed & (pos_m[:, None] >= offs_n[None, :])
     return tl.where(allowed, s, float("-inf"))
 
 
 @triton.jit
-def _fwd_inner(acc, l_i, m_i, q, K, V, KEEP, offs_m, lo, hi, T, stride_kt, stride_vt, qk_scale,
+def _fwd_inner(acc, l_i, m_i, q, K, V, KEEP, pos_m, lo, hi, TK, stride_kt, stride_vt, qk_scale,
                D: tl.constexpr, BLOCK_N: tl.constexpr, DIAGONAL: tl.constexpr, PRECISION: tl.constexpr):
     offs_d = tl.arange(0, D)
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        in_t = offs_n < T
+        in_t = offs_n < TK
         kt = tl.load(K + offs_n[None, :] * stride_kt + offs_d[:, None], mask=in_t[None, :], other=0.0)
         keep = tl.load(KEEP + offs_n, mask=in_t, other=0) != 0
-        s = _scores(q, kt, keep, offs_m, offs_n, qk_scale, DIAGONAL, PRECISION)
+        s = _scores(q, kt, keep, pos_m, offs_n, qk_scale, DIAGONAL, PRECISION)
 
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing allowed yet
@@ -56,7 +60,7 @@ def _fwd_inner(acc, l_i, m_i, q, K, V, KEEP, offs_m, lo, hi, T, stride_kt, strid
 
 
 @triton.jit
-def _fwd(Q, K, V, KEEP, O, LSE, qk_scale, T, H,
+def _fwd(Q, K, V, KEEP, O, LSE, qk_scale, TQ, TK, H,
          stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
          D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
     # the longest rows first: blocks further down the diagonal have more keys to visit
@@ -66,38 +70,48 @@ def _fwd(Q, K, V, KEEP, O, LSE, qk_scale, T, H,
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, D)
     q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qt + offs_d[None, :],
-                mask=offs_m[:, None] < T, other=0.0)
+                mask=offs_m[:, None] < TQ, other=0.0)
     K += b * stride_kb + h * stride_kh
     V += b * stride_vb + h * stride_vh
-    KEEP += b * T
+    KEEP += b * TK
 
     acc = tl.zeros((BLOCK_M, D), tl.float32)
     l_i = tl.zeros((BLOCK_M,), tl.float32)
     m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K, V, KEEP, offs_m, 0, start_m, T, stride_kt, stride_vt,
+    pos_m = offs_m + (TK - TQ)
+    diagonal = _whole_blocks_before(start_m + TK - TQ, BLOCK_N)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K, V, KEEP, pos_m, 0, diagonal, TK, stride_kt, stride_vt,
                                qk_scale, D, BLOCK_N, False, PRECISION)
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K, V, KEEP, offs_m, start_m, tl.minimum(start_m + BLOCK_M, T),
-                               T, stride_kt, stride_vt, qk_scale, D, BLOCK_N, True, PRECISION)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K, V, KEEP, pos_m, diagonal,
+                               tl.minimum(start_m + BLOCK_M + TK - TQ, TK),
+                               TK, stride_kt, stride_vt, qk_scale, D, BLOCK_N, True, PRECISION)
 
     nonempty = l_i > 0
     acc = acc / tl.where(nonempty, l_i, 1.0)[:, None]
     lse = tl.where(nonempty, m_i + tl.log2(tl.where(nonempty, l_i, 1.0)), 0.0)
-    in_t = offs_m < T
-    tl.store(O + (bh * T + offs_m[:, None]) * D + offs_d[None, :], acc.to(O.dtype.element_ty), mask=in_t[:, None])
-    tl.store(LSE + bh * T + offs_m, lse, mask=in_t)
+    in_t = offs_m < TQ
+    tl.store(O + (bh * TQ + offs_m[:, None]) * D + offs_d[None, :], acc.to(O.dtype.element_ty), mask=in_t[:, None])
+    tl.store(LSE + bh * TQ + offs_m, lse, mask=in_t)
 
 
 @triton.jit
-def _bwd_dq_inner(dq, q, do, lse, delta, K, V, KEEP, offs_m, lo, hi, T, stride_kt, stride_vt, qk_scale,
+def _whole_blocks_before(first_pos, BLOCK_N: tl.constexpr):
+    """End of the key blocks (of BLOCK_N, from 0) that a query at ``first_pos`` and every later
+    one see whole: the blocks that need no causal mask."""
+    return (first_pos + 1) // BLOCK_N * BLOCK_N
+
+
+@triton.jit
+def _bwd_dq_inner(dq, q, do, lse, delta, K, V, KEEP, pos_m, lo, hi, TK, stride_kt, stride_vt, qk_scale,
                   D: tl.constexpr, BLOCK_N: tl.constexpr, DIAGONAL: tl.constexpr, PRECISION: tl.constexpr):
     offs_d = tl.arange(0, D)
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        in_t = offs_n < T
+        in_t = offs_n < TK
         kt = tl.load(K + offs_n[None, :] * stride_kt + offs_d[:, None], mask=in_t[None, :], other=0.0)
         vt = tl.load(V + offs_n[None, :] * stride_vt + offs_d[:, None], mask=in_t[None, :], other=0.0)
         keep = tl.load(KEEP + offs_n, mask=in_t, other=0) != 0
-        p = tl.exp2(_scores(q, kt, keep, offs_m, offs_n, qk_scale, DIAGONAL, PRECISION) - lse[:, None])
+        p = tl.exp2(_scores(q, kt, keep, pos_m, offs_n, qk_scale, DIAGONAL, PRECISION) - lse[:, None])
         dp = dot(do, vt, None, PRECISION)
         ds = p * (dp - delta[:, None])
         dq = dot(ds.to(kt.dtype), tl.trans(kt), dq, PRECISION)
@@ -105,7 +119,7 @@ def _bwd_dq_inner(dq, q, do, lse, delta, K, V, KEEP, offs_m, lo, hi, T, stride_k
 
 
 @triton.jit
-def _bwd_dq(Q, K, V, KEEP, O, DO, LSE, DELTA, DQ, sm_scale, qk_scale, T, H,
+def _bwd_dq(Q, K, V, KEEP, O, DO, LSE, DELTA, DQ, sm_scale, qk_scale, TQ, TK, H,
             stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
             stride_dob, stride_doh, stride_dot,
             D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
@@ -114,45 +128,47 @@ def _bwd_dq(Q, K, V, KEEP, O, DO, LSE, DELTA, DQ, sm_scale, qk_scale, T, H,
     b, h = bh // H, bh % H
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, D)
-    in_t = offs_m < T
+    in_t = offs_m < TQ
     rows = offs_m[:, None] * D + offs_d[None, :]  # O and DQ are contiguous
     q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qt + offs_d[None, :],
                 mask=in_t[:, None], other=0.0)
     do = tl.load(DO + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dot + offs_d[None, :],
                  mask=in_t[:, None], other=0.0)
-    o = tl.load(O + bh * T * D + rows, mask=in_t[:, None], other=0.0)
+    o = tl.load(O + bh * TQ * D + rows, mask=in_t[:, None], other=0.0)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
-    tl.store(DELTA + bh * T + offs_m, delta, mask=in_t)
-    lse = tl.load(LSE + bh * T + offs_m, mask=in_t, other=0.0)
+    tl.store(DELTA + bh * TQ + offs_m, delta, mask=in_t)
+    lse = tl.load(LSE + bh * TQ + offs_m, mask=in_t, other=0.0)
     K += b * stride_kb + h * stride_kh
     V += b * stride_vb + h * stride_vh
-    KEEP += b * T
+    KEEP += b * TK
 
     dq = tl.zeros((BLOCK_M, D), tl.float32)
-    dq = _bwd_dq_inner(dq, q, do, lse, delta, K, V, KEEP, offs_m, 0, start_m, T, stride_kt, stride_vt, qk_scale,
+    pos_m = offs_m + (TK - TQ)
+    diagonal = _whole_blocks_before(start_m + TK - TQ, BLOCK_N)
+    dq = _bwd_dq_inner(dq, q, do, lse, delta, K, V, KEEP, pos_m, 0, diagonal, TK, stride_kt, stride_vt, qk_scale,
                        D, BLOCK_N, False, PRECISION)
-    dq = _bwd_dq_inner(dq, q, do, lse, delta, K, V, KEEP, offs_m, start_m, tl.minimum(start_m + BLOCK_M, T),
-                       T, stride_kt, stride_vt, qk_scale, D, BLOCK_N, True, PRECISION)
-    tl.store(DQ + bh * T * D + rows, (dq * sm_scale).to(DQ.dtype.element_ty), mask=in_t[:, None])
+    dq = _bwd_dq_inner(dq, q, do, lse, delta, K, V, KEEP, pos_m, diagonal, tl.minimum(start_m + BLOCK_M + TK - TQ, TK),
+                       TK, stride_kt, stride_vt, qk_scale, D, BLOCK_N, True, PRECISION)
+    tl.store(DQ + bh * TQ * D + rows, (dq * sm_scale).to(DQ.dtype.element_ty), mask=in_t[:, None])
 
 
 @triton.jit
-def _bwd_dkdv_inner(dk, dv, k, v, keep, Q, DO, LSE, DELTA, offs_n, lo, hi, T, stride_qt, stride_dot, qk_scale,
+def _bwd_dkdv_inner(dk, dv, k, v, keep, Q, DO, LSE, DELTA, offs_n, lo, hi, TQ, TK, stride_qt, stride_dot, qk_scale,
                     D: tl.constexpr, BLOCK_M: tl.constexpr, DIAGONAL: tl.constexpr, PRECISION: tl.constexpr):
     """Transposed blocks: keys along rows, queries along columns."""
     offs_d = tl.arange(0, D)
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
-        in_t = offs_m < T
+        in_t = offs_m < TQ
         qt = tl.load(Q + offs_m[None, :] * stride_qt + offs_d[:, None], mask=in_t[None, :], other=0.0)
         do = tl.load(DO + offs_m[:, None] * stride_dot + offs_d[None, :], mask=in_t[:, None], other=0.0)
-        # rows past T get lse = inf, hence probability 0
+        # rows past TQ get lse = inf, hence probability 0
         lse = tl.load(LSE + offs_m, mask=in_t, other=float("inf"))
         delta = tl.load(DELTA + offs_m, mask=in_t, other=0.0)
         st = dot(k, qt, None, PRECISION) * qk_scale
         allowed = keep[:, None]
         if DIAGONAL:
-            allowed = allowed & (offs_m[None, :] >= offs_n[:, None])
+            allowed = allowed & (offs_m[None, :] + (TK - TQ) >= offs_n[:, None])
         pt = tl.exp2(tl.where(allowed, st, float("-inf")) - lse[None, :])
         dv = dot(pt.to(do.dtype), do, dv, PRECISION)
         dpt = dot(v, tl.trans(do), None, PRECISION)
@@ -162,7 +178,7 @@ def _bwd_dkdv_inner(dk, dv, k, v, keep, Q, DO, LSE, DELTA, offs_n, lo, hi, T, st
 
 
 @triton.jit
-def _bwd_dkdv(Q, K, V, KEEP, DO, LSE, DELTA, DK, DV, sm_scale, qk_scale, T, H,
+def _bwd_dkdv(Q, K, V, KEEP, DO, LSE, DELTA, DK, DV, sm_scale, qk_scale, TQ, TK, H,
               stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
               stride_dob, stride_doh, stride_dot,
               D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
@@ -171,31 +187,33 @@ def _bwd_dkdv(Q, K, V, KEEP, DO, LSE, DELTA, DK, DV, sm_scale, qk_scale, T, H,
     b, h = bh // H, bh % H
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, D)
-    in_t = offs_n < T
+    in_t = offs_n < TK
     k = tl.load(K + b * stride_kb + h * stride_kh + offs_n[:, None] * stride_kt + offs_d[None, :],
                 mask=in_t[:, None], other=0.0)
     v = tl.load(V + b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vt + offs_d[None, :],
                 mask=in_t[:, None], other=0.0)
-    keep = tl.load(KEEP + b * T + offs_n, mask=in_t, other=0) != 0
+    keep = tl.load(KEEP + b * TK + offs_n, mask=in_t, other=0) != 0
     Q += b * stride_qb + h * stride_qh
     DO += b * stride_dob + h * stride_doh
-    LSE += bh * T
-    DELTA += bh * T
+    LSE += bh * TQ
+    DELTA += bh * TQ
 
     dk = tl.zeros((BLOCK_N, D), tl.float32)
     dv = tl.zeros((BLOCK_N, D), tl.float32)
-    dk, dv = _bwd_dkdv_inner(dk, dv, k, v, keep, Q, DO, LSE, DELTA, offs_n, start_n, tl.minimum(start_n + BLOCK_N, T),
-                             T, stride_qt, stride_dot, qk_scale, D, BLOCK_M, True, PRECISION)
-    dk, dv = _bwd_dkdv_inner(dk, dv, k, v, keep, Q, DO, LSE, DELTA, offs_n, start_n + BLOCK_N, T,
-                             T, stride_qt, stride_dot, qk_scale, D, BLOCK_M, False, PRECISION)
-    rows = (bh * T + offs_n[:, None]) * D + offs_d[None, :]
+    # queries (in blocks of BLOCK_M from 0) that see part of this key block, then those that see it whole
+    first = tl.maximum(start_n - (TK - TQ), 0) // BLOCK_M * BLOCK_M
+    whole = tl.minimum((tl.maximum(start_n + BLOCK_N - 1 - (TK - TQ), 0) + BLOCK_M - 1) // BLOCK_M * BLOCK_M, TQ)
+    dk, dv = _bwd_dkdv_inner(dk, dv, k, v, keep, Q, DO, LSE, DELTA, offs_n, first, whole,
+                             TQ, TK, stride_qt, stride_dot, qk_scale, D, BLOCK_M, True, PRECISION)
+    dk, dv = _bwd_dkdv_inner(dk, dv, k, v, keep, Q, DO, LSE, DELTA, offs_n, whole, TQ,
+                             TQ, TK, stride_qt, stride_dot, qk_scale, D, BLOCK_M, False, PRECISION)
+    rows = (bh * TK + offs_n[:, None]) * D + offs_d[None, :]
     tl.store(DK + rows, (dk * sm_scale).to(DK.dtype.element_ty), mask=in_t[:, None])
     tl.store(DV + rows, dv.to(DV.dtype.element_ty), mask=in_t[:, None])
 
 
 def _config(D, device):
-    """Block sizes and launch options of (forward, dq, dkdv). Each kernel's outer block is a
-    multiple of its inner block, so that the diagonal falls on whole inner blocks."""
+    """Block sizes and launch options of (forward, dq, dkdv)."""
     if device.type != "cuda":  # interpreter: small blocks so that tests cross block edges cheaply
         small = dict(BLOCK_M=32, BLOCK_N=16)
         return small, small, dict(BLOCK_M=16, BLOCK_N=32), {}
@@ -217,49 +235,54 @@ def _precision(dtype):
 class _FlashAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, keep):
-        B, H, T, D = q.shape
+        B, H, TQ, D = q.shape
+        TK = k.shape[2]
         fwd, _, _, launch = _config(D, q.device)
-        o = torch.empty(B, H, T, D, dtype=q.dtype, device=q.device)
-        lse = torch.empty(B, H, T, dtype=torch.float32, device=q.device)
-        grid = (triton.cdiv(T, fwd["BLOCK_M"]), B * H)
-        _fwd[grid](q, k, v, keep, o, lse, LOG2E / math.sqrt(D), T, H, *_strides(q), *_strides(k), *_strides(v),
-                   D=D, PRECISION=_precision(q.dtype), **fwd, **launch)
+        o = torch.empty(B, H, TQ, D, dtype=q.dtype, device=q.device)
+        lse = torch.empty(B, H, TQ, dtype=torch.float32, device=q.device)
+        grid = (triton.cdiv(TQ, fwd["BLOCK_M"]), B * H)
+        _fwd[grid](q, k, v, keep, o, lse, LOG2E / math.sqrt(D), TQ, TK, H,
+                   *_strides(q), *_strides(k), *_strides(v), D=D, PRECISION=_precision(q.dtype), **fwd, **launch)
         ctx.save_for_backward(q, k, v, keep, o, lse)
         return o
 
     @staticmethod
     def backward(ctx, do):
         q, k, v, keep, o, lse = ctx.saved_tensors
-        B, H, T, D = q.shape
+        B, H, TQ, D = q.shape
+        TK = k.shape[2]
         _, dq_blocks, dkdv_blocks, launch = _config(D, q.device)
         if do.stride(-1) != 1:
             do = do.contiguous()
-        dq, dk, dv = (torch.empty(B, H, T, D, dtype=q.dtype, device=q.device) for _ in range(3))
+        dq = torch.empty(B, H, TQ, D, dtype=q.dtype, device=q.device)
+        dk, dv = (torch.empty(B, H, TK, D, dtype=q.dtype, device=q.device) for _ in range(2))
         delta = torch.empty_like(lse)
         sm_scale = 1.0 / math.sqrt(D)
-        args = (sm_scale, sm_scale * LOG2E, T, H, *_strides(q), *_strides(k), *_strides(v), *_strides(do))
+        args = (sm_scale, sm_scale * LOG2E, TQ, TK, H, *_strides(q), *_strides(k), *_strides(v), *_strides(do))
         consts = dict(D=D, PRECISION=_precision(q.dtype), **launch)
-        _bwd_dq[(triton.cdiv(T, dq_blocks["BLOCK_M"]), B * H)](
+        _bwd_dq[(triton.cdiv(TQ, dq_blocks["BLOCK_M"]), B * H)](
             q, k, v, keep, o, do, lse, delta, dq, *args, **dq_blocks, **consts)
-        _bwd_dkdv[(triton.cdiv(T, dkdv_blocks["BLOCK_N"]), B * H)](
+        _bwd_dkdv[(triton.cdiv(TK, dkdv_blocks["BLOCK_N"]), B * H)](
             q, k, v, keep, do, lse, delta, dk, dv, *args, **dkdv_blocks, **consts)
         return dq, dk, dv, None
 
 
 def flash_attention(q, k, v, key_padding_mask=None):
-    """Causal attention of (B, H, T, D) tensors; see kernels.attention for the semantics."""
+    """Causal attention of q (B, H, TQ, D) over k, v (B, H, TK, D), TK >= TQ; see kernels.attention
+    for the semantics."""
     check_device(q.device, "causal_attention")
-    B, H, T, D = q.shape
-    if not (k.shape == v.shape == q.shape and k.dtype == v.dtype == q.dtype):
-        raise ValueError(f"q, k, v must have one shape and dtype, got {tuple(q.shape)} {q.dtype}, "
-                         f"{tuple(k.shape)} {k.dtype}, {tuple(v.shape)} {v.dtype}")
+    B, H, TQ, D = q.shape
+    TK = k.shape[2]
+    if not (k.shape == v.shape == (B, H, TK, D) and TK >= TQ and k.dtype == v.dtype == q.dtype):
+        raise ValueError(f"q (B, H, TQ, D) and k, v (B, H, TK >= TQ, D) must share one dtype, got "
+                         f"{tuple(q.shape)} {q.dtype}, {tuple(k.shape)} {k.dtype}, {tuple(v.shape)} {v.dtype}")
     if D not in (16, 32, 64, 128) or q.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise ValueError(f"the triton backend takes head dims 16, 32, 64, 128 in fp32, bf16 or fp16, "
                          f"got {D} in {q.dtype}: use backend='sdpa'")
     if key_padding_mask is None:
-        keep = torch.ones(B, T, dtype=torch.bool, device=q.device)
-    elif key_padding_mask.shape != (B, T) or key_padding_mask.dtype != torch.bool:
-        raise ValueError(f"key_padding_mask must be a ({B}, {T}) bool tensor, got "
+        keep = torch.ones(B, TK, dtype=torch.bool, device=q.device)
+    elif key_padding_mask.shape != (B, TK) or key_padding_mask.dtype != torch.bool:
+        raise ValueError(f"key_padding_mask must be a ({B}, {TK}) bool tensor, got "
                          f"{tuple(key_padding_mask.shape)} {key_padding_mask.dtype}")
     else:
         keep = key_padding_mask.contiguous()

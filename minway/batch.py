@@ -4,13 +4,18 @@ Every row of a batch is ``[prompt (L vectors)] [input tokens] [output tokens] [p
 The output tokens carry the loss: the token at position t is predicted from the
 hidden state at t - 1, so only those positions go through the 50257-way head.
 
-The loss needs no key-padding mask: the padding is on the right, so under the causal
+The text needs no key-padding mask: its padding is on the right, so under the causal
 mask no real position ever attends to a pad key. The mask would change only the hidden
 states of pad positions, which no loss reads, and leaving it out lets attention take
-its causal fast path.
+its causal fast path (only prompts of different lengths in one batch need a mask).
+
+``output_nll`` runs each row whole: the plain statement of the loss. Training uses
+``bank_output_nll``, which runs each prompt once for all its rows (same result, less work).
 """
 import torch
 import torch.nn.functional as F
+
+from minway.model import KeyValues
 
 
 def pad(rows, value, device):
@@ -42,6 +47,11 @@ def nll_after(model, embeds, first, outputs):
     targets, target_mask = pad(outputs, -100, device)
     positions = (first[:, None] + torch.arange(targets.shape[1], device=device)).clamp(max=embeds.shape[1] - 1)
     logits = model(embeds=embeds, logit_positions=positions).logits
+    return _mean_nll(logits, targets, target_mask)
+
+
+def _mean_nll(logits, targets, target_mask):
+    """Mean negative log-likelihood per row of right-padded targets (B, P) under logits (B, P, V)."""
     nll = F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=-100, reduction="none")
     return (nll * target_mask).sum(1) / target_mask.sum(1)
 
@@ -53,23 +63,35 @@ def output_nll(model, prompt, inputs, outputs):
     return nll_after(model, embeds, first, outputs)
 
 
-def bank_embeddings(model, vectors, lengths, owner, rows):
-    """Embeddings (B, T, d) of right-padded rows, row r led by prompt ``owner[r]`` of ``vectors``
-    (K, L_max, d), of which the first ``lengths[owner[r]]`` vectors are real."""
-    device = model.wte.weight.device
-    ids, text_mask = pad(rows, 0, device)
-    text = model.embed(ids)
-    prompt_len = lengths[owner]
-    n_real = prompt_len + text_mask.sum(1)
-    L_max, T = vectors.shape[1], int(n_real.max())
-    source = torch.cat([vectors[owner].to(text.dtype), text], dim=1)
-    t = torch.arange(T, device=device)[None, :]
-    index = torch.where(t < prompt_len[:, None], t, L_max + t - prompt_len[:, None]).clamp(max=source.shape[1] - 1)
-    return source.gather(1, index[..., None].expand(-1, -1, source.shape[-1]))
+def require_tokens(inputs):
+    """Paths that run the prompt apart predict the first output token from the input's last."""
+    if any(len(i) == 0 for i in inputs):
+        raise ValueError("every input needs at least one token")
 
 
 def bank_output_nll(model, vectors, lengths, owner, inputs, outputs):
-    """``output_nll`` with a prompt per row (see ``bank_embeddings``)."""
-    embeds = bank_embeddings(model, vectors, lengths, owner, [i + o for i, o in zip(inputs, outputs)])
-    first = lengths[owner] + torch.tensor([len(i) - 1 for i in inputs], device=embeds.device)
-    return nll_after(model, embeds, first, outputs)
+    """``output_nll`` with a prompt per row: row r is led by the first ``lengths[owner[r]]`` of
+    the vectors (K, L_max, d) of prompt ``owner[r]``.
+
+    A prompt is the same in all its rows, and under the causal mask nothing after it changes
+    its hidden states: each prompt is run once (``GPT2.prefix_cache``) and its keys and values
+    serve all its rows, whose text continues it. With a 14-token prompt, 50 tokens of text and
+    8 rows, 98 of the 512 positions are not computed.
+    """
+    require_tokens(inputs)
+    device = model.wte.weight.device
+    cache = model.prefix_cache(vectors.to(model.wte.weight.dtype))
+    past = [KeyValues(kv.keys[owner], kv.values[owner]) for kv in cache]
+    ids, _ = pad([i + o for i, o in zip(inputs, outputs)], 0, device)
+    # the text is right-padded, so its padding needs no mask (see above); the padding of
+    # prompts shorter than the longest does
+    key_padding_mask = None
+    if bool((lengths < vectors.shape[1]).any()):
+        prompt_mask = torch.arange(vectors.shape[1], device=device) < lengths[owner][:, None]
+        key_padding_mask = torch.cat([prompt_mask, torch.ones_like(ids, dtype=torch.bool)], dim=1)
+    targets, target_mask = pad(outputs, -100, device)
+    first = torch.tensor([len(i) - 1 for i in inputs], device=device)
+    positions = (first[:, None] + torch.arange(targets.shape[1], device=device)).clamp(max=ids.shape[1] - 1)
+    logits = model(ids, past=past, position_offset=lengths[owner], key_padding_mask=key_padding_mask,
+                   logit_positions=positions).logits
+    return _mean_nll(logits, targets, target_mask)

@@ -1,15 +1,16 @@
 """Classification by scoring each label's output text, as the paper's code does.
 
 An example is assigned the label whose output text (" It was great .") has the
-lowest mean token loss after the prompt and the input. The options share
-everything up to the label word (" It was"): that prefix is run once per
-example with its keys and values cached, and only the C short suffixes are run
-on top of it, instead of C full passes.
+lowest mean token loss after the prompt and the input. Each pass continues the keys
+and values of the one before: the prompt, the same for every example, is run once
+per batch; each input with the part that all options share (" It was") is run once
+on top of it; and only the C short suffixes of the options are run on top of that,
+instead of C full passes.
 """
 import torch
 from tqdm.auto import tqdm
 
-from minway.batch import output_nll, pad, prompted_embeddings
+from minway.batch import output_nll, pad, require_tokens
 from minway.model import KeyValues
 
 
@@ -34,18 +35,24 @@ def option_nll(model, prompt, inputs, options):
     """(B, C) mean token loss of each option, the shared prefix computed once."""
     if any(len(o) == 0 for o in options):
         raise ValueError("every option needs at least one token")
+    require_tokens(inputs)
     B, C, L = len(inputs), len(options), prompt.shape[-2]
     # at least one suffix keeps a token (identical options, or a single one, share everything)
     n = min(common_prefix_length(options), max(len(o) for o in options) - 1)
     common, suffixes = options[0][:n], [o[n:] for o in options]
     device = model.wte.weight.device
 
-    # Prefix pass: prompt + input + common part; logits where the common tokens and the
-    # first suffix token are predicted. It needs no padding mask (see minway.batch); the
+    # Prompt pass: the prompt's keys and values, made once and shared by every example
+    # (a prompt per example, (B, L, d), is run once per example).
+    prompts = model.prefix_cache((prompt if prompt.dim() == 3 else prompt[None]).to(model.wte.weight.dtype))
+    past = [KeyValues(kv.keys.expand(B, -1, -1, -1), kv.values.expand(B, -1, -1, -1)) for kv in prompts]
+
+    # Prefix pass: input + common part after the prompt; logits where the common tokens and
+    # the first suffix token are predicted. It needs no padding mask (see minway.batch); the
     # suffix pass masks the cached keys of the padding.
-    embeds, mask = prompted_embeddings(model, prompt, [i + common for i in inputs])
-    first = torch.tensor([L + len(i) - 1 for i in inputs], device=device)
-    out = model(embeds=embeds, use_cache=True,
+    ids, mask = pad([i + common for i in inputs], 0, device)
+    first = torch.tensor([len(i) - 1 for i in inputs], device=device)
+    out = model(ids, past=past, position_offset=torch.full((B,), L, device=device), use_cache=True,
                 logit_positions=first[:, None] + torch.arange(n + 1, device=device))
     logp = out.logits.float().log_softmax(-1)
     common_ids = torch.tensor(common, dtype=torch.long, device=device).expand(B, n)
@@ -58,8 +65,9 @@ def option_nll(model, prompt, inputs, options):
     if S > 1:
         past = [KeyValues(kv.keys.repeat_interleave(C, 0), kv.values.repeat_interleave(C, 0)) for kv in out.present]
         rows_ids, rows_mask = suffix_ids.repeat(B, 1), suffix_mask.repeat(B, 1)
-        suffix_out = model(rows_ids[:, :-1], past=past, position_offset=mask.sum(1).repeat_interleave(C),
-                           key_padding_mask=torch.cat([mask.repeat_interleave(C, 0), rows_mask[:, :-1]], dim=1))
+        prefix_mask = torch.cat([torch.ones(B, L, dtype=torch.bool, device=device), mask], dim=1)
+        suffix_out = model(rows_ids[:, :-1], past=past, position_offset=(L + mask.sum(1)).repeat_interleave(C),
+                           key_padding_mask=torch.cat([prefix_mask.repeat_interleave(C, 0), rows_mask[:, :-1]], dim=1))
         suffix_logp = suffix_out.logits.float().log_softmax(-1)
         token_nll = -suffix_logp.gather(-1, rows_ids[:, 1:, None]).squeeze(-1)
         nll += (token_nll * rows_mask[:, 1:]).sum(1).view(B, C)

@@ -58,6 +58,8 @@ def read_tsv(path, n_classes):
         for line, row in enumerate(rows, start=2):
             if len(row) != 2 or not row[1].strip().lstrip("-").isdigit() or not 0 <= int(row[1]) < n_classes:
                 raise MinwayError(f"{path}:{line} is not 'text<TAB>label' with a label in 0..{n_classes - 1}")
+            if not row[0].strip():
+                raise MinwayError(f"{path}:{line} has an empty text: remove the line or give it a text")
             examples.append(Example(row[0], int(row[1])))
     if not examples:
         raise MinwayError(f"{path} has no examples")
@@ -116,6 +118,7 @@ def download(task: Task, root):
         with open(target / f"{split}.tsv.tmp", "w", encoding="utf-8") as f:
             f.write("text\tlabel\n")
             for text, label in zip(rows[text_column], labels):
-                f.write(f"{' '.join(text.split())}\t{label_map[label]}\n")
+                if text.strip():  # read_tsv refuses empty texts
+                    f.write(f"{' '.join(text.split())}\t{label_map[label]}\n")
         os.replace(target / f"{split}.tsv.tmp", target / f"{split}.tsv")
     return True

@@ -18,8 +18,9 @@ Two things beyond a plain language model, both needed by prompt tuning:
   queries, residual and MLP only there: its outputs elsewhere feed nothing.
 
 Right-padded batches carry a ``key_padding_mask`` (B, T), True on real tokens.
-Keys and values can be cached (``past``) to score several continuations of a
-shared prefix without recomputing it.
+Keys and values of a prefix can be cached (``prefix_cache``, ``past``) and continued:
+a prompt shared by every row of a batch is run once, not once per row, and several
+continuations of one text are scored without running it again.
 """
 import json
 import math
@@ -76,25 +77,34 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)
         self.backend = "auto"
 
-    def forward(self, x, key_padding_mask, past=None, cached_mask=None, queries=None):
-        """``queries`` (B, P): attend from these positions only (every key and value is still made)."""
+    def forward(self, x, key_padding_mask, past=None, queries=None):
+        """``past``: keys and values of a prefix, put before this segment's own.
+        ``queries`` (B, P): attend from these positions only (every key and value is still made)."""
         B, T, C = x.shape
         if queries is None:
-            q, k, v = self.c_attn(x).split(C, dim=2)
+            q, k, v = (self._heads(t) for t in self.c_attn(x).split(C, dim=2))
         else:
-            k, v = F.linear(x, self.c_attn.weight[C:], self.c_attn.bias[C:]).split(C, dim=2)
-            q = F.linear(gather_rows(x, queries), self.c_attn.weight[:C], self.c_attn.bias[:C])
-        q = q.view(B, -1, self.n_head, C // self.n_head).transpose(1, 2)
-        k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (k, v))
-        if queries is not None:
-            y = attention_at(q, k, v, queries, key_padding_mask)
-        elif past is None:
+            k, v = self.keys_values(x)
+            q = self._heads(F.linear(gather_rows(x, queries), self.c_attn.weight[:C], self.c_attn.bias[:C]))
+        if past is not None:
+            k, v = torch.cat([past.keys, k], dim=2), torch.cat([past.values, v], dim=2)
+        if queries is None:
             y = causal_attention(q, k, v, key_padding_mask, backend=self.backend)
         else:
-            k, v = torch.cat([past.keys, k], dim=2), torch.cat([past.values, v], dim=2)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=cached_mask)
+            y = attention_at(q, k, v, queries + (k.shape[2] - T), key_padding_mask)
         y = y.transpose(1, 2).reshape(B, -1, C)
         return self.c_proj(y), KeyValues(k, v)
+
+    def keys_values(self, x):
+        """The keys and values alone, for a prefix whose own outputs nothing reads."""
+        C = x.shape[-1]
+        k, v = F.linear(x, self.c_attn.weight[C:], self.c_attn.bias[C:]).split(C, dim=2)
+        return KeyValues(self._heads(k), self._heads(v))
+
+    def _heads(self, x):
+        """(B, T, C) -> (B, n_head, T, C / n_head)"""
+        B, T, C = x.shape
+        return x.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
 
 
 class MLP(nn.Module):
@@ -115,8 +125,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.mlp = MLP(config)
 
-    def forward(self, x, key_padding_mask, past=None, cached_mask=None, queries=None):
-        attended, present = self.attn(self.ln_1(x), key_padding_mask, past, cached_mask, queries)
+    def forward(self, x, key_padding_mask, past=None, queries=None):
+        attended, present = self.attn(self.ln_1(x), key_padding_mask, past, queries)
         if queries is not None:
             x = gather_rows(x, queries)
         x = x + attended
@@ -167,33 +177,49 @@ class GPT2(nn.Module):
         logit_positions: (B, P) indices; logits come back only there, (B, P, V).
         past / position_offset: cached prefix and its lengths (B,); the new tokens
             continue each row's prefix at position ``position_offset[b]``, and
-            ``key_padding_mask`` then covers the prefix and the new tokens.
+            ``key_padding_mask``, if any, then covers the prefix and the new tokens.
         """
         x = self.embed(ids) if embeds is None else embeds
         B, T, _ = x.shape
-        if (past is None) != (position_offset is None) or (past is not None and key_padding_mask is None):
-            raise ValueError("a cached continuation needs past, position_offset and key_padding_mask together")
+        if (past is None) != (position_offset is None):
+            raise ValueError("a cached continuation needs past and position_offset together")
         positions = torch.arange(T, device=x.device).expand(B, T)
         longest = T
         if position_offset is not None:
             positions = positions + position_offset[:, None]
-            longest += int(position_offset.max())  # one sync, on the cached (inference) path only
+            longest += int(position_offset.max())  # one host sync
         if longest > self.config.n_positions:
             raise ValueError(f"sequence of {longest} positions is longer than the model's context of "
                              f"{self.config.n_positions}")
         x = x + self.wpe(positions).to(x.dtype)
 
-        cached_mask = None if past is None else _mask_after_prefix(key_padding_mask, past[0].keys.shape[2], T)
         present = []
         for i, block in enumerate(self.h):
             last = i == len(self.h) - 1
-            queries = logit_positions if last and past is None else None
-            x, kv = block(x, key_padding_mask, None if past is None else past[i], cached_mask, queries)
+            x, kv = block(x, key_padding_mask, None if past is None else past[i], logit_positions if last else None)
             present.append(kv)
         hidden = self.ln_f(x)
-        if logit_positions is not None and past is not None:
-            hidden = gather_rows(hidden, logit_positions)
         return Output(self.head(hidden), hidden, present if use_cache else None)
+
+    def prefix_cache(self, embeds):
+        """Keys and values of every layer (``past``) for prefixes of input embeddings (B, T, d).
+
+        Rows may be right-padded: a continuation masks the padding with its ``key_padding_mask``.
+        Nothing reads the prefix's own outputs, so the last block makes only its keys and
+        values, and the head does not run.
+        """
+        B, T, _ = embeds.shape
+        if T > self.config.n_positions:
+            raise ValueError(f"prefix of {T} positions is longer than the model's context of "
+                             f"{self.config.n_positions}")
+        x = embeds + self.wpe(torch.arange(T, device=embeds.device)).to(embeds.dtype)
+        cache = []
+        for block in self.h[:-1]:
+            x, kv = block(x, None)
+            cache.append(kv)
+        last = self.h[-1]
+        cache.append(last.attn.keys_values(last.ln_1(x)))
+        return cache
 
     @torch.no_grad()
     def generate(self, ids, n_new):
@@ -216,14 +242,6 @@ class GPT2(nn.Module):
 def gather_rows(x, positions):
     """x (B, T, d) at positions (B, P) -> (B, P, d)."""
     return x.gather(1, positions[..., None].expand(-1, -1, x.shape[-1]))
-
-
-def _mask_after_prefix(key_padding_mask, prefix_len, T):
-    """(B, 1, T, prefix+T) boolean: new token i sees every real prefix key and new keys up to i."""
-    B = key_padding_mask.shape[0]
-    causal = torch.ones(T, T, dtype=torch.bool, device=key_padding_mask.device).tril()
-    allowed = torch.cat([torch.ones(T, prefix_len, dtype=torch.bool, device=causal.device), causal], dim=1)
-    return (allowed[None] & key_padding_mask[:, None, :]).view(B, 1, T, prefix_len + T)
 
 
 def init_weights(model, seed=0):

@@ -30,8 +30,8 @@ def d_proj(prompt, embeddings, metric="dot", k=1):
 class PromptBank(torch.nn.Module):
     """K prompts, each initialised at the c-proj of its own target, in one (K, L_max, d) parameter.
 
-    Prompts shorter than L_max are padded with zeros there; the padding never enters
-    the model nor the distance, so it gets no gradient and stays zero.
+    Prompts shorter than L_max are padded with zeros there; the rows that follow a prompt
+    never see its padding, nor does the distance, so it gets no gradient and stays zero.
     """
 
     def __init__(self, model, targets):

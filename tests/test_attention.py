@@ -83,6 +83,55 @@ def test_sdpa_matches_naive(T, masked):
     assert max(errors) < 1e-5, errors
 
 
+def prefix_padding_mask(TK, TQ):
+    """Sequence 0 has two padding keys at the end of its prefix (prompts of different lengths
+    in one batch) and one at its end; sequence 1 has no key at all."""
+    keep = torch.ones(B, TK, dtype=torch.bool)
+    keep[0, max(0, TK - TQ - 2):TK - TQ] = False
+    keep[0, -1] = False
+    keep[1] = False
+    return keep
+
+
+def check_against_full_attention(backend, TQ, TK, masked, D=32):
+    """Queries that follow TK - TQ cached keys attend exactly as the last TQ of TK queries do:
+    checked against full naive attention, in which the prefix has queries too (zero gradient)."""
+    q_all, k, v, do_all = inputs(TK, D, torch.float32, seed=TQ + TK)
+    q, do = q_all[:, :, TK - TQ:], do_all[:, :, TK - TQ:]
+    keep = prefix_padding_mask(TK, TQ) if masked else None
+    out, dq, dk, dv = run(backend, q, k, v, do, keep)
+    do_full = torch.cat([torch.zeros_like(do_all[:, :, :TK - TQ]), do], dim=2)
+    full_out, full_dq, full_dk, full_dv = run("naive", q_all, k, v, do_full, keep, dtype=torch.float64)
+    want = (full_out[:, :, TK - TQ:], full_dq[:, :, TK - TQ:], full_dk, full_dv)
+    errors = max_errors((out, dq, dk, dv), want)
+    assert max(errors) < 1e-5, errors
+    if masked:
+        assert torch.all(out[1] == 0) and torch.all(dk[1] == 0) and torch.all(dv[1] == 0)
+        assert torch.all(dk[0, :, ~keep[0]] == 0) and torch.all(dv[0, :, ~keep[0]] == 0)
+
+
+@pytest.mark.parametrize("masked", [True, False])
+@pytest.mark.parametrize("backend", ["triton", "sdpa", "naive"])
+@pytest.mark.parametrize("TQ,TK", [(1, 17), (5, 40), (37, 50), (33, 49), (20, 20)])
+def test_queries_after_a_cached_prefix_are_the_last_rows_of_full_attention(backend, TQ, TK, masked):
+    check_against_full_attention(backend, TQ, TK, masked)
+
+
+@pytest.mark.parametrize("TQ,TK", [(130, 200), (1, 129), (150, 150), (40, 300)])
+def test_triton_with_the_gpu_block_sizes(monkeypatch, TQ, TK):
+    """The interpreter with the block sizes a GPU gets (128 x 64, 128 x 32, 32 x 128)."""
+    from kernels import flash_attention
+    gpu_config = flash_attention._config(64, torch.device("cuda"))
+    monkeypatch.setattr(flash_attention, "_config", lambda D, device: gpu_config)
+    check_against_full_attention("triton", TQ, TK, masked=True, D=64)
+
+
+def test_fewer_keys_than_queries_is_an_error():
+    q, k = torch.zeros(1, 1, 5, 16), torch.zeros(1, 1, 4, 16)
+    with pytest.raises(ValueError, match="5 queries need at least as many keys, got 4"):
+        causal_attention(q, k, k)
+
+
 def test_default_backend_on_cpu_is_sdpa():
     assert default_backend(torch.device("cpu")) == "sdpa"
 

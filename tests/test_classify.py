@@ -130,3 +130,4 @@ def test_common_prefix_of_the_real_options(tokenizer):
     for task, prefix in expected.items():
         options = options_of(tokenizer, task)
         assert tokenizer.decode(options[0][:common_prefix_length(options)]) == prefix, task
+

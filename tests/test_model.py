@@ -232,6 +232,35 @@ def test_key_value_cache_equals_full_forward(pair, tokenized):
         torch.testing.assert_close(cached.logits[b, :len(p)], full.logits[b, :len(p)], atol=TOL, rtol=0)
 
 
+def test_prefix_cache_then_logits_at_positions_equal_the_full_forward(pair, tokenized):
+    """``prefix_cache`` (keys and values only, right-padded prefixes) continued with logits at a
+    few positions: the path of training. Logits and the gradient to the prefix embeddings."""
+    _, model = pair
+    prefixes = [tokenized[0][:5], tokenized[1][:3]]                 # right-padded to 5
+    continuations = [tokenized[2][:6], tokenized[3][:4]]            # right-padded to 6
+    prefix_ids, prefix_mask = right_pad(prefixes)
+    new_ids, new_mask = right_pad(continuations)
+    full_ids, full_mask = right_pad([p + c for p, c in zip(prefixes, continuations)])
+    positions = torch.tensor([[3, 5], [0, 3]])                      # in the continuation
+
+    prefix_embeds = model.embed(prefix_ids).detach().requires_grad_()
+    cache = model.prefix_cache(prefix_embeds)
+    assert len(cache) == model.config.n_layer
+    step = model(new_ids, key_padding_mask=torch.cat([prefix_mask, new_mask], dim=1),
+                 position_offset=prefix_mask.sum(1), past=cache, logit_positions=positions)
+    step.logits.sum().backward()
+
+    full_embeds = model.embed(full_ids).detach().requires_grad_()
+    full = model(embeds=full_embeds, key_padding_mask=full_mask)
+    want = torch.stack([full.logits[b, len(p) + positions[b]] for b, p in enumerate(prefixes)])
+    want.sum().backward()
+    torch.testing.assert_close(step.logits, want, atol=TOL, rtol=0)
+    for b, p in enumerate(prefixes):
+        torch.testing.assert_close(prefix_embeds.grad[b, :len(p)], full_embeds.grad[b, :len(p)], atol=TOL, rtol=1e-5)
+    assert torch.all(prefix_embeds.grad[1, len(prefixes[1]):] == 0)  # the prefix's padding
+    model.zero_grad(set_to_none=True)
+
+
 def test_key_value_cache_chains_two_steps(pair, tokenized):
     _, model = pair
     prefixes = [tokenized[0][:5], tokenized[1][:2]]

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from fixtures import TINY, sharp_model
-from minway.batch import output_nll, pad, prompted_embeddings
+from minway.batch import bank_output_nll, output_nll, pad, prompted_embeddings
+from minway.classify import option_nll
 from minway.objective import bank_losses, c_dist, wayward_loss
 from minway.prompt import PromptBank
 
@@ -126,3 +127,42 @@ def test_bank_losses_are_each_prompts_own_wayward_loss(model):
                                  [inputs[r] for r in rows], [outputs[r] for r in rows], float(gammas[k]))
             for got, want in zip(together, alone):
                 assert float(got[k]) == pytest.approx(float(want), rel=1e-5, abs=1e-6), k
+
+
+@pytest.mark.parametrize("backend", ["naive", "sdpa", "triton"])
+@pytest.mark.parametrize("targets, owner", [
+    ([[464, 3290, 373, 922], [40], [2061, 318]], [0, 1, 2, 0]),   # prompts of different lengths: a mask
+    ([[464, 3290, 373], [40, 588, 17]], [1, 0, 1, 0]),            # of one length: no mask at all
+])
+def test_bank_gradients_are_each_prompts_own_gradient(model, backend, targets, owner):
+    """Training runs each prompt once and continues its rows from its cached keys and values;
+    the one-prompt loss runs the whole sequence of every row with the naive attention formula.
+    The gradients agree for every attention backend."""
+    owner = torch.tensor(owner)
+    inputs, outputs = [i for i, _ in ROWS], [o for _, o in ROWS]
+    bank = PromptBank(model, targets)
+    with torch.no_grad():
+        for k, ids in enumerate(targets):
+            bank.vectors[k, :len(ids)] += 0.05 * torch.randn(len(ids), TINY.n_embd,
+                                                             generator=torch.Generator().manual_seed(k))
+    try:
+        model.set_attention(backend)
+        bank_losses(model, bank, owner, inputs, outputs, torch.zeros(len(targets))).ce.sum().backward()
+        model.set_attention("naive")
+        for k in range(len(targets)):
+            prompt = bank.prompt(k).detach().requires_grad_()
+            rows = [r for r in range(len(ROWS)) if owner[r] == k]
+            output_nll(model, prompt, [inputs[r] for r in rows], [outputs[r] for r in rows]).mean().backward()
+            torch.testing.assert_close(bank.vectors.grad[k, :len(targets[k])], prompt.grad, rtol=1e-4, atol=1e-6)
+            assert torch.all(bank.vectors.grad[k, len(targets[k]):] == 0)  # the padding of a short prompt
+    finally:
+        model.set_attention("auto")
+
+
+def test_empty_input_is_refused(model):
+    """The paths that run the prompt apart predict the first output token from the input."""
+    bank = PromptBank(model, [[40, 588]])
+    with pytest.raises(ValueError, match="every input needs at least one token"):
+        bank_output_nll(model, bank.vectors, bank.lengths, torch.tensor([0, 0]), [[5], []], [[1], [2]])
+    with pytest.raises(ValueError, match="every input needs at least one token"):
+        option_nll(model, bank.prompt(0), [[5], []], [[1], [2]])

@@ -134,6 +134,7 @@ def test_read_tsv(tmp_path):
     ("text\tlabel\nbad label\t-1\n", ":2 "),
     ("text\tlabel\nno tab here\n", ":2 "),
     ("text\tlabel\ntoo\tmany\t1\n", ":2 "),
+    ("text\tlabel\nfine\t1\n \t0\n", ":3 has an empty text"),
 ])
 def test_read_tsv_errors_are_one_line(tmp_path, content, where):
     path = tmp_path / "bad.tsv"
