@@ -2,7 +2,7 @@
 
 The input sentence is followed by an output text whose tokens carry the loss; the
 label word fills it (template index 1 of the paper's reference code). Label order
-is that of the data files (``../shared/data/README.md``).
+is that of the data files (``minway/resources/data/<task>/README.md``).
 """
 from dataclasses import dataclass
 

@@ -2,12 +2,10 @@
 import pytest
 import torch
 
-from fixtures import SHARED_DATA, TINY, TOKENIZER_DIR, needs_data, needs_tokenizer, sharp_model
+from fixtures import TINY, TOKENIZER_DIR, sharp_model
 from minway.classify import common_prefix_length, option_nll, option_nll_naive, predict
 from minway.data import load_split
 from minway.tasks import TASKS, get_task
-
-pytestmark = [needs_tokenizer, needs_data]
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +24,7 @@ def inputs(tokenizer):
     """Real test inputs of sst2, trec and agnews, of many lengths (cut to 40 tokens to stay fast)."""
     rows = []
     for task, picks in (("sst2", (0, 1, 5)), ("trec", (0, 3)), ("agnews", (0, 2))):
-        examples = load_split(get_task(task), "test", SHARED_DATA)
+        examples = load_split(get_task(task), "test")
         rows += [tokenizer.encode(examples[i].text)[:40] for i in picks]
     assert len({len(r) for r in rows}) >= 5  # the batch is padded
     return rows

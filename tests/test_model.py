@@ -10,16 +10,12 @@ import shutil
 import pytest
 import torch
 
-from conftest import SHARED
+from fixtures import TOKENIZER_DIR, first_rows
 from minway.model import SIZES, GPT2, GPT2Config
 from weights.checkpoint import load_gpt2
 
 transformers = pytest.importorskip("transformers")
 
-TOKENIZER_DIR = SHARED / "gpt2-tokenizer"
-SST2 = SHARED / "data" / "sst2" / "test.tsv"
-pytestmark = pytest.mark.skipif(not (TOKENIZER_DIR.is_dir() and SST2.is_file()),
-                                reason=f"shared tokenizer or SST-2 data not found under {SHARED}")
 EOT = 50256
 TOL = 1e-4
 
@@ -39,8 +35,7 @@ CONFIGS = {
 
 @pytest.fixture(scope="module")
 def sentences():
-    lines = SST2.read_text().splitlines()[1:7]
-    return [line.split("\t")[0] for line in lines]
+    return [text for text, _ in first_rows("sst2", "test", 6)]
 
 
 @pytest.fixture(scope="module")
