@@ -29,7 +29,8 @@ import numpy as np
 from minway.errors import MinwayError
 from minway.metrics import relative_drop
 from minway.storage import atomic_write_text
-from minway.sweep import GROUP_FILES, MODEL_SIZES, PAPER_TASKS, SweepState
+from minway.presets import GROUP_FILES, MODEL_SIZES, PAPER_TASKS
+from minway.sweep import SweepState
 
 F1_THRESHOLD = 0.98
 MEASURES = ("acc_unconstrained", "acc_constrained", "relative_drop", "f1", "f1_unconstrained", "length")

@@ -91,9 +91,10 @@ def _train_group(todo, start, setup, progress):
         atomic_write_text(path, "".join(line + "\n" for line in read_log(path, start)))
         logs.append(open(path, "a"))
 
-    desc = configs[0].run_id()[:40] if K == 1 else f"{K} prompts"
+    desc = f"{base.task} gamma={base.gamma:g}" if K == 1 else f"{K} prompts"
+    # leave=None: the bar stays when it is the only one, and goes when it runs below a sweep's
     bar = tqdm(range(start, base.steps), initial=start, total=base.steps, desc=desc, disable=not progress,
-               dynamic_ncols=True)
+               dynamic_ncols=True, leave=None)
     f1 = [math.nan] * K
     try:
         for step in bar:
