@@ -61,7 +61,7 @@ def demo(clone, tmp_path_factory):
 
 
 def test_the_demo_runs_on_a_clone_alone(clone, demo):
-    assert "RANDOM-WEIGHT" in demo.stderr
+    assert "RANDOM-WEIGHT" in demo.stderr and "Warning" not in demo.stderr
     for line in ("task accuracy (continuous prompt):", "prompt F1 [dot (main)]:", "projected:", "results: runs/"):
         assert line in demo.stdout, line
     [run_dir] = (clone / "runs").iterdir()  # the clone's own code ran, in the clone

@@ -38,8 +38,8 @@ def write_random_checkpoint(directory, config: GPT2Config, tokenizer_dir=None, s
     directory.mkdir(parents=True, exist_ok=True)
     model = init_weights(GPT2(config), seed)
     if embedding_norm:
-        scale = embedding_norm / float(model.wte.weight.norm(dim=1).mean())
         with torch.no_grad():
+            scale = embedding_norm / float(model.wte.weight.norm(dim=1).mean())
             model.wte.weight.mul_(scale)
             # Unscaled, the logits would grow as much: a model sure of wrong tokens (a cross-entropy
             # near 60 rather than log V), whose gradients would swamp the distance term.
