@@ -3,8 +3,9 @@
 # gets the CPU build, pinned so that installs are quick and repeatable: from PyTorch's
 # CPU index when it answers (the default index would bring the CUDA build, gigabytes),
 # else from the default index.
-# MINWAY_PYTHON=/path/to/python runs the scripts with that interpreter as it is: no
-# .venv, nothing installed (minway's dependencies must be there already).
+# PYTHON=python3.12 picks the interpreter the .venv is made with. MINWAY_PYTHON=/path/to/python
+# runs the scripts with that interpreter as it is: no .venv, nothing installed (minway's
+# dependencies must be there already; the tests run the demo this way).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 if [ -n "${MINWAY_PYTHON:-}" ]; then
