@@ -79,8 +79,9 @@ def test_a_paper_prompt_by_name_on_a_clone_alone(clone, demo, tmp_path):
 def wheel(clone, tmp_path_factory):
     """Built offline with this environment's setuptools (the test extra asks for one that builds wheels)."""
     out = tmp_path_factory.mktemp("wheel")
-    run([sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "--no-build-isolation", "--quiet", "-w", str(out)],
-        cwd=clone, env=alone_env(out))
+    built = run([sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "--no-build-isolation", "-w", str(out)],
+                cwd=clone, env=alone_env(out))
+    assert "Package would be ignored" not in built.stdout + built.stderr  # setuptools' page of warnings
     [path] = out.glob("minway-*.whl")
     return path
 
