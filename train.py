@@ -25,9 +25,12 @@ def parse_args(argv=None):
     p.add_argument("--model", default="gpt2-large", help="gpt2, gpt2-medium, gpt2-large, gpt2-xl or a checkpoint dir")
     p.add_argument("--gamma", type=float, default=0.01, help="weight of the distance to the target (0: unconstrained)")
     p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, help="training examples per step (default: the task's, 8; 4 for "
+                                                  "agnews and subj, as the released code)")
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--dropout", type=float, default=0.1,
+                   help="GPT-2's dropout while the prompt trains, as the released code (0: none)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--metric", choices=METRICS, default="dot", help="nearest neighbour of d-proj (the paper: dot)")
     p.add_argument("--k", type=int, help="training examples per class (default: all)")
@@ -62,9 +65,9 @@ def main(argv=None):
     target = resolve_target(args.target, args.target_file, args.target_name, args.prompts_file)
     config = RunConfig(
         task=args.task, target=target, model=args.model, gamma=args.gamma, steps=args.steps,
-        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed, metric=args.metric,
-        k=args.k, data_dir=args.data_dir, max_eval=args.max_eval, eval_batch_size=args.eval_batch_size,
-        eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, device=args.device, dtype=args.dtype,
+        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, dropout=args.dropout, seed=args.seed,
+        metric=args.metric, k=args.k, data_dir=args.data_dir, max_eval=args.max_eval,
+        eval_batch_size=args.eval_batch_size, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, device=args.device, dtype=args.dtype,
         attention=args.attention, target_name=args.target_name, label_map=parse_label_map(args.label_map))
     run = compare if args.compare else train
     results = run(config, args.out, args.resume, args.force, progress=not args.no_progress)

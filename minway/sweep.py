@@ -320,8 +320,8 @@ def _show(bar, state):
 
 # ---------------------------------------------------------------- command line
 
-RUN_FIELDS = ("steps", "batch_size", "lr", "k", "max_eval", "data_dir", "device", "dtype", "attention", "metric",
-              "eval_batch_size", "checkpoint_every")
+RUN_FIELDS = ("steps", "batch_size", "lr", "dropout", "k", "max_eval", "data_dir", "device", "dtype", "attention",
+              "metric", "eval_batch_size", "checkpoint_every")
 
 
 def parse_args(argv=None):
@@ -337,8 +337,8 @@ def parse_args(argv=None):
     grid.add_argument("--targets-limit", type=int, help="use the first N targets of each group")
     grid.add_argument("--prompts-dir", help="the paper's prompt files (default: ../shared/prompts)")
     run = p.add_argument_group("every run (defaults: those of train.py)")
-    for name, kind in (("steps", int), ("batch_size", int), ("lr", float), ("k", int), ("max_eval", int),
-                       ("eval_batch_size", int), ("checkpoint_every", int)):
+    for name, kind in (("steps", int), ("batch_size", int), ("lr", float), ("dropout", float), ("k", int),
+                       ("max_eval", int), ("eval_batch_size", int), ("checkpoint_every", int)):
         run.add_argument("--" + name.replace("_", "-"), type=kind)
     run.add_argument("--data-dir")
     run.add_argument("--device", help="cuda, cpu or auto")

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 import minway
 from minway.config import RunConfig
+from minway.dropout import step_generator
 from minway.errors import MinwayError
 from minway.evaluation import measure
 from minway.metrics import prompt_f1, relative_drop
@@ -99,8 +100,11 @@ def _train_group(todo, start, setup, progress):
         for step in bar:
             optimizer.param_groups[0]["lr"] = base.lr * (1 - step / base.steps)  # linear decay, no warm-up
             rows = [i for schedule in schedules for i in schedule[step]]
+            dropout = None
+            if base.dropout:
+                dropout = (base.dropout, [step_generator(c.seed, step, model.wte.weight.device) for c in configs])
             loss = bank_losses(model, bank, owner, [setup.train_inputs[i] for i in rows],
-                               [setup.train_outputs[i] for i in rows], gammas)
+                               [setup.train_outputs[i] for i in rows], gammas, dropout)
             total, ce, distance = (x.detach().tolist() for x in loss)
             bad = [k for k, value in enumerate(total) if not math.isfinite(value)]
             if bad:
@@ -120,7 +124,7 @@ def _train_group(todo, start, setup, progress):
                     ids = d_proj(bank.prompt(k), model.wte.weight, config.metric).indices[:, 0].tolist()
                     f1[k] = entry["f1"] = prompt_f1(setup.tokenizer.decode(ids), target_texts[k])
                 if config.eval_every and (step + 1) % config.eval_every == 0 and step + 1 < base.steps:
-                    entry["test"] = measure(model, setup.tokenizer, setup.task, bank.prompt(k), targets[k],
+                    entry["test"] = measure(model, setup.tokenizer, setup.options, bank.prompt(k), targets[k],
                                             setup.test_inputs, setup.test_labels, config.metric,
                                             config.eval_batch_size, hard_prompt=False)["accuracy"]
                     bar.write(f"{run_dirs[k].name} step {step + 1}: test accuracy {100 * entry['test']:.1f}%")
@@ -180,7 +184,7 @@ def _restore(bank, optimizer, run_dirs):
 def finish(config, setup, prompt, target_ids, run_dir, progress):
     save_prompt(run_dir / "prompt.safetensors", prompt, config, target_ids)
     started = time.time()
-    results = measure(setup.model, setup.tokenizer, setup.task, prompt, target_ids, setup.test_inputs,
+    results = measure(setup.model, setup.tokenizer, setup.options, prompt, target_ids, setup.test_inputs,
                       setup.test_labels, config.metric, config.eval_batch_size, progress)
     results.update(run_id=config.run_id(), config=asdict(config), target_ids=target_ids,
                    checkpoint=str(setup.checkpoint_dir), random_weights=setup.random_weights,
