@@ -67,8 +67,9 @@ def main(argv=None):
         task=args.task, target=target, model=args.model, gamma=args.gamma, steps=args.steps,
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, dropout=args.dropout, seed=args.seed,
         metric=args.metric, k=args.k, data_dir=args.data_dir, max_eval=args.max_eval,
-        eval_batch_size=args.eval_batch_size, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, device=args.device, dtype=args.dtype,
-        attention=args.attention, target_name=args.target_name, label_map=parse_label_map(args.label_map))
+        eval_batch_size=args.eval_batch_size, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
+        device=args.device, dtype=args.dtype, attention=args.attention, target_name=args.target_name,
+        label_map=parse_label_map(args.label_map))
     run = compare if args.compare else train
     results = run(config, args.out, args.resume, args.force, progress=not args.no_progress)
     if results.get("random_weights"):
