@@ -29,7 +29,7 @@ from minway.errors import MinwayError
 from minway.metrics import prompt_f1
 from minway.objective import Loss
 from minway.setup import Setup
-from minway.storage import read_checkpoint, save_prompt
+from minway.storage import read_checkpoint, read_log, save_prompt
 from minway.tokenizer import load_tokenizer
 
 TARGET = "Write a question about the given fact."
@@ -238,6 +238,24 @@ def load_prompt_tensor(run_dir):
 
 def initial_prompt(config, setup):
     return setup.model.wte.weight[setup.target_ids(config)].detach().float()
+
+
+# --- the learning-rate schedule --------------------------------------------------------------------
+
+def test_learning_rate_decays_linearly_to_zero_without_warm_up(sharp_checkpoint, tiny_data, setup, tmp_path,
+                                                               monkeypatch):
+    config = config_of(sharp_checkpoint, tiny_data, steps=7, lr=0.05)
+    used, real_step = [], torch.optim.AdamW.step
+
+    def spy(optimizer, *args, **kwargs):
+        used.append(optimizer.param_groups[0]["lr"])
+        return real_step(optimizer, *args, **kwargs)
+    monkeypatch.setattr(torch.optim.AdamW, "step", spy)
+    training.train(config, tmp_path, progress=False, setup=setup)
+    expected = [0.05 * (1 - step / 7) for step in range(7)]  # get_linear_schedule_with_warmup, 0 warm-up steps
+    assert used == pytest.approx(expected, rel=1e-12)
+    logged = [json.loads(line)["lr"] for line in read_log(tmp_path / config.run_id() / "log.jsonl", 7)]
+    assert logged == pytest.approx(expected, rel=1e-12)
 
 
 # --- NaN ------------------------------------------------------------------------------------------
