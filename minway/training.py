@@ -35,11 +35,15 @@ from minway.storage import (atomic_write_text, checkpoint_step, open_run_dir, re
 
 
 def batch_schedule(n_examples, steps, batch_size, seed):
-    """(steps, batch_size) example indices: shuffled epochs, drawn once from the seed."""
+    """The example indices of each step, drawn once from the seed: epochs in shuffled order,
+    each cut into batches; as in the released code's data loader, an epoch whose size is
+    not a multiple of the batch size ends in a shorter batch."""
     rng = np.random.default_rng(seed)
-    epochs = math.ceil(steps * batch_size / n_examples)
-    order = np.concatenate([rng.permutation(n_examples) for _ in range(epochs)])
-    return order[:steps * batch_size].reshape(steps, batch_size)
+    batches = []
+    while len(batches) < steps:
+        order = rng.permutation(n_examples)
+        batches += [order[start:start + batch_size] for start in range(0, n_examples, batch_size)]
+    return batches[:steps]
 
 
 def train(config: RunConfig, out="runs", resume=False, force=False, progress=True, setup=None):
@@ -84,7 +88,6 @@ def _train_group(todo, start, setup, progress):
         _restore(bank, optimizer, run_dirs)
     gammas = torch.tensor([c.gamma for c in configs], device=bank.vectors.device)
     schedules = [batch_schedule(len(setup.train_inputs), base.steps, base.batch_size, c.seed) for c in configs]
-    owner = torch.arange(K, device=gammas.device).repeat_interleave(base.batch_size)
     target_texts = [setup.tokenizer.decode(t) for t in targets]
     logs = []
     for run_dir in run_dirs:
@@ -100,6 +103,8 @@ def _train_group(todo, start, setup, progress):
         for step in bar:
             optimizer.param_groups[0]["lr"] = base.lr * (1 - step / base.steps)  # linear decay, no warm-up
             rows = [i for schedule in schedules for i in schedule[step]]
+            owner = torch.arange(K, device=gammas.device).repeat_interleave(
+                torch.tensor([len(schedule[step]) for schedule in schedules], device=gammas.device))
             dropout = None
             if base.dropout:
                 dropout = (base.dropout, [step_generator(c.seed, step, model.wte.weight.device) for c in configs])
