@@ -6,9 +6,9 @@ frozen model: every step puts the K prompts' batches side by side in one batch
 prompts are independent (own schedule, own AdamW state, own gradient clipping),
 and K prompts trained together end where K separate runs end.
 
-The batch order of a run is fixed by its seed before training starts, so a run
-resumed from its checkpoint continues with the same batches and optimiser state as if it had
-never stopped (bitwise on CPU when it resumes in the same group).
+The batch order of a run is fixed by its seed, so a run resumed from its checkpoint
+continues with the same batches and optimiser state as if it had never stopped (bitwise on
+CPU when it resumes in the same group).
 """
 import json
 import math
@@ -34,16 +34,20 @@ from minway.storage import (atomic_write_text, checkpoint_step, open_run_dir, re
                             save_checkpoint, save_prompt, write_results)
 
 
-def batch_schedule(n_examples, steps, batch_size, seed):
-    """The example indices of each step, drawn once from the seed: epochs in shuffled order,
-    each cut into batches; as in the released code's data loader, an epoch whose size is
-    not a multiple of the batch size ends in a shorter batch."""
-    rng = np.random.default_rng(seed)
-    batches = []
-    while len(batches) < steps:
-        order = rng.permutation(n_examples)
-        batches += [order[start:start + batch_size] for start in range(0, n_examples, batch_size)]
-    return batches[:steps]
+class BatchSchedule:
+    """The example indices of each step, fixed by the seed: epochs in shuffled order, each cut
+    into batches; as in the released code's data loader, an epoch whose size is not a multiple
+    of the batch size ends in a shorter batch. Any step's batch is drawn on its own, so that
+    nothing is built ahead (a run may be long) and a resumed run starts where it stopped."""
+
+    def __init__(self, n_examples, batch_size, seed):
+        self.n_examples, self.batch_size, self.seed = n_examples, batch_size, seed
+        self.per_epoch = math.ceil(n_examples / batch_size)
+
+    def __getitem__(self, step):
+        epoch, index = divmod(step, self.per_epoch)
+        order = np.random.default_rng([self.seed, epoch]).permutation(self.n_examples)
+        return order[index * self.batch_size:(index + 1) * self.batch_size]
 
 
 def train(config: RunConfig, out="runs", resume=False, force=False, progress=True, setup=None):
@@ -87,7 +91,7 @@ def _train_group(todo, start, setup, progress):
     if start:
         _restore(bank, optimizer, run_dirs)
     gammas = torch.tensor([c.gamma for c in configs], device=bank.vectors.device)
-    schedules = [batch_schedule(len(setup.train_inputs), base.steps, base.batch_size, c.seed) for c in configs]
+    schedules = [BatchSchedule(len(setup.train_inputs), base.batch_size, c.seed) for c in configs]
     target_texts = [setup.tokenizer.decode(t) for t in targets]
     logs = []
     for run_dir in run_dirs:
@@ -102,9 +106,10 @@ def _train_group(todo, start, setup, progress):
     try:
         for step in bar:
             optimizer.param_groups[0]["lr"] = base.lr * (1 - step / base.steps)  # linear decay, no warm-up
-            rows = [i for schedule in schedules for i in schedule[step]]
+            batches = [schedule[step] for schedule in schedules]
+            rows = [i for batch in batches for i in batch]
             owner = torch.arange(K, device=gammas.device).repeat_interleave(
-                torch.tensor([len(schedule[step]) for schedule in schedules], device=gammas.device))
+                torch.tensor([len(batch) for batch in batches], device=gammas.device))
             dropout = None
             if base.dropout:
                 dropout = (base.dropout, [step_generator(c.seed, step, model.wte.weight.device) for c in configs])

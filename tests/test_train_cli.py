@@ -261,13 +261,15 @@ def test_learning_rate_decays_linearly_to_zero_without_warm_up(sharp_checkpoint,
 def test_batches_walk_shuffled_epochs_with_a_short_last_batch():
     """As the released code's DataLoader (random sampler, last batch kept): 10 examples in
     batches of 4 make epochs of 4, 4 and 2 examples, each epoch every example once."""
-    batches = training.batch_schedule(10, 7, 4, seed=3)
+    schedule = training.BatchSchedule(10, 4, seed=3)
+    batches = [schedule[step].tolist() for step in range(7)]
     assert [len(b) for b in batches] == [4, 4, 2, 4, 4, 2, 4]
     for epoch in (batches[0:3], batches[3:6]):
-        assert sorted(i for b in epoch for i in b.tolist()) == list(range(10))
-    assert [b.tolist() for b in batches] == [b.tolist() for b in training.batch_schedule(10, 7, 4, seed=3)]
-    assert batches[0].tolist() != training.batch_schedule(10, 7, 4, seed=4)[0].tolist()
-    assert batches[0].tolist() != batches[3].tolist()  # each epoch has its own order
+        assert sorted(i for b in epoch for i in b) == list(range(10))
+    assert batches == [training.BatchSchedule(10, 4, seed=3)[step].tolist() for step in range(7)]
+    assert batches[0] != training.BatchSchedule(10, 4, seed=4)[0].tolist()
+    assert batches[0] != batches[3]  # each epoch has its own order
+    assert len(schedule[10 ** 12]) == 4  # any step, drawn on its own
 
 
 # --- NaN ------------------------------------------------------------------------------------------
