@@ -73,7 +73,7 @@ def main(argv=None):
         raise MinwayError(f"the prompt has width {prompt.shape[1]} but the model {config.model} has "
                           f"{setup.model.config.n_embd}: pass --model with the checkpoint it was trained on")
     prompt = prompt.to(setup.device)
-    results = measure(setup.model, setup.tokenizer, setup.task, prompt, target_ids, setup.test_inputs,
+    results = measure(setup.model, setup.tokenizer, setup.options, prompt, target_ids, setup.test_inputs,
                       setup.test_labels, config.metric, config.eval_batch_size, progress=not args.no_progress)
     if args.positions:
         print(position_table(prompt, target_ids, setup.tokenizer, setup.model.wte.weight))

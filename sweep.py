@@ -18,8 +18,9 @@ from minway.tasks import get_task
 # (field of RunConfig, type, default: train.py's, help) of the options every run of the grid takes
 RUN_OPTIONS = (
     ("steps", int, 2000, "optimiser steps"),
-    ("batch_size", int, 8, "training examples per step"),
+    ("batch_size", int, None, "training examples per step (default: the task's, 8; 4 for agnews and subj)"),
     ("lr", float, 0.01, "AdamW's learning rate, decayed linearly to 0"),
+    ("dropout", float, 0.1, "GPT-2's dropout while the prompt trains, as the released code (0: none)"),
     ("k", int, None, "training examples per class (default: all)"),
     ("max_eval", int, None, "evaluate on the first N test examples only (default: all)"),
     ("eval_batch_size", int, 32, "test examples per forward pass"),

@@ -10,6 +10,9 @@ to. The queries are the last Tq of the Tk positions (Tq < Tk when the keys of a
 cached prefix come first): query i stands at position Tk - Tq + i and sees the keys
 up to there. A query with no key to attend to (a row of a sequence that is all
 padding) gets a zero output and no gradient.
+
+A ``dropout`` of the attention probabilities (``minway.dropout.PromptDropout``, prompt
+training) needs the probabilities themselves: with one, attention takes the naive formula.
 """
 import math
 
@@ -28,12 +31,17 @@ def _allowed(Tq, Tk, key_padding_mask, device):
     return allowed
 
 
-def naive_attention(q, k, v, key_padding_mask=None):
+def naive_attention(q, k, v, key_padding_mask=None, dropout=None):
+    return _weighted_values(q, k, v, _allowed(q.shape[-2], k.shape[-2], key_padding_mask, q.device), dropout)
+
+
+def _weighted_values(q, k, v, allowed, dropout=None):
     scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
-    allowed = _allowed(q.shape[-2], k.shape[-2], key_padding_mask, q.device)
     scores = scores.float().masked_fill(~allowed, float("-inf"))
-    weights = torch.softmax(scores, dim=-1).nan_to_num(0.0).to(v.dtype)
-    return weights @ v
+    weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)
+    if dropout is not None:
+        weights = dropout.probabilities(weights)
+    return weights.to(v.dtype) @ v
 
 
 def sdpa_attention(q, k, v, key_padding_mask=None):
@@ -48,7 +56,7 @@ def sdpa_attention(q, k, v, key_padding_mask=None):
     return out.masked_fill(~allowed.any(-1, keepdim=True), 0.0)
 
 
-def attention_at(q, k, v, query_positions, key_padding_mask=None):
+def attention_at(q, k, v, query_positions, key_padding_mask=None, dropout=None):
     """Causal attention for a few queries: q (B, H, P, D) stands at ``query_positions`` (B, P)
     of the T keys. P is small (the positions a loss reads), so the (P, T) mask is cheap."""
     T = k.shape[-2]
@@ -56,6 +64,8 @@ def attention_at(q, k, v, query_positions, key_padding_mask=None):
     if key_padding_mask is not None:
         allowed = allowed & key_padding_mask[:, None, :]
     allowed = allowed[:, None]
+    if dropout is not None:
+        return _weighted_values(q, k, v, allowed, dropout)
     # a query with no key would make NaNs, in the backward pass too: let it see every key, then zero it
     nothing = ~allowed.any(-1, keepdim=True)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed | nothing)
@@ -71,9 +81,11 @@ def default_backend(device):
     return "sdpa"
 
 
-def causal_attention(q, k, v, key_padding_mask=None, backend="auto"):
+def causal_attention(q, k, v, key_padding_mask=None, backend="auto", dropout=None):
     if k.shape[-2] < q.shape[-2]:
         raise ValueError(f"{q.shape[-2]} queries need at least as many keys, got {k.shape[-2]}")
+    if dropout is not None:
+        return naive_attention(q, k, v, key_padding_mask, dropout)
     if backend == "auto":
         backend = default_backend(q.device)
     if backend == "naive":

@@ -15,6 +15,7 @@ its causal fast path (only prompts of different lengths in one batch need a mask
 import torch
 import torch.nn.functional as F
 
+from minway.dropout import Layout, PromptDropout, grouped_rows
 from minway.model import KeyValues
 
 
@@ -69,7 +70,7 @@ def require_tokens(inputs):
         raise ValueError("every input needs at least one token")
 
 
-def bank_output_nll(model, vectors, lengths, owner, inputs, outputs):
+def bank_output_nll(model, vectors, lengths, owner, inputs, outputs, dropout=None):
     """``output_nll`` with a prompt per row: row r is led by the first ``lengths[owner[r]]`` of
     the vectors (K, L_max, d) of prompt ``owner[r]``.
 
@@ -77,21 +78,43 @@ def bank_output_nll(model, vectors, lengths, owner, inputs, outputs):
     its hidden states: each prompt is run once (``GPT2.prefix_cache``) and its keys and values
     serve all its rows, whose text continues it. With a 14-token prompt, 50 tokens of text and
     8 rows, 98 of the 512 positions are not computed.
+
+    ``dropout``: (p, a generator per prompt) trains with GPT-2's dropout (``minway.dropout``).
+    Each row then has masks of its own, so the prompt is run once per row, as the released
+    code does; the rows must come grouped by prompt.
     """
     require_tokens(inputs)
     device = model.wte.weight.device
-    cache = model.prefix_cache(vectors.to(model.wte.weight.dtype))
-    past = [KeyValues(kv.keys[owner], kv.values[owner]) for kv in cache]
     ids, _ = pad([i + o for i, o in zip(inputs, outputs)], 0, device)
+    targets, target_mask = pad(outputs, -100, device)
+    prompt_dropout = text_dropout = None
+    if dropout:
+        prompt_dropout, text_dropout = bank_dropout(*dropout, lengths, owner, inputs, outputs, vectors.shape[1])
+        past = model.prefix_cache(vectors[owner].to(model.wte.weight.dtype), prompt_dropout)
+    else:
+        cache = model.prefix_cache(vectors.to(model.wte.weight.dtype))
+        past = [KeyValues(kv.keys[owner], kv.values[owner]) for kv in cache]
     # the text is right-padded, so its padding needs no mask (see above); the padding of
     # prompts shorter than the longest does
     key_padding_mask = None
     if bool((lengths < vectors.shape[1]).any()):
         prompt_mask = torch.arange(vectors.shape[1], device=device) < lengths[owner][:, None]
         key_padding_mask = torch.cat([prompt_mask, torch.ones_like(ids, dtype=torch.bool)], dim=1)
-    targets, target_mask = pad(outputs, -100, device)
     first = torch.tensor([len(i) - 1 for i in inputs], device=device)
     positions = (first[:, None] + torch.arange(targets.shape[1], device=device)).clamp(max=ids.shape[1] - 1)
     logits = model(ids, past=past, position_offset=lengths[owner], key_padding_mask=key_padding_mask,
-                   logit_positions=positions).logits
+                   logit_positions=positions, dropout=text_dropout).logits
     return _mean_nll(logits, targets, target_mask)
+
+
+def bank_dropout(p, generators, lengths, owner, inputs, outputs, prompt_width):
+    """The ``PromptDropout`` of the prompt pass and of the text pass of ``bank_output_nll``: each
+    prompt's masks are drawn in the layout its rows would have alone."""
+    prompt_layouts, text_layouts, last = [], [], []
+    for k, rows in enumerate(grouped_rows(owner)):
+        L = int(lengths[k])
+        width = max(len(inputs[r]) + len(outputs[r]) for r in range(rows.start, rows.stop))
+        prompt_layouts.append(Layout(rows, L, ((0, L),)))
+        text_layouts.append(Layout(rows, width, ((0, L), (prompt_width, width))))
+        last.append(max(len(outputs[r]) for r in range(rows.start, rows.stop)))
+    return PromptDropout(p, generators, prompt_layouts), PromptDropout(p, generators, text_layouts, last)

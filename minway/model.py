@@ -21,6 +21,10 @@ Right-padded batches carry a ``key_padding_mask`` (B, T), True on real tokens.
 Keys and values of a prefix can be cached (``prefix_cache``, ``past``) and continued:
 a prompt shared by every row of a batch is run once, not once per row, and several
 continuations of one text are scored without running it again.
+
+GPT-2 was trained with dropout at four places: the input embeddings, the attention
+probabilities, and the outputs of the attention and MLP branches. The model runs without
+it unless a ``dropout`` is given (``minway.dropout``: prompt training, as the released code).
 """
 import json
 import math
@@ -77,7 +81,7 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)
         self.backend = "auto"
 
-    def forward(self, x, key_padding_mask, past=None, queries=None):
+    def forward(self, x, key_padding_mask, past=None, queries=None, dropout=None):
         """``past``: keys and values of a prefix, put before this segment's own.
         ``queries`` (B, P): attend from these positions only (every key and value is still made)."""
         B, T, C = x.shape
@@ -89,11 +93,11 @@ class CausalSelfAttention(nn.Module):
         if past is not None:
             k, v = torch.cat([past.keys, k], dim=2), torch.cat([past.values, v], dim=2)
         if queries is None:
-            y = causal_attention(q, k, v, key_padding_mask, backend=self.backend)
+            y = causal_attention(q, k, v, key_padding_mask, backend=self.backend, dropout=dropout)
         else:
-            y = attention_at(q, k, v, queries + (k.shape[2] - T), key_padding_mask)
+            y = attention_at(q, k, v, queries + (k.shape[2] - T), key_padding_mask, dropout=dropout)
         y = y.transpose(1, 2).reshape(B, -1, C)
-        return self.c_proj(y), KeyValues(k, v)
+        return drop(self.c_proj(y), dropout), KeyValues(k, v)
 
     def keys_values(self, x):
         """The keys and values alone, for a prefix whose own outputs nothing reads."""
@@ -125,12 +129,12 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.mlp = MLP(config)
 
-    def forward(self, x, key_padding_mask, past=None, queries=None):
-        attended, present = self.attn(self.ln_1(x), key_padding_mask, past, queries)
+    def forward(self, x, key_padding_mask, past=None, queries=None, dropout=None):
+        attended, present = self.attn(self.ln_1(x), key_padding_mask, past, queries, dropout)
         if queries is not None:
             x = gather_rows(x, queries)
         x = x + attended
-        x = x + self.mlp(self.ln_2(x))
+        x = x + drop(self.mlp(self.ln_2(x)), dropout)
         return x, present
 
 
@@ -171,13 +175,14 @@ class GPT2(nn.Module):
         return hidden @ self.wte.weight.T
 
     def forward(self, ids=None, embeds=None, key_padding_mask=None, logit_positions=None,
-                position_offset=None, past=None, use_cache=False):
+                position_offset=None, past=None, use_cache=False, dropout=None):
         """Run the model on token ids (B, T) or input embeddings (B, T, d).
 
         logit_positions: (B, P) indices; logits come back only there, (B, P, V).
         past / position_offset: cached prefix and its lengths (B,); the new tokens
             continue each row's prefix at position ``position_offset[b]``, and
             ``key_padding_mask``, if any, then covers the prefix and the new tokens.
+        dropout: a ``minway.dropout.PromptDropout`` to train with, or None.
         """
         x = self.embed(ids) if embeds is None else embeds
         B, T, _ = x.shape
@@ -191,17 +196,19 @@ class GPT2(nn.Module):
         if longest > self.config.n_positions:
             raise ValueError(f"sequence of {longest} positions is longer than the model's context of "
                              f"{self.config.n_positions}")
-        x = x + self.wpe(positions).to(x.dtype)
+        x = drop(x + self.wpe(positions).to(x.dtype), dropout)
 
         present = []
         for i, block in enumerate(self.h):
-            last = i == len(self.h) - 1
-            x, kv = block(x, key_padding_mask, None if past is None else past[i], logit_positions if last else None)
+            queries = logit_positions if i == len(self.h) - 1 else None
+            if queries is not None and dropout is not None:
+                dropout = dropout.at_logit_positions()
+            x, kv = block(x, key_padding_mask, None if past is None else past[i], queries, dropout)
             present.append(kv)
         hidden = self.ln_f(x)
         return Output(self.head(hidden), hidden, present if use_cache else None)
 
-    def prefix_cache(self, embeds):
+    def prefix_cache(self, embeds, dropout=None):
         """Keys and values of every layer (``past``) for prefixes of input embeddings (B, T, d).
 
         Rows may be right-padded: a continuation masks the padding with its ``key_padding_mask``.
@@ -212,10 +219,10 @@ class GPT2(nn.Module):
         if T > self.config.n_positions:
             raise ValueError(f"prefix of {T} positions is longer than the model's context of "
                              f"{self.config.n_positions}")
-        x = embeds + self.wpe(torch.arange(T, device=embeds.device)).to(embeds.dtype)
+        x = drop(embeds + self.wpe(torch.arange(T, device=embeds.device)).to(embeds.dtype), dropout)
         cache = []
         for block in self.h[:-1]:
-            x, kv = block(x, None)
+            x, kv = block(x, None, dropout=dropout)
             cache.append(kv)
         last = self.h[-1]
         cache.append(last.attn.keys_values(last.ln_1(x)))
@@ -237,6 +244,10 @@ class GPT2(nn.Module):
 
     def num_parameters(self):
         return sum(p.numel() for p in self.parameters())
+
+
+def drop(x, dropout):
+    return x if dropout is None else dropout(x)
 
 
 def gather_rows(x, positions):
