@@ -11,11 +11,12 @@ by step, in one process, so that both see the same state of the machine. Prints 
 second, evaluation examples per second and the ratios, and the share of the padded batches
 that is real tokens; writes JSON under benchmarks/results/.
 
-``--minway-root DIR --sides minway`` times another checkout of minway with this same script
-(for a before/after comparison of two commits; run the two in alternation).
+``--against DIR`` also times the minway of another checkout (the commit before a change): it
+runs in a process of its own, started from this script, and takes its turn with the others.
 """
 import argparse
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,14 +32,15 @@ def parse_args():
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--eval", type=int, default=64, help="test examples scored per side and task")
     p.add_argument("--sides", default="minway,hf+peft")
-    p.add_argument("--minway-root", help="import minway from this checkout instead of this one")
+    p.add_argument("--against", metavar="DIR", help="also time the minway of this checkout, in turns")
+    p.add_argument("--serve", metavar="DIR", help=argparse.SUPPRESS)  # the process --against starts
     p.add_argument("--no-save", action="store_true")
     return p.parse_args()
 
 
 ARGS = parse_args()
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(ARGS.minway_root).resolve() if ARGS.minway_root else ROOT))
+sys.path.insert(0, str(Path(ARGS.serve).resolve() if ARGS.serve else ROOT))
 sys.path.insert(1, str(ROOT / "benchmarks"))
 
 import torch  # noqa: E402
@@ -56,6 +58,11 @@ from minway.training import BatchSchedule, _clip_each  # noqa: E402
 
 TARGET = "Write a question about the given fact. The answer must be the fact."
 GAMMA, LR, CLIP, DROPOUT, SEED = 0.01, 0.01, 1.0, 0.1, 1
+
+
+def commit(root):
+    return subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True).stdout.strip()
 
 
 def sync(device):
@@ -171,15 +178,50 @@ class HFPeft:
             (nll.sum(1) / (chosen >= 0).sum(1)).view(len(batch), len(options)).argmin(1).tolist()
 
 
+class Remote:
+    """minway of another checkout, in a process of its own (``serve``); each call returns the
+    seconds the other process measured."""
+
+    def __init__(self, root, task_name):
+        command = [sys.executable, __file__, "--serve", str(root), "--tasks", task_name, "--size", ARGS.size,
+                   "--dtype", ARGS.dtype, "--eval", str(ARGS.eval)] + (["--device", ARGS.device] if ARGS.device else [])
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        if self.process.stdout.readline().strip() != "ready":
+            raise SystemExit(f"the minway of {root} did not start")
+
+    def _call(self, *words):
+        self.process.stdin.write(" ".join(map(str, words)) + "\n")
+        self.process.stdin.flush()
+        return float(self.process.stdout.readline())
+
+    def step(self, step):
+        return self._call("step", step)
+
+    def evaluate(self):
+        return self._call("evaluate")
+
+
+def serve(model, job, device):
+    """Answer a Remote: run each step or evaluation asked for on stdin, print its seconds."""
+    side = Minway(model, job)
+    print("ready", flush=True)
+    for line in sys.stdin:
+        method, *args = line.split()
+        start = time.perf_counter()
+        getattr(side, method)(*map(int, args))
+        sync(device)
+        print(time.perf_counter() - start, flush=True)
+
+
 def in_turns(sides, method, calls, device):
-    """Median seconds of ``method`` of each side, the sides taking turns call by call."""
+    """Seconds of each call of ``method`` of each side, the sides taking turns call by call."""
     times = {name: [] for name in sides}
     for call in calls:
         for name, side in sides.items():
             start = time.perf_counter()
-            getattr(side, method)(*call)
+            remote_seconds = getattr(side, method)(*call)
             sync(device)
-            times[name].append(time.perf_counter() - start)
+            times[name].append(remote_seconds or time.perf_counter() - start)
     return times
 
 
@@ -187,15 +229,23 @@ def main():
     device = torch.device(ARGS.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[ARGS.dtype]
     config = SIZES[ARGS.size]
+    torch.manual_seed(0)
     model = init_weights(GPT2(config)).to(device, dtype).freeze()
     tokenizer = load_tokenizer(resources.tokenizer_dir())
-    names = ARGS.sides.split(",")
-    record = {"args": vars(ARGS), "tasks": {}}
+    if ARGS.serve:
+        return serve(model, Job(ARGS.tasks, tokenizer, ARGS.eval), device)
+    names = ARGS.sides.split(",") + (["minway@against"] if ARGS.against else [])
+    record = {"args": vars(ARGS), "against_commit": ARGS.against and commit(ARGS.against), "tasks": {}}
     for task_name in ARGS.tasks.split(","):
         job = Job(task_name, tokenizer, ARGS.eval)
         sides = {}
         for name in names:
-            sides[name] = Minway(model, job) if name == "minway" else HFPeft(config, dtype, device, job)
+            if name == "minway":
+                sides[name] = Minway(model, job)
+            elif name == "hf+peft":
+                sides[name] = HFPeft(config, dtype, device, job)
+            else:
+                sides[name] = Remote(ARGS.against, task_name)
         in_turns(sides, "step", [(s,) for s in range(ARGS.warmup)], device)
         steps = in_turns(sides, "step", [(s,) for s in range(ARGS.warmup, ARGS.warmup + ARGS.steps)], device)
         evals = in_turns(sides, "evaluate", [()] * 2, device)
@@ -209,12 +259,12 @@ def main():
         for n in names:
             print(f"  {n:8} {result['steps_per_second'][n]:7.3f} steps/s  "
                   f"{result['eval_examples_per_second'][n]:8.2f} eval examples/s")
-        if "minway" in names and "hf+peft" in names:
+        for other in names[1:] if names[0] == "minway" else ():
             for what in ("steps_per_second", "eval_examples_per_second"):
-                ratio = result[what]["minway"] / result[what]["hf+peft"]
-                result[f"{what}_ratio"] = ratio
-                print(f"  minway / hf+peft, {what.replace('_', ' ')}: {ratio:.2f}x")
-    if not ARGS.no_save and not ARGS.minway_root:
+                ratio = result[what]["minway"] / result[what][other]
+                result[f"{what}_ratio_to_{other}"] = ratio
+                print(f"  minway / {other}, {what.replace('_', ' ')}: {ratio:.2f}x")
+    if not ARGS.no_save:
         from common import save
         save(f"train-{ARGS.size}-{ARGS.dtype}", device, record)
 
