@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_common import check_device, dot
+from kernels.triton_common import check_device, dot, gpu_arch
 
 LOG2E = 1.4426950408889634
 
@@ -212,15 +212,27 @@ def _bwd_dkdv(Q, K, V, KEEP, DO, LSE, DELTA, DK, DV, sm_scale, qk_scale, TQ, TK,
     tl.store(DV + rows, dv.to(DV.dtype.element_ty), mask=in_t[:, None])
 
 
-def _config(D, device):
-    """Block sizes and launch options of (forward, dq, dkdv)."""
-    if device.type != "cuda":  # interpreter: small blocks so that tests cross block edges cheaply
+def _config(D, dtype, arch):
+    """Block sizes and launch options of each kernel, {"fwd", "dq", "dkdv": {...}}, for head dim D
+    and inputs of ``dtype`` on a GPU of compute capability ``arch`` (None: the interpreter).
+
+    Chosen with ``python -m kernels.gpu_compile``: every one fits the shared memory of sm_80
+    and sm_90, and for 16-bit inputs none spills registers there. fp32 inputs go through
+    tf32x3, which splits both operands of every product in two, in registers: they get
+    small blocks, and spill a little all the same at D = 128 (benchmarks/README.md).
+    """
+    if arch is None:  # interpreter: small blocks so that tests cross block edges cheaply
         small = dict(BLOCK_M=32, BLOCK_N=16)
-        return small, small, dict(BLOCK_M=16, BLOCK_N=32), {}
-    warps = 4 if D <= 64 else 8
-    launch = dict(num_warps=warps, num_stages=3)
-    fwd = dict(BLOCK_M=128, BLOCK_N=64 if D <= 64 else 32)
-    return fwd, dict(BLOCK_M=128, BLOCK_N=32), dict(BLOCK_M=32, BLOCK_N=128), launch
+        return dict(fwd=small, dq=small, dkdv=dict(BLOCK_M=16, BLOCK_N=32))
+    if dtype == torch.float32:
+        small = dict(BLOCK_M=32, BLOCK_N=32, num_warps=8, num_stages=2)
+        return dict(fwd=small, dq=small, dkdv=small)
+    options = dict(num_warps=8, num_stages=3)
+    if D <= 64:
+        return dict(fwd=dict(BLOCK_M=128, BLOCK_N=64, **options), dq=dict(BLOCK_M=128, BLOCK_N=32, **options),
+                    dkdv=dict(BLOCK_M=32, BLOCK_N=128, **options))
+    return dict(fwd=dict(BLOCK_M=128, BLOCK_N=32, **options), dq=dict(BLOCK_M=64, BLOCK_N=32, **options),
+                dkdv=dict(BLOCK_M=32, BLOCK_N=64, **options))
 
 
 def _strides(x):
@@ -232,38 +244,56 @@ def _precision(dtype):
     return "tf32x3" if dtype == torch.float32 else "tf32"
 
 
+def _arch(device):
+    return gpu_arch(device) if device.type == "cuda" else None
+
+
+def forward_launch(q, k, v, keep, o, lse, arch):
+    """(grid, arguments, keyword arguments) of ``_fwd`` writing o and lse."""
+    B, H, TQ, D = q.shape
+    config = _config(D, q.dtype, arch)["fwd"]
+    grid = (triton.cdiv(TQ, config["BLOCK_M"]), B * H)
+    args = (q, k, v, keep, o, lse, LOG2E / math.sqrt(D), TQ, k.shape[2], H, *_strides(q), *_strides(k), *_strides(v))
+    return grid, args, dict(D=D, PRECISION=_precision(q.dtype), **config)
+
+
+def backward_launches(q, k, v, keep, o, lse, do, delta, dq, dk, dv, arch):
+    """[(kernel, grid, arguments, keyword arguments)] of ``_bwd_dq`` (which writes delta and dq),
+    then ``_bwd_dkdv`` (dk and dv), in the order they must run."""
+    B, H, TQ, D = q.shape
+    TK = k.shape[2]
+    config = _config(D, q.dtype, arch)
+    sm_scale = 1.0 / math.sqrt(D)
+    common = (sm_scale, sm_scale * LOG2E, TQ, TK, H, *_strides(q), *_strides(k), *_strides(v), *_strides(do))
+    precision = dict(D=D, PRECISION=_precision(q.dtype))
+    return [(_bwd_dq, (triton.cdiv(TQ, config["dq"]["BLOCK_M"]), B * H),
+             (q, k, v, keep, o, do, lse, delta, dq, *common), dict(**precision, **config["dq"])),
+            (_bwd_dkdv, (triton.cdiv(TK, config["dkdv"]["BLOCK_N"]), B * H),
+             (q, k, v, keep, do, lse, delta, dk, dv, *common), dict(**precision, **config["dkdv"]))]
+
+
 class _FlashAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, keep):
         B, H, TQ, D = q.shape
-        TK = k.shape[2]
-        fwd, _, _, launch = _config(D, q.device)
         o = torch.empty(B, H, TQ, D, dtype=q.dtype, device=q.device)
         lse = torch.empty(B, H, TQ, dtype=torch.float32, device=q.device)
-        grid = (triton.cdiv(TQ, fwd["BLOCK_M"]), B * H)
-        _fwd[grid](q, k, v, keep, o, lse, LOG2E / math.sqrt(D), TQ, TK, H,
-                   *_strides(q), *_strides(k), *_strides(v), D=D, PRECISION=_precision(q.dtype), **fwd, **launch)
+        grid, args, kwargs = forward_launch(q, k, v, keep, o, lse, _arch(q.device))
+        _fwd[grid](*args, **kwargs)
         ctx.save_for_backward(q, k, v, keep, o, lse)
         return o
 
     @staticmethod
     def backward(ctx, do):
         q, k, v, keep, o, lse = ctx.saved_tensors
-        B, H, TQ, D = q.shape
-        TK = k.shape[2]
-        _, dq_blocks, dkdv_blocks, launch = _config(D, q.device)
         if do.stride(-1) != 1:
             do = do.contiguous()
-        dq = torch.empty(B, H, TQ, D, dtype=q.dtype, device=q.device)
-        dk, dv = (torch.empty(B, H, TK, D, dtype=q.dtype, device=q.device) for _ in range(2))
+        dq = torch.empty_like(q, memory_format=torch.contiguous_format)
+        dk, dv = (torch.empty_like(k, memory_format=torch.contiguous_format) for _ in range(2))
         delta = torch.empty_like(lse)
-        sm_scale = 1.0 / math.sqrt(D)
-        args = (sm_scale, sm_scale * LOG2E, TQ, TK, H, *_strides(q), *_strides(k), *_strides(v), *_strides(do))
-        consts = dict(D=D, PRECISION=_precision(q.dtype), **launch)
-        _bwd_dq[(triton.cdiv(TQ, dq_blocks["BLOCK_M"]), B * H)](
-            q, k, v, keep, o, do, lse, delta, dq, *args, **dq_blocks, **consts)
-        _bwd_dkdv[(triton.cdiv(TK, dkdv_blocks["BLOCK_N"]), B * H)](
-            q, k, v, keep, do, lse, delta, dk, dv, *args, **dkdv_blocks, **consts)
+        for kernel, grid, args, kwargs in backward_launches(q, k, v, keep, o, lse, do, delta, dq, dk, dv,
+                                                            _arch(q.device)):
+            kernel[grid](*args, **kwargs)
         return dq, dk, dv, None
 
 

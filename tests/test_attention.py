@@ -119,17 +119,96 @@ def test_queries_after_a_cached_prefix_are_the_last_rows_of_full_attention(backe
 
 @pytest.mark.parametrize("TQ,TK", [(130, 200), (1, 129), (150, 150), (40, 300)])
 def test_triton_with_the_gpu_block_sizes(monkeypatch, TQ, TK):
-    """The interpreter with the block sizes a GPU gets (128 x 64, 128 x 32, 32 x 128)."""
+    """The interpreter with the block sizes a GPU gets for 16-bit heads of 64 (128 x 64, 128 x 32,
+    32 x 128), on fp32 inputs so that the comparison stays exact."""
     from kernels import flash_attention
-    gpu_config = flash_attention._config(64, torch.device("cuda"))
-    monkeypatch.setattr(flash_attention, "_config", lambda D, device: gpu_config)
+    gpu_config = flash_attention._config(64, torch.bfloat16, 90)
+    monkeypatch.setattr(flash_attention, "_config", lambda D, dtype, arch: gpu_config)
     check_against_full_attention("triton", TQ, TK, masked=True, D=64)
+
+
+def prefix_sweep_failures(TQs, prefixes, D):
+    """(TQ, prefix, error) of every case where queries after ``prefix`` cached keys differ from
+    the last TQ rows of full attention (naive, fp64), one sequence, no padding."""
+    failures = []
+    for TQ in TQs:
+        for prefix in prefixes:
+            TK = TQ + prefix
+            g = torch.Generator().manual_seed(TK)
+            q_all, k, v, do_all = (torch.randn(1, 1, TK, D, generator=g) for _ in range(4))
+            q, do = q_all[:, :, prefix:], do_all[:, :, prefix:]
+            do_full = torch.cat([torch.zeros_like(do_all[:, :, :prefix]), do], dim=2)
+            full_out, full_dq, full_dk, full_dv = run("naive", q_all, k, v, do_full, None, dtype=torch.float64)
+            want = (full_out[:, :, prefix:], full_dq[:, :, prefix:], full_dk, full_dv)
+            error = max(max_errors(run("triton", q, k, v, do, None), want))
+            if error > 1e-5:
+                failures.append((TQ, prefix, error))
+    return failures
+
+
+def diagonal_period(config):
+    """The forward and dq kernels mask the key blocks (of BLOCK_N) that straddle the diagonal,
+    dkdv the query blocks (of its BLOCK_M): which blocks those are repeats with this period of
+    the prefix length."""
+    return max(config["fwd"]["BLOCK_N"], config["dq"]["BLOCK_N"], config["dkdv"]["BLOCK_M"])
+
+
+def test_every_prefix_length_across_a_block():
+    """Every prefix length from 0 to one period + 1, at the interpreter's block sizes."""
+    from kernels import flash_attention
+    period = diagonal_period(flash_attention._config(16, torch.float32, None))
+    assert prefix_sweep_failures((1, 5, 20), range(period + 2), D=16) == []
+
+
+def test_every_prefix_length_across_a_block_at_gpu_block_sizes(monkeypatch):
+    """The same sweep with the block sizes a GPU gets for GPT-2's heads (64) in bf16."""
+    from kernels import flash_attention
+    gpu_config = flash_attention._config(64, torch.bfloat16, 90)
+    monkeypatch.setattr(flash_attention, "_config", lambda D, dtype, arch: gpu_config)
+    assert prefix_sweep_failures((1, 20), range(diagonal_period(gpu_config) + 2), D=64) == []
 
 
 def test_fewer_keys_than_queries_is_an_error():
     q, k = torch.zeros(1, 1, 5, 16), torch.zeros(1, 1, 4, 16)
     with pytest.raises(ValueError, match="5 queries need at least as many keys, got 4"):
         causal_attention(q, k, k)
+
+
+def naive_attention_at(q, k, v, positions, keep):
+    """One query at a time, in fp64: softmax over the keys up to its position that keep allows."""
+    B, H, P, D = q.shape
+    out = torch.zeros(B, H, P, D, dtype=torch.float64)
+    for b in range(B):
+        for i in range(P):
+            seen = (torch.arange(k.shape[2]) <= positions[b, i]) & keep[b]
+            if seen.any():
+                scores = q[b, :, i, None].double() @ k[b][:, seen].double().transpose(-2, -1) / D ** 0.5
+                out[b, :, i] = (torch.softmax(scores, -1) @ v[b][:, seen].double())[:, 0]
+    return out
+
+
+def test_attention_at_given_positions():
+    """A few queries at chosen positions of the keys (as the loss reads them): as full attention
+    at those positions, padding keys unseen, and a query that sees no key gives zeros without NaN."""
+    from kernels.attention import attention_at
+    g = torch.Generator().manual_seed(3)
+    T, P, D = 11, 3, 16
+    q, k, v = (torch.randn(2, 3, n, D, generator=g).requires_grad_() for n in (P, T, T))
+    positions = torch.tensor([[0, 6, 10], [2, 4, 9]])
+    keep = torch.ones(2, T, dtype=torch.bool)
+    keep[0, 5:7] = False  # padding inside the prefix: position 6 still sees 0..4
+    keep[1, :3] = False  # the query at position 2 sees nothing
+    out = attention_at(q, k, v, positions, keep)
+    want = naive_attention_at(q, k, v, positions, keep)
+    torch.testing.assert_close(out.double(), want, atol=1e-6, rtol=1e-6)
+    assert torch.all(out[1, :, 0] == 0)
+
+    grads = torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
+    want_grads = torch.autograd.grad(want, (q, k, v), torch.ones_like(want))
+    for got, expected in zip(grads, want_grads):
+        assert not torch.isnan(got).any()
+        torch.testing.assert_close(got.double(), expected.double(), atol=1e-6, rtol=1e-6)
+    assert torch.all(grads[1][0, :, 5:7] == 0) and torch.all(grads[2][0, :, 5:7] == 0)
 
 
 def test_default_backend_on_cpu_is_sdpa():
