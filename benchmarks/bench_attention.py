@@ -24,10 +24,11 @@ from kernels.attention import causal_attention
 
 B, H, D = 8, 20, 64
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 PASSES = ("fwd", "fwd+bwd")
 
 
-def inputs(T, dtype, device, padded, prefix=0, seed=0):
+def inputs(T, dtype, device, padded, prefix=0, seed=0, B=B, H=H):
     """q (B, H, T, D), k and v (B, H, prefix + T, D), an output gradient and the key mask."""
     g = torch.Generator(device).manual_seed(seed)
     q, k, v = (torch.randn(B, H, n, D, generator=g, device=device).to(dtype).requires_grad_()
@@ -63,7 +64,8 @@ def max_errors(backends, qkv, grad, mask, rows=2):
 
 
 def ratio_pairs(backends):
-    return [("triton", "sdpa"), ("triton", "naive")] if "triton" in backends else [("sdpa", "naive")]
+    pairs = [("triton", "sdpa"), ("triton", "naive")] if "triton" in backends else [("sdpa", "naive")]
+    return [(fast, slow) for fast, slow in pairs if fast in backends and slow in backends]
 
 
 def ratios(seconds):
@@ -83,6 +85,32 @@ def timed_backends(device):
     return ["triton", "sdpa", "naive"]
 
 
+def measure(T, dtype, padded, prefix, backends, device, repeats, warmup, B=B, H=H):
+    """Records of the forward and forward+backward passes at one shape: each backend's median
+    time, the speed-ups and each backend's largest difference to the fp64 formula."""
+    qkv, grad, mask = inputs(T, dtype, device, padded, prefix, B=B, H=H)
+    errors = max_errors(backends, qkv, grad, mask)
+    records = []
+    for name in PASSES:
+        backward = name == "fwd+bwd"
+        seconds = {b: bench(lambda: run(b, qkv, grad, mask, backward), device, repeats, warmup) for b in backends}
+        records.append({"dtype": DTYPE_NAMES[dtype], "padded": padded, "T": T, "prefix": prefix, "pass": name,
+                        "seconds": seconds, "speedup": ratios(seconds), "max_abs_error": errors})
+    return records
+
+
+def table_row(r):
+    backends = list(r["seconds"])
+    return [r["dtype"], "right-pad" if r["padded"] else "none", r["T"], r["pass"],
+            *(f"{1e3 * r['seconds'][b]:.3f}" for b in backends), *(f"{s:.2f}x" for s in r["speedup"].values()),
+            *(f"{r['max_abs_error'][b]:.1e}" for b in backends)]
+
+
+def header(backends):
+    return (["dtype", "mask", "T", "pass", *(f"{b} ms" for b in backends)]
+            + [f"{fast}/{slow}" for fast, slow in ratio_pairs(backends)] + [f"{b} err" for b in backends])
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="T in 64 and 256 only, fewer repeats")
@@ -99,29 +127,16 @@ def main():
     print(f"{device}: batch {B}, {H} heads of {D}, {args.prefix} cached keys before the queries; "
           f"median of {repeats} after {warmup} warm-up calls")
 
-    header = ["dtype", "mask", "T", "pass", *(f"{b} ms" for b in backends)]
-    header += [f"{fast}/{slow}" for fast, slow in ratio_pairs(backends)]
-    header += [f"{b} err" for b in backends]
     rows, records = [], []
-    for dtype_name, dtype in DTYPES.items():
+    for dtype in DTYPES.values():
         for padded in (False, True):
             for T in Ts:
-                qkv, grad, mask = inputs(T, dtype, device, padded, args.prefix)
-                errors = max_errors(backends, qkv, grad, mask)
-                for name in PASSES:
-                    backward = name == "fwd+bwd"
-                    seconds = {b: bench(lambda: run(b, qkv, grad, mask, backward), device, repeats, warmup)
-                               for b in backends}
-                    speedups = ratios(seconds)
-                    records.append({"dtype": dtype_name, "padded": padded, "T": T, "pass": name, "seconds": seconds,
-                                    "speedup": speedups, "max_abs_error": errors})
-                    rows.append([dtype_name, "right-pad" if padded else "none", T, name,
-                                 *(f"{1e3 * seconds[b]:.3f}" for b in backends),
-                                 *(f"{s:.2f}x" for s in speedups.values()), *(f"{errors[b]:.1e}" for b in backends)])
+                for record in measure(T, dtype, padded, args.prefix, backends, device, repeats, warmup):
+                    records.append(record)
+                    rows.append(table_row(record))
                     print(*rows[-1], flush=True)
-                del qkv, grad
     print()
-    print_table(header, rows)
+    print_table(header(backends), rows)
     if "triton" in backends:
         print("targets, fwd+bwd: triton/sdpa >= 1.0x for T <= 256, >= 0.8x at T = 1024")
     save("attention" + (f"-prefix{args.prefix}" if args.prefix else ""), device,
