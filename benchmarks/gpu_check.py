@@ -62,7 +62,7 @@ class Sizes:
 
 FULL = Sizes(
     vocab=50257, width=1280, projection_M=(1, 14, 1024), bench_M=(14, 64, 1024, 8192),
-    # prefix lengths 62 and 30 stand where a key block of 64 or 32 begins just after the first query
+    # prefixes of 30 and 62: the first query two below a multiple of the key block, where a wrong diagonal shows
     attention_cases=((78, 0), (64, 14), (1, 14), (200, 62), (100, 30), (1024, 0)), bench_T=(78, 256, 1024),
     batch=8, heads=20, model=dict(n_embd=768, n_layer=12, n_head=12), model_batch=(4, 50),
     train_model=("--size", "gpt2-large"),

@@ -217,9 +217,10 @@ def _config(D, dtype, arch):
     and inputs of ``dtype`` on a GPU of compute capability ``arch`` (None: the interpreter).
 
     Chosen with ``python -m kernels.gpu_compile``: every one fits the shared memory of sm_80
-    and sm_90, and for 16-bit inputs none spills registers there. fp32 inputs go through
-    tf32x3, which splits both operands of every product in two, in registers: they get
-    small blocks, and spill a little all the same at D = 128 (benchmarks/README.md).
+    and sm_90, and for 16-bit inputs none spills registers there, with or without the
+    arguments' 16-byte alignment. fp32 inputs go through tf32x3, which splits both operands
+    of every product in two, in registers: they get small blocks, and some spill a little
+    all the same (benchmarks/README.md).
     """
     if arch is None:  # interpreter: small blocks so that tests cross block edges cheaply
         small = dict(BLOCK_M=32, BLOCK_N=16)
@@ -228,11 +229,8 @@ def _config(D, dtype, arch):
         small = dict(BLOCK_M=32, BLOCK_N=32, num_warps=8, num_stages=2)
         return dict(fwd=small, dq=small, dkdv=small)
     options = dict(num_warps=8, num_stages=3)
-    if D <= 64:
-        return dict(fwd=dict(BLOCK_M=128, BLOCK_N=64, **options), dq=dict(BLOCK_M=128, BLOCK_N=32, **options),
-                    dkdv=dict(BLOCK_M=32, BLOCK_N=128, **options))
     return dict(fwd=dict(BLOCK_M=128, BLOCK_N=32, **options), dq=dict(BLOCK_M=64, BLOCK_N=32, **options),
-                dkdv=dict(BLOCK_M=32, BLOCK_N=64, **options))
+                dkdv=dict(BLOCK_M=32, BLOCK_N=128 if D <= 64 else 64, **options))
 
 
 def _strides(x):

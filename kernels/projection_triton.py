@@ -110,23 +110,22 @@ def _split_bf16(q):
     return torch.stack(parts)
 
 
+# (BLOCK_V, BLOCK_D, stages) by block of queries, for bf16 rows and for fp32 and fp16 rows,
+# chosen with ``python -m kernels.gpu_compile``: none spills registers on sm_80 or sm_90,
+# with or without the arguments' 16-byte alignment. fp32 and fp16 rows take smaller tiles:
+# tf32x3 splits both operands of each product in two, in registers.
+_BLOCKS = {"bf16": {16: (128, 32, 4), 32: (128, 32, 4), 64: (64, 32, 4), 128: (64, 16, 4)},
+           "tf32x3": {16: (128, 32, 3), 32: (128, 32, 3), 64: (64, 16, 3), 128: (64, 16, 3)}}
+
+
 def _config(M, dtype, arch):
     """Block sizes and launch options for M queries against rows of ``dtype`` on a GPU of compute
-    capability ``arch`` (None: the interpreter).
-
-    Chosen with ``python -m kernels.gpu_compile`` so that no configuration spills registers on
-    sm_80 or sm_90. The tile is (BLOCK_V rows, BLOCK_M queries); a block of 128 queries goes
-    with 64 rows. fp32 and fp16 rows take smaller blocks: tf32x3 splits both operands of
-    each product in two, in registers.
-    """
+    capability ``arch`` (None: the interpreter). The tile is (BLOCK_V rows, BLOCK_M queries)."""
     block_m = min(128, max(16, triton.next_power_of_2(M)))
     if arch is None:  # interpreter: small tiles so that tests cover every edge cheaply
         return dict(BLOCK_M=min(64, block_m), BLOCK_V=64, BLOCK_D=32), {}
-    if dtype == torch.bfloat16:
-        blocks, stages = dict(BLOCK_V=128 if block_m <= 64 else 64, BLOCK_D=32), 4
-    else:
-        blocks, stages = (dict(BLOCK_V=128, BLOCK_D=32) if block_m <= 32 else dict(BLOCK_V=64, BLOCK_D=16)), 3
-    return dict(BLOCK_M=block_m, **blocks), dict(num_warps=8, num_stages=stages)
+    block_v, block_d, stages = _BLOCKS["bf16" if dtype == torch.bfloat16 else "tf32x3"][block_m]
+    return dict(BLOCK_M=block_m, BLOCK_V=block_v, BLOCK_D=block_d), dict(num_warps=8, num_stages=stages)
 
 
 def launch(q, E, kp, metric, inv_qn, arch, programs):

@@ -119,8 +119,8 @@ def test_queries_after_a_cached_prefix_are_the_last_rows_of_full_attention(backe
 
 @pytest.mark.parametrize("TQ,TK", [(130, 200), (1, 129), (150, 150), (40, 300)])
 def test_triton_with_the_gpu_block_sizes(monkeypatch, TQ, TK):
-    """The interpreter with the block sizes a GPU gets for 16-bit heads of 64 (128 x 64, 128 x 32,
-    32 x 128), on fp32 inputs so that the comparison stays exact."""
+    """The interpreter with the block sizes a GPU gets for 16-bit heads of 64 (forward 128 x 32,
+    dq 64 x 32, dkdv 32 x 128), on fp32 inputs so that the comparison stays exact."""
     from kernels import flash_attention
     gpu_config = flash_attention._config(64, torch.bfloat16, 90)
     monkeypatch.setattr(flash_attention, "_config", lambda D, dtype, arch: gpu_config)

@@ -3,6 +3,7 @@ sizes and the kernels in Triton's interpreter, so that the script cannot rot bet
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -13,8 +14,10 @@ pytest.importorskip("triton")
 
 def test_the_gpu_check_passes_its_dry_run(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--dry-run"], cwd=ROOT, env=dict(env, OUT=str(tmp_path)),
-                          capture_output=True, text=True)
+    # the interpreter running this test, whatever python3 is on PATH
+    env.update(OUT=str(tmp_path), PYTHON=sys.executable)
+    done = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--dry-run"], cwd=ROOT, env=env, capture_output=True,
+                          text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     [record] = [json.loads(p.read_text()) for p in tmp_path.glob("*-gpu-check-dry-run.json")]
     assert [c["name"] for c in record["checks"]] == ["compile", "projection", "attention", "model", "train"]
