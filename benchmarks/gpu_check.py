@@ -16,7 +16,9 @@ Correctness, each against an independent reference:
 Then benchmarks, as ratios measured in this process (the modules of benchmarks/): the
 projection against torch and the roofline, attention forward+backward against SDPA, the
 prompt-tuning step (with SDPA and with Triton attention) against HF transformers + PEFT, K = 8
-prompts per batch against 8 sequential steps.
+prompts per batch against 8 sequential steps; and, in a process of its own,
+benchmarks/bench_train.py: real sst2 and agnews training steps and evaluation against HF +
+PEFT.
 
 Everything goes to benchmarks/results/<device>-<date>-gpu-check.json, and to $OUT when set.
 ``--dry-run`` runs the same code on a CPU with tiny sizes, the kernels in Triton's interpreter.
@@ -56,6 +58,7 @@ class Sizes:
     train_model: tuple  # arguments of weights.random_checkpoint
     train_steps: int
     step_model: str  # the size in SIZES of the step and multi-prompt benchmarks
+    train_bench: tuple  # arguments of benchmarks/bench_train.py
     repeats: int
     warmup: int
 
@@ -66,12 +69,14 @@ FULL = Sizes(
     attention_cases=((78, 0), (64, 14), (1, 14), (200, 62), (100, 30), (1024, 0)), bench_T=(78, 256, 1024),
     batch=8, heads=20, model=dict(n_embd=768, n_layer=12, n_head=12), model_batch=(4, 50),
     train_model=("--size", "gpt2-large"),
-    train_steps=20, step_model="gpt2-large", repeats=20, warmup=5)
+    train_steps=20, step_model="gpt2-large", repeats=20, warmup=5,
+    train_bench=("--size", "gpt2-large", "--dtype", "bf16", "--steps", "5", "--warmup", "2", "--eval", "64"))
 DRY = Sizes(
     vocab=300, width=40, projection_M=(14,), bench_M=(14,), attention_cases=((5, 0), (5, 14)), bench_T=(6,),
     batch=2, heads=2, model=dict(n_embd=32, n_layer=1, n_head=2, n_positions=128), model_batch=(2, 12),
     train_model=("--n-embd", "32", "--n-layer", "1", "--n-head", "2"), train_steps=2, step_model="tiny",
-    repeats=1, warmup=0)
+    repeats=1, warmup=0,
+    train_bench=("--size", "tiny", "--dtype", "fp32", "--steps", "1", "--warmup", "0", "--eval", "4"))
 
 
 class Report:
@@ -236,27 +241,27 @@ def check_attention(s, device):
 
 
 def check_model(s, device):
-    """A prompt of 14 vectors, run once as a cached prefix, then right-padded text after it, as in
-    training; logits everywhere and the gradient to the prompt, Triton attention against SDPA,
-    both measured against the same model in fp64."""
+    """A prompt of 14 vectors as a row of its own, run once, and text rows of different lengths
+    (one of a single token) that continue it, packed as in training; logits everywhere and the
+    gradient to the prompt, Triton attention against SDPA, both measured against the same
+    model in fp64."""
     from minway.model import GPT2, GPT2Config, init_weights
+    from minway.packing import pack
 
     config = GPT2Config(**s.model)
     model = init_weights(GPT2(config)).to(device).freeze()
     g = torch.Generator(device).manual_seed(0)
     (B, T), P = s.model_batch, 14
-    ids = torch.randint(0, config.vocab_size, (B, T), generator=g, device=device)
-    lengths = torch.tensor([T, T - 7, T // 2, 1][:B], device=device)  # right-padded rows, one of a single token
-    keep = torch.arange(P + T, device=device)[None, :] < P + lengths[:, None]
-    prompt = 0.02 * torch.randn(1, P, config.n_embd, generator=g, device=device)
+    lengths = [T, T - 7, T // 2, 1][:B]
+    ids = torch.randint(0, config.vocab_size, (sum(lengths),), generator=g, device=device)
+    layout = pack([P, *lengths], [(), *[[(0, P)]] * len(lengths)], device=device)
+    prompt = 0.02 * torch.randn(P, config.n_embd, generator=g, device=device)
 
     def run(dtype, backend):
         m = copy.deepcopy(model).to(dtype)
         m.set_attention(backend)
         p = prompt.to(dtype).requires_grad_()
-        past = m.prefix_cache(p.expand(B, -1, -1))
-        logits = m(ids, key_padding_mask=keep, past=past, position_offset=torch.full((B,), P, device=device)).logits
-        logits = logits.float().masked_fill(~keep[:, P:, None], 0)
+        logits = m(embeds=torch.cat([p, m.embed(ids)]), packed=layout).logits.float()
         (grad,) = torch.autograd.grad(logits.log_softmax(-1)[..., :100].sum(), p)
         return logits.double(), grad.double()
 
@@ -409,6 +414,25 @@ def bench_multi_prompt(s, device, dry):
             f"(largest prompt difference {r['max_prompt_diff']:.1e})"], r
 
 
+def bench_train(s, device, work):
+    """benchmarks/bench_train.py: real sst2 and agnews training steps and evaluation, minway (SDPA
+    and Triton attention) against HF transformers + PEFT, in a process of its own."""
+    out = work / "bench-train.json"
+    command = [sys.executable, "benchmarks/bench_train.py", *s.train_bench, "--device", device.type,
+               "--attention", "sdpa,triton", "--no-save", "--json", str(out)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"bench_train.py exit {done.returncode}: {done.stderr.strip()[-400:]}")
+    record = json.loads(out.read_text())
+    lines = []
+    for task, r in record["tasks"].items():
+        rates = ", ".join(f"{name} {r['steps_per_second'][name]:.2f}/{r['eval_examples_per_second'][name]:.1f}"
+                          for name in r["steps_per_second"])
+        lines.append(f"{task} (batch {r['batch_size']}, {100 * r['real_token_share']:.0f}% real tokens when "
+                     f"padded), steps/s / eval examples/s: {rates}")
+    return lines, record
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -424,6 +448,7 @@ def main():
     os.environ["TRITON_CACHE_DIR"] = cache_dir  # the compile check fills it, the launches below read it
     sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
     from common import device_name, triton_version
+    from minway.storage import atomic_write_text
 
     device = torch.device("cpu" if args.dry_run else "cuda")
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -446,7 +471,7 @@ def main():
             report.check("compile", lambda: check_compile(args.dry_run, cache_dir, compile_json))
             for directory in directories[1:]:
                 if compile_json.is_file():
-                    (directory / compile_json.name).write_bytes(compile_json.read_bytes())
+                    atomic_write_text(directory / compile_json.name, compile_json.read_text())
         report.check("projection", lambda: check_projection(s, device))
         report.check("attention", lambda: check_attention(s, device))
         report.check("model", lambda: check_model(s, device))
@@ -456,6 +481,8 @@ def main():
         report.benchmark("attention", lambda: bench_attention(s, device))
         report.benchmark("step", lambda: bench_step(s, device, args.dry_run))
         report.benchmark("prompts", lambda: bench_multi_prompt(s, device, args.dry_run))
+        with tempfile.TemporaryDirectory() as work:
+            report.benchmark("train", lambda: bench_train(s, device, Path(work)))
     seconds = time.perf_counter() - start
 
     record = dict(header=header, dry_run=args.dry_run, seconds=seconds, sizes=asdict(s), checks=report.checks,
@@ -463,7 +490,7 @@ def main():
                   triton=triton_version(), commit=commit.stdout.strip())
     name = stem.format("gpu-check")
     for directory in directories:
-        (directory / name).write_text(json.dumps(record, indent=1, default=str) + "\n")
+        atomic_write_text(directory / name, json.dumps(record, indent=1, default=str) + "\n")
 
     print(f"\n{header}, {seconds:.0f} s")
     for c in report.checks:

@@ -230,9 +230,9 @@ def main(argv=None):
           f"{len(failed)} failed; {len(spilling)} spill registers ({sum(r['hot'] for r in spilling)} of them hot); "
           "* marks the hot ones")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"triton": triton.__version__, "seconds": seconds, "jobs": args.jobs, "results": results}, f,
-                      indent=1)
+        from minway.storage import atomic_write_text
+        atomic_write_text(args.json, json.dumps({"triton": triton.__version__, "seconds": seconds, "jobs": args.jobs,
+                                                 "results": results}, indent=1))
     return 1 if failed else 0
 
 

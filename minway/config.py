@@ -20,10 +20,11 @@ class RunConfig:
     model: str = "gpt2-large"
     gamma: float = 0.01
     steps: int = 2000
-    batch_size: int = 8
+    batch_size: int | None = None  # None: the task's (8; 4 for agnews and subj, as the released code)
     lr: float = 0.01
     weight_decay: float = 0.0
     clip: float = 1.0
+    dropout: float = 0.1           # GPT-2's dropout while the prompt trains, as the released code; 0: none
     seed: int = 1
     metric: str = "dot"
     k: int | None = None
@@ -41,6 +42,8 @@ class RunConfig:
     def __post_init__(self):
         if self.label_map is not None:  # JSON gives lists back
             object.__setattr__(self, "label_map", tuple(self.label_map))
+        if self.batch_size is None:
+            object.__setattr__(self, "batch_size", get_task(self.task).batch_size)
         for name in ("steps", "batch_size", "checkpoint_every", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise MinwayError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -48,6 +51,8 @@ class RunConfig:
             raise MinwayError(f"--k must be at least 1 example per class, got {self.k}")
         if self.gamma < 0 or self.lr <= 0:
             raise MinwayError(f"--gamma must be >= 0 and --lr > 0, got gamma {self.gamma} and lr {self.lr}")
+        if not 0 <= self.dropout < 1:
+            raise MinwayError(f"--dropout must be in [0, 1), got {self.dropout}")
 
     def run_id(self):
         """Readable and unique: what identifies the result, plus a hash of everything else."""
@@ -60,8 +65,6 @@ class RunConfig:
         fields = asdict(self)
         for key in ("data_dir", "eval_every", "checkpoint_every", "eval_batch_size", "target_name"):
             fields.pop(key)
-        if fields["label_map"] is None:
-            fields.pop("label_map")  # ids of runs made before label maps existed stay valid
         return fields
 
     def setup_key(self):
@@ -71,4 +74,4 @@ class RunConfig:
 
     def schedule_key(self):
         """Runs with equal keys follow the same optimiser schedule."""
-        return (self.steps, self.batch_size, self.lr, self.weight_decay, self.clip)
+        return (self.steps, self.batch_size, self.lr, self.weight_decay, self.clip, self.dropout)

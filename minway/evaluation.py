@@ -2,7 +2,8 @@
 
 * accuracy of the continuous prompt on the test set;
 * for each way of projecting (dot, l2, cos): the projected text, its prompt F1
-  against the target (with and without lemmatisation), the exact-position match
+  against the target (with and without lemmatisation, and as the released code
+  computes it), the exact-position match
   rate, and the margins to the second nearest token;
 * hard-prompt accuracy: the projection itself, as tokens, used as the prompt. The
   gap to the continuous accuracy is the waywardness made visible;
@@ -13,7 +14,7 @@ from collections import Counter
 import torch
 
 from minway.classify import predict
-from minway.metrics import accuracy, mark_mismatches, position_match_rate, prompt_f1
+from minway.metrics import accuracy, mark_mismatches, position_match_rate, prompt_f1, released_f1
 from minway.objective import c_dist
 from minway.prompt import METRICS, c_proj, d_proj
 from minway.reachability import UNREACHABLE, reachability
@@ -30,6 +31,7 @@ def projection_report(prompt, target_ids, tokenizer, embeddings, metric):
         "text": text,
         "f1": prompt_f1(text, target_text, lemmatize=True),
         "f1_no_lemma": prompt_f1(text, target_text, lemmatize=False),
+        "f1_released_code": released_f1(text, target_text),
         "position_match": position_match_rate(ids, target_ids),
         "mean_margin": float(nearest.margin.mean()),
         "unreachable_target_tokens": sorted({t for t, s in zip(target_ids, status) if s == UNREACHABLE}),
@@ -41,9 +43,9 @@ def projection_report(prompt, target_ids, tokenizer, embeddings, metric):
 
 
 @torch.no_grad()
-def measure(model, tokenizer, task, prompt, target_ids, test_inputs, test_labels, metric="dot",
+def measure(model, tokenizer, options, prompt, target_ids, test_inputs, test_labels, metric="dot",
             batch_size=32, progress=False, hard_prompt=True):
-    options = [tokenizer.encode(task.output_text(c)) for c in range(task.n_classes)]
+    """``options``: the tokens each label's output puts after an input (``minway.tasks.Options.outputs``)."""
     prompt = prompt.detach().float()
     predictions, _ = predict(model, prompt, test_inputs, options, batch_size, progress, desc="test (continuous)")
     embeddings = model.wte.weight
@@ -76,10 +78,11 @@ def summary(results, target_text):
     if "hard_prompt_accuracy" in results:
         lines.append(f"hard-prompt accuracy (d-proj as text): {100 * results['hard_prompt_accuracy']:.1f}%")
     lines.append(f"c-dist to target: {results['c_dist']:.4f}")
-    for m, report in results["projections"].items():
-        ceiling = f", ceiling {100 * report['f1_ceiling']:.1f}" if report["unreachable_target_tokens"] else ""
-        lines.append(f"prompt F1 [{m}{' (main)' if m == results['metric'] else ''}]: {100 * report['f1']:.1f} "
-                     f"(no lemmas {100 * report['f1_no_lemma']:.1f}), positions matched "
+    for m, report in results["projections"].items():  # F1 from 0 to 1, as in results.json and the progress bar
+        ceiling = f", ceiling {report['f1_ceiling']:.2f}" if report["unreachable_target_tokens"] else ""
+        lines.append(f"prompt F1 [{m}{' (main)' if m == results['metric'] else ''}]: {report['f1']:.2f} "
+                     f"(no lemmas {report['f1_no_lemma']:.2f}, the released code's "
+                     f"{report['f1_released_code']:.2f}), positions matched "
                      f"{100 * report['position_match']:.1f}%{ceiling}")
     if main["unreachable_target_tokens"]:
         lines.append(f"target tokens unreachable under {results['metric']}: {main['unreachable_target_tokens']} "
@@ -90,5 +93,6 @@ def summary(results, target_text):
         c = results["compare"]
         lines.append(f"unconstrained vs constrained: Acc(p*c) {100 * c['accuracy_unconstrained']:.1f} -> "
                      f"Acc(p~c) {100 * c['accuracy_constrained']:.1f}, relative drop "
-                     + ("n/a" if c["relative_drop"] is None else f"{c['relative_drop']:.1f}%"))
+                     + ("n/a" if c["relative_drop"] is None else f"{c['relative_drop']:.1f}%")
+                     + f"; prompt F1 {c['f1_unconstrained']:.2f} -> {results['prompt_f1']:.2f}")
     return "\n".join(lines)

@@ -1,12 +1,17 @@
 """The paper's measures: prompt F1 between a projected prompt and its target text
 (Eq. 8, footnote 4: "ignoring punctuation marks and articles, and applying
-lemmatization"), task accuracy, and the relative accuracy drop of Table 2."""
+lemmatization"), task accuracy, and the relative accuracy drop of Table 2.
+
+The released code computes its F1 differently (``released_f1``): it removes ASCII
+punctuation only and does not lemmatise. minway reports both, the paper's as the main figure.
+"""
+import re
 import string
 import unicodedata
 from collections import Counter
 from difflib import SequenceMatcher
 
-import simplemma
+from minway.errors import MinwayError
 
 ARTICLES = {"a", "an", "the"}
 
@@ -21,8 +26,18 @@ def normalize_words(text: str, lemmatize: bool = True) -> list[str]:
     words = [word for word in text.split() if word not in ARTICLES]
     if lemmatize:
         # simplemma capitalises some lemmas ("i" -> "I"); keep everything lower-case
-        words = [simplemma.lemmatize(word, lang="en").lower() for word in words]
+        lemmatize_word = _lemmatizer()
+        words = [lemmatize_word(word, lang="en").lower() for word in words]
     return words
+
+
+def _lemmatizer():
+    try:
+        import simplemma
+    except ImportError:
+        raise MinwayError("prompt F1 lemmatises with simplemma, which is not installed: "
+                          "pip install simplemma") from None
+    return simplemma.lemmatize
 
 
 def prompt_f1(predicted_text: str, target_text: str, lemmatize: bool = True) -> float:
@@ -36,6 +51,21 @@ def prompt_f1(predicted_text: str, target_text: str, lemmatize: bool = True) -> 
         return 0.0
     precision = overlap / len(predicted)
     recall = overlap / len(target)
+    return 2 * precision * recall / (precision + recall)
+
+
+def released_f1(predicted_text: str, target_text: str) -> float:
+    """F1 as the released code's ``f1_score`` computes it: lower-cased, ASCII punctuation deleted,
+    the articles a/an/the removed, no lemmas; 0 when no word overlaps, two empty texts included."""
+    def words(text):
+        text = "".join(ch for ch in text.lower() if ch not in string.punctuation)
+        return re.sub(r"\b(a|an|the)\b", " ", text).split()
+
+    predicted, target = words(predicted_text), words(target_text)
+    overlap = sum((Counter(predicted) & Counter(target)).values())
+    if overlap == 0:
+        return 0.0
+    precision, recall = overlap / len(predicted), overlap / len(target)
     return 2 * precision * recall / (precision + recall)
 
 

@@ -29,13 +29,14 @@ def wayward_loss(model, prompt, target_embeds, inputs, outputs, gamma):
     return Loss(ce + gamma * distance, ce, distance)
 
 
-def bank_losses(model, bank, owner, inputs, outputs, gammas):
+def bank_losses(model, bank, owner, inputs, outputs, gammas, dropout=None):
     """The loss of each prompt of a PromptBank (K,), its rows of the batch picked by ``owner``.
 
     The prompts are independent parameters, so the gradient of the sum of these losses
-    with respect to prompt k is the gradient of prompt k's own loss.
+    with respect to prompt k is the gradient of prompt k's own loss. ``dropout``: see
+    ``minway.batch.bank_output_nll``.
     """
-    nll = bank_output_nll(model, bank.vectors, bank.lengths, owner, inputs, outputs)
+    nll = bank_output_nll(model, bank.vectors, bank.lengths, owner, inputs, outputs, dropout)
     ce = torch.zeros(len(bank), device=nll.device).index_add(0, owner, nll) / torch.bincount(owner, minlength=len(bank))
     distance = (bank.vectors - bank.targets).pow(2).sum((1, 2)) / bank.lengths
     return Loss(ce + gammas * distance, ce, distance)

@@ -8,8 +8,8 @@ from minway.config import DTYPES, RunConfig
 from minway.data import load_split, sample_per_class
 from minway.errors import MinwayError
 from minway.prompt import METRICS
-from minway.tasks import get_task
-from minway.tokenizer import load_tokenizer
+from minway.tasks import encode_options, get_task
+from minway.tokenizer import load_checkpoint_tokenizer
 from weights import load_gpt2, resolve_checkpoint
 
 
@@ -35,8 +35,8 @@ class Setup:
         self.random_weights = bool(json.loads((Path(self.checkpoint_dir) / "config.json").read_text())
                                    .get("minway_random_weights"))
         self.model = load_gpt2(self.checkpoint_dir, self.device, DTYPES[config.dtype], config.attention).freeze()
-        self.tokenizer = load_tokenizer(self.checkpoint_dir)
-        self.options = [self.tokenizer.encode(self.task.output_text(c)) for c in range(self.task.n_classes)]
+        self.tokenizer = load_checkpoint_tokenizer(self.checkpoint_dir)
+        self.common, self.options = encode_options(self.task, self.tokenizer)
 
         train = load_split(self.task, "train", config.data_dir)
         if config.k:
@@ -47,7 +47,9 @@ class Setup:
         self.test_inputs, self.test_labels = self.encode_inputs(test), [label_map[e.label] for e in test]
 
     def encode_inputs(self, examples):
-        return [ids[:self.task.max_input_tokens] for ids in self.tokenizer.encode_batch([e.text for e in examples])]
+        """Each text cut to the task's input length, then the tokens all options share."""
+        texts = self.tokenizer.encode_batch([e.text for e in examples])
+        return [ids[:self.task.max_input_tokens] + self.common for ids in texts]
 
     def target_ids(self, config: RunConfig):
         """The target's token ids, checked: not empty, and short enough for the model's context."""

@@ -174,43 +174,6 @@ def test_fewer_keys_than_queries_is_an_error():
         causal_attention(q, k, k)
 
 
-def naive_attention_at(q, k, v, positions, keep):
-    """One query at a time, in fp64: softmax over the keys up to its position that keep allows."""
-    B, H, P, D = q.shape
-    out = torch.zeros(B, H, P, D, dtype=torch.float64)
-    for b in range(B):
-        for i in range(P):
-            seen = (torch.arange(k.shape[2]) <= positions[b, i]) & keep[b]
-            if seen.any():
-                scores = q[b, :, i, None].double() @ k[b][:, seen].double().transpose(-2, -1) / D ** 0.5
-                out[b, :, i] = (torch.softmax(scores, -1) @ v[b][:, seen].double())[:, 0]
-    return out
-
-
-def test_attention_at_given_positions():
-    """A few queries at chosen positions of the keys (as the loss reads them): as full attention
-    at those positions, padding keys unseen, and a query that sees no key gives zeros without NaN."""
-    from kernels.attention import attention_at
-    g = torch.Generator().manual_seed(3)
-    T, P, D = 11, 3, 16
-    q, k, v = (torch.randn(2, 3, n, D, generator=g).requires_grad_() for n in (P, T, T))
-    positions = torch.tensor([[0, 6, 10], [2, 4, 9]])
-    keep = torch.ones(2, T, dtype=torch.bool)
-    keep[0, 5:7] = False  # padding inside the prefix: position 6 still sees 0..4
-    keep[1, :3] = False  # the query at position 2 sees nothing
-    out = attention_at(q, k, v, positions, keep)
-    want = naive_attention_at(q, k, v, positions, keep)
-    torch.testing.assert_close(out.double(), want, atol=1e-6, rtol=1e-6)
-    assert torch.all(out[1, :, 0] == 0)
-
-    grads = torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
-    want_grads = torch.autograd.grad(want, (q, k, v), torch.ones_like(want))
-    for got, expected in zip(grads, want_grads):
-        assert not torch.isnan(got).any()
-        torch.testing.assert_close(got.double(), expected.double(), atol=1e-6, rtol=1e-6)
-    assert torch.all(grads[1][0, :, 5:7] == 0) and torch.all(grads[2][0, :, 5:7] == 0)
-
-
 def test_default_backend_on_cpu_is_sdpa():
     assert default_backend(torch.device("cpu")) == "sdpa"
 

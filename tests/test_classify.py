@@ -1,13 +1,11 @@
-"""Option scoring: the shared-prefix pass with a key/value cache against one full pass per option."""
+"""Option scoring: passes that continue a key/value cache against one full pass per option."""
 import pytest
 import torch
 
-from fixtures import SHARED_DATA, TINY, TOKENIZER_DIR, needs_data, needs_tokenizer, sharp_model
-from minway.classify import common_prefix_length, option_nll, option_nll_naive, predict
+from fixtures import TINY, TOKENIZER_DIR, sharp_model
+from minway.classify import option_nll, option_nll_naive, predict
 from minway.data import load_split
-from minway.tasks import TASKS, get_task
-
-pytestmark = [needs_tokenizer, needs_data]
+from minway.tasks import TASKS, encode_options, get_task
 
 
 @pytest.fixture(scope="module")
@@ -26,15 +24,15 @@ def inputs(tokenizer):
     """Real test inputs of sst2, trec and agnews, of many lengths (cut to 40 tokens to stay fast)."""
     rows = []
     for task, picks in (("sst2", (0, 1, 5)), ("trec", (0, 3)), ("agnews", (0, 2))):
-        examples = load_split(get_task(task), "test", SHARED_DATA)
+        examples = load_split(get_task(task), "test")
         rows += [tokenizer.encode(examples[i].text)[:40] for i in picks]
     assert len({len(r) for r in rows}) >= 5  # the batch is padded
     return rows
 
 
 def options_of(tokenizer, task):
-    t = TASKS[task]
-    return [tokenizer.encode(t.output_text(c)) for c in range(t.n_classes)]
+    """The outputs of the task's labels (its common tokens are not needed: inputs are any text here)."""
+    return encode_options(TASKS[task], tokenizer).outputs
 
 
 def random_prompt(*shape, seed=0):
@@ -44,14 +42,14 @@ def random_prompt(*shape, seed=0):
 def hand_nll(model, prompt, ids_in, option):
     """Mean -log p(option | prompt, input) from the full logits of one unpadded pass."""
     ids = torch.tensor(ids_in + option)
-    embeds = torch.cat([prompt, model.embed(ids)])[None]
-    logp = model(embeds=embeds).logits[0].log_softmax(-1)
+    embeds = torch.cat([prompt, model.embed(ids)])
+    logp = model(embeds=embeds).logits.log_softmax(-1)
     start = len(prompt) + len(ids_in)
     return -sum(logp[start + j - 1, t] for j, t in enumerate(option)) / len(option)
 
 
 @pytest.mark.parametrize("task", sorted(TASKS))
-def test_shared_prefix_equals_naive_on_real_options(model, tokenizer, inputs, task):
+def test_cached_passes_equal_naive_on_real_options(model, tokenizer, inputs, task):
     options = options_of(tokenizer, task)
     prompt = random_prompt(5, TINY.n_embd)
     with torch.no_grad():
@@ -67,7 +65,7 @@ def test_shared_prefix_equals_naive_on_real_options(model, tokenizer, inputs, ta
 
 
 @pytest.mark.parametrize("task", ["sst5", "trec"])
-def test_shared_prefix_equals_naive_with_a_prompt_per_row(model, tokenizer, inputs, task):
+def test_cached_passes_equal_naive_with_a_prompt_per_row(model, tokenizer, inputs, task):
     options = options_of(tokenizer, task)
     prompt = random_prompt(len(inputs), 4, TINY.n_embd, seed=1)
     with torch.no_grad():
@@ -81,13 +79,13 @@ def test_shared_prefix_equals_naive_with_a_prompt_per_row(model, tokenizer, inpu
 
 
 @pytest.mark.parametrize("options", [
-    [[464], [1212]],                        # no shared prefix, one token each
+    [[464], [1212]],                        # one token each
     [[1, 2, 3], [1, 2]],                    # one option is a prefix of the other
     [[7, 8], [7, 8, 9, 10], [7, 11]],       # suffixes of different lengths
     [[5, 6, 7], [5, 6, 7]],                 # identical options
     [[42, 43, 44, 45]],                     # a single option
 ])
-def test_shared_prefix_equals_naive_on_awkward_options(model, inputs, options):
+def test_cached_passes_equal_naive_on_awkward_options(model, inputs, options):
     prompt = random_prompt(3, TINY.n_embd, seed=2)
     with torch.no_grad():
         torch.testing.assert_close(option_nll(model, prompt, inputs, options),
@@ -108,26 +106,3 @@ def test_predict_is_the_argmin_over_batches(model, tokenizer, inputs):
     torch.testing.assert_close(nll, whole, atol=1e-5, rtol=0)
     assert predictions.tolist() == [min(range(len(options)), key=lambda c: float(row[c])) for row in nll]
     assert len(set(predictions.tolist())) > 1  # not a constant answer
-
-
-@pytest.mark.parametrize("options, n", [
-    ([[1, 2, 3], [1, 2, 4]], 2),
-    ([[1, 2, 3], [1, 5, 3]], 1),
-    ([[1], [2]], 0),
-    ([[1, 2], [1, 2, 3]], 2),
-    ([[1, 2], [1, 2]], 2),
-    ([[1, 2, 3]], 3),
-    ([[9, 1], [9, 1, 2], [9, 3]], 1),
-    ([[], [1]], 0),
-])
-def test_common_prefix_length(options, n):
-    assert common_prefix_length(options) == n
-
-
-def test_common_prefix_of_the_real_options(tokenizer):
-    # " It was" | " terrible ."; " Subject:" | " World."; " It's all" | " subjective ."; " Q:" | " Description :"
-    expected = {"sst2": " It was", "sst5": " It was", "agnews": " Subject:", "subj": " It's all", "trec": " Q:"}
-    for task, prefix in expected.items():
-        options = options_of(tokenizer, task)
-        assert tokenizer.decode(options[0][:common_prefix_length(options)]) == prefix, task
-

@@ -24,6 +24,6 @@ def test_the_gpu_check_passes_its_dry_run(tmp_path):
     assert all(c["status"] == "PASS" for c in record["checks"] if c["name"] != "train"), record["checks"]
     # the train step may only be skipped for want of simplemma, which minway's own install brings
     assert record["checks"][-1]["status"] == "PASS", record["checks"][-1]
-    assert [b["name"] for b in record["benchmarks"]] == ["projection", "attention", "step", "prompts"]
+    assert [b["name"] for b in record["benchmarks"]] == ["projection", "attention", "step", "prompts", "train"]
     assert not [line for b in record["benchmarks"] for line in b["lines"] if line.startswith("ERROR")]
     assert "FAILED" not in done.stdout and "PASS  projection" in done.stdout

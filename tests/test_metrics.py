@@ -1,7 +1,7 @@
 import pytest
 
 from minway.metrics import (accuracy, mark_mismatches, normalize_words, position_match_rate, prompt_f1,
-                            relative_drop)
+                            relative_drop, released_f1)
 
 
 def test_normalize_drops_case_punctuation_and_articles():
@@ -60,6 +60,24 @@ def test_table3_example_from_the_paper():
     # P = 13/13, R = 13/14, F1 = 2*13 / (13 + 14) = 26/27 = 0.96296..., the paper's 96.3.
     assert prompt_f1(predicted, target) == pytest.approx(26 / 27)
     assert round(100 * prompt_f1(predicted, target), 1) == 96.3
+
+
+# The released code's f1_score: lower case, ASCII punctuation deleted, whole-word a/an/the
+# removed, whitespace split, no lemmas; no overlap (two empty texts too) scores 0.
+def test_released_f1_drops_ascii_punctuation_and_articles_only():
+    assert released_f1("The cat, sat on a mat!", "cat sat on mat") == 1.0
+    assert released_f1("It's theory", "its theory") == 1.0        # "the" inside a word stays
+    # Unicode punctuation stays part of the words: 3 words against 2, "yes" shared,
+    # P = 1/3, R = 1/2, F1 = 0.4 (the paper's F1 sees "quoted yes" on both sides: 1.0)
+    assert released_f1("“quoted” — yes", "quoted yes") == pytest.approx(0.4)
+    assert prompt_f1("“quoted” — yes", "quoted yes") == 1.0
+
+
+def test_released_f1_has_no_lemmas_and_scores_empty_texts_zero():
+    assert released_f1("cats ran", "cat run") == 0.0
+    assert released_f1("good good good", "good movie") == pytest.approx(0.4)
+    assert released_f1("", "") == 0.0 and prompt_f1("", "") == 1.0
+    assert released_f1("the, a.", "") == 0.0
 
 
 def test_position_match_rate():

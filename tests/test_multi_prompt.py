@@ -1,7 +1,8 @@
 """K prompts trained in one batch (``train_many``) end where K separate runs end (issue 5).
 
 The three prompts differ in target length (so the bank pads them and every row of the
-batch is masked differently), in seed (so each draws its own batches) and in gamma.
+batch is masked differently), in seed (so each draws its own batches and dropout masks)
+and in gamma. They train with dropout, as by default; one test trains them without.
 """
 import json
 from dataclasses import replace
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 import minway.training
-from fixtures import tiny_checkpoint, tiny_data  # noqa: F401
+from fixtures import first_rows, tiny_checkpoint, write_tsv  # noqa: F401
 from minway.config import RunConfig
 from minway.prompt import c_proj
 from minway.setup import Setup
@@ -28,8 +29,12 @@ LOGGED = ("loss", "ce", "distance", "lr", "grad_norm")
 
 
 @pytest.fixture(scope="module")
-def configs(tiny_checkpoint, tiny_data):  # noqa: F811
-    base = RunConfig(task="sst2", target="", model=str(tiny_checkpoint), data_dir=str(tiny_data), steps=STEPS,
+def configs(tiny_checkpoint, tmp_path_factory):  # noqa: F811
+    # 10 training examples in batches of 4: step 2 ends an epoch with a batch of 2
+    data = tmp_path_factory.mktemp("ten-examples")
+    write_tsv(data / "sst2" / "train.tsv", first_rows("sst2", "train", 10))
+    write_tsv(data / "sst2" / "test.tsv", first_rows("sst2", "test", 12))
+    base = RunConfig(task="sst2", target="", model=str(tiny_checkpoint), data_dir=str(data), steps=STEPS,
                      batch_size=4, lr=0.01, device="cpu", eval_batch_size=16, clip=CLIP)
     return [replace(base, target=target, gamma=gamma, seed=seed) for target, gamma, seed in TARGETS]
 
@@ -102,6 +107,21 @@ def test_train_many_equals_separate_runs(configs, separate, together):
         assert_same_results(a, b)
 
 
+def test_train_many_equals_separate_runs_without_dropout(configs, separate, tmp_path):
+    configs = [replace(c, dropout=0.0) for c in configs]
+    alone = [train(c, tmp_path / "alone", progress=False) for c in configs]
+    grouped = train_many(configs, tmp_path / "together", progress=False)
+    for config, a, b in zip(configs, alone, grouped):
+        assert_same_run(tmp_path / "alone", tmp_path / "together", config)
+        assert_same_results(a, b)
+    # dropout was on in the other runs: it changed where they ended
+    out_with_dropout = separate[0]
+    for with_dropout, config in zip(separate[1], configs):
+        assert with_dropout["run_id"] != config.run_id()
+        prompt = load_prompt(out_with_dropout / with_dropout["run_id"] / "prompt.safetensors")[0]
+        assert (prompt - prompt_of(tmp_path / "alone", config)).abs().max() > 100 * PROMPT_TOL
+
+
 def test_order_of_the_group_does_not_matter(configs, together, tmp_path):
     out, grouped = together
     reordered = train_many(configs[::-1], tmp_path, progress=False)[::-1]
@@ -161,7 +181,7 @@ def test_finished_runs_of_a_group_are_reused_on_resume(configs, together, tmp_pa
 
 
 @pytest.mark.parametrize("change", [dict(steps=STEPS + 1), dict(model="gpt2-other"), dict(batch_size=2),
-                                    dict(lr=0.02), dict(dtype="bf16"), dict(task="trec")],
+                                    dict(lr=0.02), dict(dropout=0.0), dict(dtype="bf16"), dict(task="trec")],
                          ids=lambda change: next(iter(change)))
 def test_configs_that_cannot_share_a_batch_are_refused(configs, tmp_path, change):
     mixed = [configs[0], replace(configs[1], **change), configs[2]]

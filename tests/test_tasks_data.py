@@ -1,23 +1,22 @@
 """Tasks (names, output texts, label order) and data (reading, finding, downloading, sampling, truncation)."""
+import gzip
 import re
 import sys
 import types
-from pathlib import Path
 
 import pytest
 
-from fixtures import SHARED_DATA, TOKENIZER_DIR, first_rows, needs_data, needs_tokenizer, tiny_checkpoint, write_tsv  # noqa: F401
+from fixtures import SHIPPED_DATA, TOKENIZER_DIR, first_rows, tiny_checkpoint, write_tsv  # noqa: F401
 from minway import data
-from minway.classify import common_prefix_length
 from minway.data import Example, find_split, load_split, read_tsv, sample_per_class
 from minway.errors import MinwayError
-from minway.tasks import TASKS, get_task
+from minway.tasks import TASKS, encode_options, get_task, split_options
 from minway.config import RunConfig
 from minway.setup import Setup
 
-# The output texts of the paper's code (Min et al.'s templates, index 1): the template is
+# The option texts of the paper's code (Min et al.'s templates, index 1): the template is
 # stripped, then a space is put in front of it (the "direct" formulation).
-PAPER_OUTPUTS = {
+PAPER_OPTIONS = {
     "sst2": [" It was terrible .", " It was great ."],
     "sst5": [" It was terrible .", " It was bad .", " It was okay .", " It was good .", " It was great ."],
     "agnews": [" Subject: World.", " Subject: Sports.", " Subject: Business.", " Subject: Technology."],
@@ -25,6 +24,22 @@ PAPER_OUTPUTS = {
     "trec": [" Q: Description :", " Q: Entity :", " Q: Expression :", " Q: Human :", " Q: Location :",
              " Q: Number :"],
 }
+
+# The released code's split of those options, worked out by hand from its rule (the tokens
+# before the first position where the options differ go after the input; the rest, then
+# end-of-text, is the output): (text appended to every input, text of each label's output).
+PAPER_SPLITS = {
+    "sst2": (" It was", [" terrible .", " great ."]),
+    "sst5": (" It was", [" terrible .", " bad .", " okay .", " good .", " great ."]),
+    "agnews": (" Subject:", [" World.", " Sports.", " Business.", " Technology."]),
+    "subj": (" It's all", [" subjective .", " objective ."]),
+    "trec": (" Q:", [" Description :", " Entity :", " Expression :", " Human :", " Location :", " Number :"]),
+}
+EOT_ID = 50256
+
+# max_length 256 for its "long datasets" (agnews, subj among the five), else 128; the text is cut to
+# max_length - 16 tokens; the batch size (8) is halved for the long datasets
+LONG_INPUT_TASKS = {"agnews", "subj"}
 
 
 def one_line(error):
@@ -60,56 +75,67 @@ def test_five_tasks_with_the_papers_class_counts():
         "sst2": 2, "sst5": 5, "agnews": 4, "subj": 2, "trec": 6}
 
 
-@pytest.mark.parametrize("name", sorted(PAPER_OUTPUTS))
-def test_output_texts_are_the_papers(name):
+@pytest.mark.parametrize("name", sorted(PAPER_OPTIONS))
+def test_option_texts_are_the_papers(name):
     task = get_task(name)
-    assert [task.output_text(c) for c in range(task.n_classes)] == PAPER_OUTPUTS[name]
+    assert [task.option_text(c) for c in range(task.n_classes)] == PAPER_OPTIONS[name]
 
 
-@needs_tokenizer
-@pytest.mark.parametrize("name", sorted(PAPER_OUTPUTS))
-def test_options_share_a_prefix_and_differ_at_the_label_word(name):
-    """What the paper's code asserts of its templates: equal up to index idx, all different at idx."""
+@pytest.mark.parametrize("name", sorted(PAPER_SPLITS))
+def test_options_split_as_the_released_code_splits_them(name):
     from minway.tokenizer import load_tokenizer
     tokenizer = load_tokenizer(TOKENIZER_DIR)
+    common_text, output_texts = PAPER_SPLITS[name]
+    common, outputs = encode_options(get_task(name), tokenizer)
+    assert common == tokenizer.encode(common_text)
+    assert outputs == [tokenizer.encode(text) + [EOT_ID] for text in output_texts]
+    # the pieces are the options' own tokens: nothing was re-tokenised differently
+    for option, output in zip(PAPER_OPTIONS[name], outputs):
+        assert common + output[:-1] == tokenizer.encode(option)
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_input_length_and_batch_size_are_the_released_codes(name):
     task = get_task(name)
-    options = [tokenizer.encode(task.output_text(c)) for c in range(task.n_classes)]
-    n = common_prefix_length(options)
-    assert n >= 1
-    assert len({tuple(o[:n]) for o in options}) == 1
-    assert len({o[n] for o in options}) == task.n_classes
-    # the label word starts right after the shared part
-    for option, word in zip(options, task.label_words):
-        assert word.startswith(tokenizer.decode([option[n]]).strip())
+    assert task.max_input_tokens == (256 if name in LONG_INPUT_TASKS else 128) - 16
+    assert task.batch_size == (4 if name in LONG_INPUT_TASKS else 8)
+    assert RunConfig(task=name, target="x").batch_size == task.batch_size
+    assert RunConfig(task=name, target="x", batch_size=3).batch_size == 3
+
+
+@pytest.mark.parametrize("options, common, outputs", [
+    ([[1, 2, 3], [1, 4]], [1], [[2, 3, 9], [4, 9]]),
+    ([[5, 6], [7, 6], [8]], [], [[5, 6, 9], [7, 6, 9], [8, 9]]),
+    ([[1, 2, 3], [1, 2, 4], [1, 5, 4]], [1], [[2, 3, 9], [2, 4, 9], [5, 4, 9]]),
+])
+def test_split_options_at_the_first_difference(options, common, outputs):
+    assert split_options(options, 9) == (common, outputs)
+
+
+@pytest.mark.parametrize("options", [[[1, 2], [1, 2]], [[1, 2], [1, 2, 3]], [[4], [4]]])
+def test_options_that_never_differ_are_refused(options):
+    with pytest.raises(MinwayError) as error:
+        split_options(options, 9)
+    assert "differ" in one_line(error)
 
 
 def readme_label_words():
-    """{task: [verbalizer word of label 0, 1, ...]} as ../shared/data/README.md lists them."""
-    text = (SHARED_DATA / "README.md").read_text(encoding="utf-8")
+    """{task: [verbalizer word of label 0, 1, ...]} as the README of each shipped data folder lists them."""
     words = {}
-    for section in re.split(r"^## ", text, flags=re.M)[1:]:
-        name = section.split()[0]
-        labels = re.findall(r"(\d) = [^(\n]*?\(\"([^\"]+)\"\)", section)
-        if name in TASKS and labels:
-            assert [int(i) for i, _ in labels] == list(range(len(labels)))
-            words[name] = [w for _, w in labels]
+    for readme in SHIPPED_DATA.glob("*/README.md"):
+        labels = re.findall(r"^- (\d) = [^(\n]*?\(\"([^\"]+)\"\)", readme.read_text(encoding="utf-8"), flags=re.M)
+        assert [int(i) for i, _ in labels] == list(range(len(labels))), readme
+        words[readme.parent.name] = [w for _, w in labels]
     return words
 
 
-@needs_data
 def test_label_order_follows_the_data_readme():
     words = readme_label_words()
     assert set(words) == set(TASKS)
     for name, task in TASKS.items():
-        if name == "agnews":
-            # the README names the class (Sci/Tech); the paper's verbalizer for it is "Technology"
-            assert words[name] == ["World", "Sports", "Business", "Sci/Tech"]
-            assert task.label_words == ("World", "Sports", "Business", "Technology")
-        else:
-            assert list(task.label_words) == words[name], name
+        assert list(task.label_words) == words[name], name
 
 
-@needs_data
 def test_label_order_on_known_rows():
     trec = load_split(get_task("trec"), "test")
     assert trec[0].text == "How far is it from Denver to Aspen ?"
@@ -156,11 +182,12 @@ def test_read_tsv_without_examples(tmp_path):
 
 @pytest.fixture
 def clean_env(monkeypatch, tmp_path):
-    """cwd in an empty tmp dir, no $MINWAY_DATA, no downloads, no shared data."""
+    """cwd in an empty tmp dir, no $MINWAY_DATA, no downloads, no shipped data, an empty download cache."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MINWAY_DATA", raising=False)
     monkeypatch.setenv("MINWAY_OFFLINE", "1")
-    monkeypatch.setattr(data, "SHARED_DATA", tmp_path / "no-shared-data")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(data, "SHIPPED_DATA", tmp_path / "no-shipped-data")
     fake_datasets(monkeypatch, {}, [])
     return tmp_path
 
@@ -180,23 +207,42 @@ def test_k_shot_layout(clean_env):
 
 def test_data_dir_precedence(clean_env, monkeypatch):
     task = get_task("sst2")
-    for name in ("flag", "env", "data", "shared"):
+    for name in ("flag", "env", "shipped", "data"):
         write_tsv(clean_env / name / "sst2" / "train.tsv", [(name, 0)])
-    (clean_env / "data").rename(clean_env / "data-later")
-    monkeypatch.setattr(data, "SHARED_DATA", clean_env / "shared")
+    write_tsv(data.download_dir() / "sst2" / "train.tsv", [("downloaded", 0)])
+    monkeypatch.setattr(data, "SHIPPED_DATA", clean_env / "shipped")
 
     def text():
         return load_split(task, "train")[0].text
-    assert text() == "shared"
-    (clean_env / "data-later").rename(clean_env / "data")
-    assert text() == "data"                                    # data/ in the working directory
+    assert text() == "shipped"                                 # data/ in the working directory is not looked at
+    (clean_env / "shipped" / "sst2" / "train.tsv").unlink()
+    assert text() == "downloaded"                              # the download cache after the shipped data
     monkeypatch.setenv("MINWAY_DATA", str(clean_env / "env"))
-    assert text() == "env"                                     # $MINWAY_DATA before data/
+    assert text() == "env"                                     # $MINWAY_DATA before both
     assert load_split(task, "train", clean_env / "flag")[0].text == "flag"  # --data-dir before all
 
 
-@pytest.mark.parametrize("how", ["flag", "env", "nowhere"])
-def test_missing_data_says_what_to_do(clean_env, monkeypatch, how):
+def test_gzipped_files_read_as_plain_ones(clean_env):
+    rows = [("a good film", 1), ("a dull one", 0)]
+    write_tsv(clean_env / "plain" / "sst2" / "train.tsv", rows)
+    packed = clean_env / "packed" / "sst2" / "train.tsv.gz"
+    packed.parent.mkdir(parents=True)
+    packed.write_bytes(gzip.compress((clean_env / "plain" / "sst2" / "train.tsv").read_bytes()))
+    task = get_task("sst2")
+    assert find_split(task, "train", clean_env / "packed") == packed
+    assert load_split(task, "train", clean_env / "packed") == load_split(task, "train", clean_env / "plain")
+    packed.write_bytes(packed.read_bytes()[:-10])
+    with pytest.raises(MinwayError) as error:
+        load_split(task, "train", clean_env / "packed")
+    assert str(packed) in one_line(error) and "gzip" in one_line(error)
+
+
+@pytest.mark.parametrize("how, fragments", [
+    ("flag", ["--data-dir", "empty"]),
+    ("env", ["$MINWAY_DATA", "empty"]),
+    ("nowhere", ["no-shipped-data", "could not be downloaded", "--data-dir", "MINWAY_DATA", "minway[datasets]"]),
+])
+def test_missing_data_says_what_to_do(clean_env, monkeypatch, how, fragments):
     data_dir = None
     if how == "flag":
         data_dir = clean_env / "empty"
@@ -205,18 +251,25 @@ def test_missing_data_says_what_to_do(clean_env, monkeypatch, how):
     with pytest.raises(MinwayError) as error:
         load_split(get_task("subj"), "train", data_dir)
     message = one_line(error)
-    assert "subj/train.tsv" in message
-    assert "--data-dir" in message and "MINWAY_DATA" in message and "datasets" in message
-    assert not (clean_env / "data").exists()
+    for fragment in ["subj/train.tsv", *fragments]:
+        assert fragment in message, (fragment, message)
+    assert not data.download_dir().exists()
     assert sys.modules["datasets"].calls == []  # offline: no download was even tried
 
 
-@needs_data
-def test_shared_data_is_found_by_default(monkeypatch, tmp_path):
+def test_shipped_data_is_found_from_any_directory(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MINWAY_DATA", raising=False)
-    assert find_split(get_task("SST-2"), "test") == SHARED_DATA / "sst2" / "test.tsv"
+    assert find_split(get_task("SST-2"), "test") == SHIPPED_DATA / "sst2" / "test.tsv.gz"
     assert len(load_split(get_task("sst2"), "test")) == 872
+
+
+def test_shipped_data_has_the_readmes_split_sizes():
+    for task in TASKS:
+        readme = (SHIPPED_DATA / task / "README.md").read_text(encoding="utf-8")
+        for split in ("train", "test"):
+            rows = re.search(rf"^\| {split} \| ([\d,]+) \|", readme, flags=re.M).group(1)
+            assert len(load_split(get_task(task), split)) == int(rows.replace(",", "")), (task, split)
 
 
 # ---------------------------------------------------------------- downloading
@@ -255,12 +308,12 @@ def test_download_writes_tsv_with_our_labels(clean_env, monkeypatch, task, datas
     test_columns = {k: v[:1] for k, v in columns.items()}
     fake_datasets(monkeypatch, {dataset_id: {"train": columns, "test": test_columns}}, calls)
     t = get_task(task)
-    assert find_split(t, "train") == Path("data") / task / "train.tsv"
+    assert find_split(t, "train") == data.download_dir() / task / "train.tsv"
     assert calls == [dataset_id]
     assert load_split(t, "train") == [Example(*row) for row in expected]
     assert load_split(t, "test") == [Example(*expected[0])]
     assert calls == [dataset_id]  # found on disk the second time
-    assert not list((clean_env / "data" / task).glob("*.tmp"))
+    assert not list((data.download_dir() / task).glob("*.tmp"))
 
 
 def test_failed_download_is_the_missing_data_error(clean_env, monkeypatch):
@@ -302,7 +355,6 @@ def test_sample_per_class():
     assert len(orders) > 1
 
 
-@needs_data
 def test_sample_per_class_on_real_data():
     train = load_split(get_task("trec"), "train")
     chosen = sample_per_class(train, 16, seed=13)
@@ -312,25 +364,26 @@ def test_sample_per_class_on_real_data():
 
 # ---------------------------------------------------------------- truncation in Setup
 
-@needs_data
-@pytest.mark.parametrize("task, limit", [("sst2", 128), ("agnews", 256)])
-def test_inputs_are_truncated_and_outputs_never(tiny_checkpoint, tmp_path, task, limit):
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_inputs_are_truncated_and_outputs_never(tiny_checkpoint, tmp_path, task):
     from minway.tokenizer import load_tokenizer
     tokenizer = load_tokenizer(TOKENIZER_DIR)
+    limit = (256 if task in LONG_INPUT_TASKS else 128) - 16
+    common_text, output_texts = PAPER_SPLITS[task]
+    common = tokenizer.encode(common_text)
     long_text = " ".join(f"word{i}" for i in range(400))
     rows = [(long_text, 0), ("short one", 1)] + first_rows(task, "train", 6)
     write_tsv(tmp_path / task / "train.tsv", rows)
     write_tsv(tmp_path / task / "test.tsv", [(long_text, 1), ("tiny", 0)])
     config = RunConfig(task=task, target="Write a question.", model=str(tiny_checkpoint), data_dir=str(tmp_path))
     setup = Setup(config)
-    t = get_task(task)
-    assert setup.options == [tokenizer.encode(t.output_text(c)) for c in range(t.n_classes)]
+    assert setup.options == [tokenizer.encode(text) + [EOT_ID] for text in output_texts]
     full = [tokenizer.encode(text) for text, _ in rows]
     assert len(full[0]) > limit
-    assert setup.train_inputs == [ids[:limit] for ids in full]
-    assert len(setup.train_inputs[0]) == limit
+    assert setup.train_inputs == [ids[:limit] + common for ids in full]
+    assert len(setup.train_inputs[0]) == limit + len(common)
     assert setup.train_outputs == [setup.options[int(label)] for _, label in rows]
-    assert setup.test_inputs == [tokenizer.encode(long_text)[:limit], tokenizer.encode("tiny")]
+    assert setup.test_inputs == [tokenizer.encode(long_text)[:limit] + common, tokenizer.encode("tiny") + common]
     assert setup.test_labels == [1, 0]
     assert setup.target_ids(config) == tokenizer.encode("Write a question.")
 
@@ -340,6 +393,6 @@ def test_setup_k_shot_and_max_eval(tiny_checkpoint, tmp_path):
     write_tsv(tmp_path / "sst2" / "test.tsv", [(f"test {i}", i % 2) for i in range(9)])
     setup = Setup(RunConfig(task="sst2", target="x y", model=str(tiny_checkpoint), data_dir=str(tmp_path),
                             k=3, seed=5, max_eval=4))
-    assert len(setup.train_inputs) == 6 and sorted(o[-2] for o in setup.train_outputs) == sorted(
-        [setup.options[0][-2]] * 3 + [setup.options[1][-2]] * 3)
+    assert len(setup.train_inputs) == 6 and sorted(setup.train_outputs) == sorted(
+        [setup.options[0]] * 3 + [setup.options[1]] * 3)
     assert len(setup.test_inputs) == 4 and setup.test_labels == [0, 1, 0, 1]
