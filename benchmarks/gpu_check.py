@@ -8,13 +8,15 @@ Correctness, each against an independent reference:
               (``python -m kernels.gpu_compile``); its cache then serves the launches below
   projection  the Triton kernel against the float64 score matrix: top-k, scores, margins, under
               dot, l2 and cos, E in fp32 and bf16; ties on exact data must go to the lowest index
-  attention   forward and backward, padding mask, after a cached prefix: the Triton kernel's
-              largest difference to the fp64 formula against SDPA's own
+  attention   forward and backward, padding mask, after a cached prefix, and packed rows of
+              different lengths (the varlen kernel against SDPA on each row alone): the Triton
+              kernel's largest difference to the fp64 formula against SDPA's own
   model       GPT-2 forward and backward (logits, gradient to the prompt) with Triton attention
               against SDPA, both against fp64
   train       20 steps of train.py on gpt2-large-shaped random weights, bf16, --attention triton
 Then benchmarks, as ratios measured in this process (the modules of benchmarks/): the
-projection against torch and the roofline, attention forward+backward against SDPA, the
+projection against torch and the roofline, attention forward+backward against SDPA (padded
+batches, and packed rows against SDPA on them padded), the
 prompt-tuning step (with SDPA and with Triton attention) against HF transformers + PEFT, K = 8
 prompts per batch against 8 sequential steps; and, in a process of its own,
 benchmarks/bench_train.py: real sst2 and agnews training steps and evaluation against HF +
@@ -50,6 +52,7 @@ class Sizes:
     projection_M: tuple  # queries in the correctness cases
     bench_M: tuple  # and in the benchmark
     attention_cases: tuple  # (queries, cached prefix) of the correctness cases
+    packed_cases: tuple  # (longest text row, prompt keys) of the packed-rows correctness cases
     bench_T: tuple  # query lengths of the attention benchmark
     batch: int
     heads: int
@@ -67,12 +70,14 @@ FULL = Sizes(
     vocab=50257, width=1280, projection_M=(1, 14, 1024), bench_M=(14, 64, 1024, 8192),
     # prefixes of 30 and 62: the first query two below a multiple of the key block, where a wrong diagonal shows
     attention_cases=((78, 0), (64, 14), (1, 14), (200, 62), (100, 30), (1024, 0)), bench_T=(78, 256, 1024),
+    packed_cases=((78, 14), (200, 0), (300, 62), (1024, 14)),
     batch=8, heads=20, model=dict(n_embd=768, n_layer=12, n_head=12), model_batch=(4, 50),
     train_model=("--size", "gpt2-large"),
     train_steps=20, step_model="gpt2-large", repeats=20, warmup=5,
     train_bench=("--size", "gpt2-large", "--dtype", "bf16", "--steps", "5", "--warmup", "2", "--eval", "64"))
 DRY = Sizes(
     vocab=300, width=40, projection_M=(14,), bench_M=(14,), attention_cases=((5, 0), (5, 14)), bench_T=(6,),
+    packed_cases=((6, 14), (5, 0)),
     batch=2, heads=2, model=dict(n_embd=32, n_layer=1, n_head=2, n_positions=128), model_batch=(2, 12),
     train_model=("--n-embd", "32", "--n-layer", "1", "--n-head", "2"), train_steps=2, step_model="tiny",
     repeats=1, warmup=0,
@@ -117,7 +122,8 @@ def check_compile(dry, cache_dir, json_path):
     """The compile check, against this machine's Triton, in a process without the interpreter."""
     command = [sys.executable, "-m", "kernels.gpu_compile", "--json", str(json_path), "--cache-dir", cache_dir]
     if dry:
-        command += ["--arch", "90", "--match", "projection M=14 bf16 dot kp=2", "--jobs", "1"]
+        command += ["--arch", "90", "--match", "projection M=14 bf16 dot kp=2", "attention fwd D=64 bf16 packed",
+                    "--jobs", "1"]
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     if not json_path.is_file():
@@ -218,23 +224,33 @@ def exact_ties(s, device):
 
 def check_attention(s, device):
     """Triton's largest difference to the fp64 formula may be at most twice SDPA's (plus a few
-    units of rounding), output and the three gradients, with and without padding."""
-    from bench_attention import inputs, max_errors
+    units of rounding), output and the three gradients: on padded batches, with and without
+    a padding mask, and on packed rows of different lengths after a prompt's keys (Triton on
+    the packed rows, SDPA on each row alone)."""
+    from bench_attention import inputs, max_errors, packed_errors, packed_rows
 
     worst_ratio, failures, rows = 0.0, [], []
-    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+
+    def judge(dtype, errors, case):
+        nonlocal worst_ratio
         floor = 4 * torch.finfo(dtype).eps if dtype != torch.float32 else 1e-5
+        ratio = errors["triton"] / (2 * errors["sdpa"] + floor)
+        worst_ratio = max(worst_ratio, ratio)
+        rows.append(dict(dtype=str(dtype), **case, **errors))
+        if not ratio <= 1:  # NaN fails too
+            failures.append(f"{dtype} {case}: {errors}")
+
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
         for TQ, prefix in s.attention_cases:
             for padded in (False, True):
                 qkv, grad, mask = inputs(TQ, dtype, device, padded, prefix, B=min(s.batch, 2), H=s.heads)
-                errors = max_errors(["triton", "sdpa"], qkv, grad, mask)
-                ratio = errors["triton"] / (2 * errors["sdpa"] + floor)
-                worst_ratio = max(worst_ratio, ratio)
-                rows.append(dict(dtype=str(dtype), T=TQ, prefix=prefix, padded=padded, **errors))
-                if not ratio <= 1:  # NaN fails too
-                    failures.append(f"{dtype} T={TQ} prefix={prefix} padded={padded}: {errors}")
-    detail = (f"{len(rows)} cases (fp32, bf16, fp16; T, prefix {sorted({c[1] for c in s.attention_cases})}; "
-              f"padding): Triton's error at most {worst_ratio:.2f} of 2x SDPA's + rounding")
+                judge(dtype, max_errors(["triton", "sdpa"], qkv, grad, mask), dict(T=TQ, prefix=prefix, padded=padded))
+        for T, prefix in s.packed_cases:
+            qkv, grad, lengths, key_lengths = packed_rows(T, prefix, dtype, device, B=s.batch, H=s.heads)
+            judge(dtype, packed_errors(qkv, grad, lengths, key_lengths), dict(T=T, prefix=prefix, packed=lengths))
+    detail = (f"{len(rows)} cases (fp32, bf16, fp16; padded T, prefix {sorted({c[1] for c in s.attention_cases})}, "
+              f"with and without padding; packed rows up to T {sorted({c[0] for c in s.packed_cases})}): "
+              f"Triton's error at most {worst_ratio:.2f} of 2x SDPA's + rounding")
     if failures:
         detail += " | " + " | ".join(failures[:3])
     return ("FAIL" if failures else "PASS"), detail, dict(rows=rows, failures=failures)
@@ -369,6 +385,13 @@ def bench_attention(s, device):
             both = rows[-1]  # forward + backward
             parts.append(f"T={T} {both['speedup']['triton/sdpa']:.2f}x ({1e3 * both['seconds']['triton']:.3f} ms)")
         lines.append(f"fwd+bwd bf16 vs SDPA, prefix {prefix}: " + "; ".join(parts))
+    parts = []
+    for T in s.bench_T:
+        r = ba.measure_packed(T, torch.bfloat16, 14, device, s.repeats, s.warmup, B=s.batch, H=s.heads)
+        records.append(r)
+        parts.append(f"T={T} {r['speedup']['triton/sdpa']:.2f}x ({1e3 * r['seconds']['triton']:.3f} ms, "
+                     f"{100 * r['real_share']:.0f}% real)")
+    lines.append("fwd+bwd bf16, packed rows after a 14-key prompt, Triton packed vs SDPA padded: " + "; ".join(parts))
     return lines, dict(rows=records)
 
 

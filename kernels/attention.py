@@ -12,13 +12,15 @@ up to there. A query with no key to attend to (a row of a sequence that is all
 padding) gets a zero output and no gradient.
 
 ``varlen_attention`` takes rows of different lengths laid end to end (a packed batch),
-each with its own numbers of queries and keys, aligned at the row's end.
+each with its own numbers of queries and keys, aligned at the row's end: the Triton kernel
+runs on them as they are, the other backends on a padded batch.
 
 A ``dropout`` of the attention probabilities (a function of the (B, H, Tq, Tk)
 probabilities, for prompt training) needs the probabilities themselves: with one,
 attention takes the naive formula.
 """
 import math
+from itertools import accumulate
 
 import torch
 import torch.nn.functional as F
@@ -65,9 +67,19 @@ def varlen_attention(q, k, v, lengths, key_lengths, backend="auto", dropout=None
     row r's queries and keys one after another; the i-th of a row's n queries, among its m keys,
     sees the first m - n + i + 1.
 
-    The rows are put in a padded batch for the backends above, each row at the end of its
+    The Triton backend takes the packed rows as they are (``flash_attention_varlen``). For the
+    others, and with a dropout, the rows are put in a padded batch, each row at the end of its
     padded row (padding on the left), so that one alignment, Tk - Tq, holds for every row.
     """
+    if any(m < n for n, m in zip(lengths, key_lengths)):
+        raise ValueError(f"each row needs at least as many keys as queries, got {list(lengths)} queries and "
+                         f"{list(key_lengths)} keys")
+    if backend == "auto":
+        backend = default_backend(q.device)
+    if backend == "triton" and dropout is None:
+        from kernels.flash_attention import flash_attention_varlen
+        q_starts, k_starts = (torch.tensor([0, *accumulate(n)], device=q.device) for n in (lengths, key_lengths))
+        return flash_attention_varlen(q, k, v, q_starts, k_starts, max(lengths), max(key_lengths))
     Tq, Tk = max(lengths), max(key_lengths)
     at_q, at_k = _left_padded(lengths, Tq, q.device), _left_padded(key_lengths, Tk, q.device)
     q_pad, k_pad, v_pad = (_scatter(x, at, len(lengths) * T).view(len(lengths), T, *x.shape[1:]).transpose(1, 2)

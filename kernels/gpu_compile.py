@@ -39,6 +39,9 @@ VOCAB, WIDTH, BATCH, HEADS, TOKENS, PROMPT = 50257, 1280, 8, 20, 64, 14
 PROJECTION_M = (14, 32, 64, 1024)  # one of each block size _config picks
 PROJECTION_KP = (2, 4, 8)  # k = 1..2, 3..4, 5..8
 HEAD_DIMS = (16, 32, 64, 128)
+# packed: the model's call, rows end to end, each text row after its prompt's keys, no mask;
+# padded: a (B, H, T, D) batch of views into one projection, with a key padding mask
+ATTENTION_LAYOUTS = ("packed", "padded")
 
 
 def configurations(archs):
@@ -56,17 +59,17 @@ def configurations(archs):
                                             kp=kp, hot=hot))
         for D in HEAD_DIMS:
             for dtype in DTYPES:
-                for prefix in (0, PROMPT):
+                for layout in ATTENTION_LAYOUTS:
                     for kernel in ("fwd", "dq", "dkdv"):
                         hot = D == 64 and dtype != "fp32"
-                        configs.append(dict(kernel=kernel, arch=arch, D=D, dtype=dtype, prefix=prefix, hot=hot))
+                        configs.append(dict(kernel=kernel, arch=arch, D=D, dtype=dtype, layout=layout, hot=hot))
     return configs
 
 
 def name(config):
     if config["kernel"] == "projection":
         return f"projection M={config['M']} {config['dtype']} {config['metric']} kp={config['kp']}"
-    return f"attention {config['kernel']} D={config['D']} {config['dtype']} prefix={config['prefix']}"
+    return f"attention {config['kernel']} D={config['D']} {config['dtype']} {config['layout']}"
 
 
 def _projection_launch(config):
@@ -82,27 +85,30 @@ def _projection_launch(config):
 
 
 def _attention_launch(config):
-    """Inputs laid out as the model makes them: q, k and v views into one (B, T, 3C) projection,
-    or k and v contiguous after a prefix's cached keys and values; the output gradient a
-    (B, T, H, D) view."""
+    """Inputs laid out as their callers make them. packed: q, k, v contiguous (N, H, D), the keys of
+    each row its prompt's then its own, as ``GPT2`` gathers them; padded: q, k, v and the output
+    gradient views into (B * T, 3C) and (B * T, C) tensors, as ``flash_attention`` packs them."""
     from kernels import flash_attention
 
-    D, dtype, prefix = config["D"], DTYPES[config["dtype"]], config["prefix"]
+    D, dtype = config["D"], DTYPES[config["dtype"]]
     C = HEADS * D
-
-    def heads(x):
-        return x.view(BATCH, TOKENS, HEADS, D).transpose(1, 2)
-    q, k, v = (heads(x) for x in torch.empty(BATCH, TOKENS, 3 * C, dtype=dtype).split(C, dim=2))
-    if prefix:
-        k, v = (torch.empty(BATCH, HEADS, prefix + TOKENS, D, dtype=dtype) for _ in range(2))
-    keep = torch.ones(BATCH, prefix + TOKENS, dtype=torch.bool)
-    o, do = torch.empty(BATCH, HEADS, TOKENS, D, dtype=dtype), heads(torch.empty(BATCH, TOKENS, C, dtype=dtype))
-    lse, delta = torch.empty(BATCH, HEADS, TOKENS), torch.empty(BATCH, HEADS, TOKENS)
+    offsets = torch.arange(BATCH + 1)
+    if config["layout"] == "packed":
+        q, do = (torch.empty(BATCH * TOKENS, HEADS, D, dtype=dtype) for _ in range(2))
+        k, v = (torch.empty(BATCH * (PROMPT + TOKENS), HEADS, D, dtype=dtype) for _ in range(2))
+        rows = flash_attention.Rows(offsets * TOKENS, offsets * (PROMPT + TOKENS), TOKENS, PROMPT + TOKENS)
+    else:
+        q, k, v = (x.view(-1, HEADS, D) for x in torch.empty(BATCH * TOKENS, 3 * C, dtype=dtype).split(C, dim=1))
+        do = torch.empty(BATCH * TOKENS, C, dtype=dtype).view(-1, HEADS, D)
+        rows = flash_attention.Rows(offsets * TOKENS, offsets * TOKENS, TOKENS, TOKENS,
+                                    torch.ones(BATCH * TOKENS, dtype=torch.bool))
+    o = torch.empty(q.shape, dtype=dtype)
+    lse, delta = torch.empty(q.shape[:2]), torch.empty(q.shape[:2])
     if config["kernel"] == "fwd":
-        _, args, kwargs = flash_attention.forward_launch(q, k, v, keep, o, lse, config["arch"])
+        _, args, kwargs = flash_attention.forward_launch(q, k, v, rows, o, lse, config["arch"])
         return flash_attention._fwd, args, kwargs
     dq, dk, dv = torch.empty_like(o), torch.empty_like(k), torch.empty_like(v)
-    launches = flash_attention.backward_launches(q, k, v, keep, o, lse, do, delta, dq, dk, dv, config["arch"])
+    launches = flash_attention.backward_launches(q, k, v, rows, o, lse, do, delta, dq, dk, dv, config["arch"])
     kernel, _, args, kwargs = launches[0 if config["kernel"] == "dq" else 1]
     return kernel, args, kwargs
 
