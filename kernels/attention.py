@@ -68,7 +68,7 @@ def varlen_attention(q, k, v, lengths, key_lengths, backend="auto", dropout=None
     sees the first m - n + i + 1.
 
     The Triton backend takes the packed rows as they are (``flash_attention_varlen``). For the
-    others, and with a dropout, the rows are put in a padded batch, each row at the end of its
+    others, and with a dropout, the rows are put in padded batches, each row at the end of its
     padded row (padding on the left), so that one alignment, Tk - Tq, holds for every row.
     """
     if any(m < n for n, m in zip(lengths, key_lengths)):
@@ -80,6 +80,35 @@ def varlen_attention(q, k, v, lengths, key_lengths, backend="auto", dropout=None
         from kernels.flash_attention import flash_attention_varlen
         q_starts, k_starts = (torch.tensor([0, *accumulate(n)], device=q.device) for n in (lengths, key_lengths))
         return flash_attention_varlen(q, k, v, q_starts, k_starts, max(lengths), max(key_lengths))
+    buckets = _buckets(lengths)
+    if dropout is not None or len(buckets) == 1:  # a dropout's masks are drawn for one padded batch
+        return _padded(q, k, v, lengths, key_lengths, backend, dropout)
+    # rows of like query counts attended together: the two queries of an option scored after
+    # its input are not padded to the length of the longest input
+    q_starts, k_starts = [0, *accumulate(lengths)], [0, *accumulate(key_lengths)]
+    outputs, at = [], []
+    for rows in buckets:
+        at_q, at_k = _items(rows, q_starts, q.device), _items(rows, k_starts, q.device)
+        outputs.append(_padded(q[at_q], k[at_k], v[at_k], [lengths[r] for r in rows], [key_lengths[r] for r in rows],
+                               backend))
+        at.append(at_q)
+    return torch.cat(outputs)[torch.cat(at).argsort()]
+
+
+def _buckets(lengths):
+    """The rows grouped by their number of queries, rounded up to a power of two."""
+    buckets = {}
+    for r, n in enumerate(lengths):
+        buckets.setdefault((n - 1).bit_length(), []).append(r)
+    return list(buckets.values())
+
+
+def _items(rows, starts, device):
+    """The packed items of ``rows``, in order, given each row's ``starts`` (and the end of the last)."""
+    return torch.cat([torch.arange(starts[r], starts[r + 1]) for r in rows]).to(device)
+
+
+def _padded(q, k, v, lengths, key_lengths, backend, dropout=None):
     Tq, Tk = max(lengths), max(key_lengths)
     at_q, at_k = _left_padded(lengths, Tq, q.device), _left_padded(key_lengths, Tk, q.device)
     q_pad, k_pad, v_pad = (_scatter(x, at, len(lengths) * T).view(len(lengths), T, *x.shape[1:]).transpose(1, 2)

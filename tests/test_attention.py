@@ -195,11 +195,11 @@ def packed_rows(lengths, key_lengths, D, dtype, seed):
     return q, k, v, do
 
 
-def check_varlen(lengths, key_lengths, D, dtype, seed=0):
-    """varlen_attention's Triton kernel, output and gradients, against each row on its own."""
+def check_varlen(lengths, key_lengths, D, dtype, seed=0, backend="triton"):
+    """varlen_attention, output and gradients, against each row on its own."""
     q, k, v, do = packed_rows(lengths, key_lengths, D, dtype, seed)
     q, k, v = (x.requires_grad_() for x in (q, k, v))
-    out = varlen_attention(q, k, v, lengths, key_lengths, backend="triton")
+    out = varlen_attention(q, k, v, lengths, key_lengths, backend=backend)
     got = (out, *torch.autograd.grad(out, (q, k, v), do))
     exact_inputs = [x.detach().double().requires_grad_() for x in (q, k, v)]
     exact = naive_rows(*exact_inputs, lengths, key_lengths)
@@ -221,6 +221,13 @@ VARLEN_KEYS = [1, 16, 17, 36, 71, 19, 30]
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_triton_varlen_matches_each_row_alone(dtype):
     check_varlen(VARLEN_QUERIES, VARLEN_KEYS, 16, dtype)
+
+
+@pytest.mark.parametrize("backend", ["naive", "sdpa"])
+def test_varlen_in_padded_buckets_matches_each_row_alone(backend):
+    from kernels.attention import _buckets
+    assert _buckets(VARLEN_QUERIES) == [[0, 6], [1], [2], [3, 4], [5]]  # by queries: 1, 2, 17-32, 33-64, 5-8
+    check_varlen(VARLEN_QUERIES, VARLEN_KEYS, 16, torch.float32, backend=backend)
 
 
 def test_triton_varlen_with_the_gpu_block_sizes(monkeypatch):
