@@ -76,7 +76,7 @@ def expand(grid: Grid, prompts_dir, run_fields=None):
             for group in grid.groups:
                 targets = group_targets(prompts_dir, group, task)[:grid.targets_limit]
                 if not targets:
-                    raise MinwayError(f"target group {group} holds no target for task {task}")
+                    raise MinwayError(f"target group {group} holds no target for task {get_task(task).name}")
                 for name, text in targets:
                     for seed in grid.seeds:
                         twin = RunConfig(task=task, target=text, model=model, gamma=0.0, seed=seed,
@@ -129,8 +129,9 @@ class SweepState:
             done = is_finished(run, out)
             error = None if done else old_errors.get(run.run_id)
             self.data["runs"].append({
-                "run_id": run.run_id, "twin": run.twin_id, "group": run.group, "task": run.config.task,
-                "model": run.config.model, "target_name": run.config.target_name, "gamma": run.config.gamma,
+                "run_id": run.run_id, "twin": run.twin_id, "group": run.group,
+                "task": get_task(run.config.task).name, "model": run.config.model,
+                "target_name": run.config.target_name, "gamma": run.config.gamma,
                 "seed": run.config.seed, "status": "done" if done else "failed" if error else "pending",
                 "error": error})
         self.entry = {r["run_id"]: r for r in self.data["runs"]}
