@@ -32,7 +32,8 @@ def test_help_is_read_before_torch_and_shows_the_defaults(script):
     text = help_without_torch(script)
     assert "usage:" in text and text.rstrip().endswith("torch imported: False")
     parser_defaults = {"train.py": ["(default: gpt2-large)", "(default: 0.01)", "(default: 2000)", "(default: dot)"],
-                       "eval.py": ["(default: auto)", "(default: the one the run was trained on)"],
+                       "eval.py": ["(default: auto)",
+                                   "(default: the one the run was trained on; for an adapter, its base model)"],
                        "sweep.py": ["(default: main)", "(default: 2000)", "(default: runs)"]}[script]
     for fragment in parser_defaults:
         assert fragment in " ".join(text.split()), fragment
