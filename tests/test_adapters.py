@@ -113,8 +113,8 @@ def test_export_does_not_overwrite_an_adapter_unless_forced(tiny_checkpoint, tmp
 # ---------------------------------------------------------------- minway -> PEFT -> minway
 
 @pytest.mark.slow
-def test_minway_to_peft_to_minway_reproduces_the_projection(transformers, peft, tiny_checkpoint, tiny_data,  # noqa: F811
-                                                            tmp_path, capsys):
+def test_minway_to_peft_to_minway_reproduces_the_projection(transformers, peft, tmp_path, capsys,
+                                                            tiny_checkpoint, tiny_data):  # noqa: F811
     config = RunConfig(task="sst2", target=TARGET, model=str(tiny_checkpoint), data_dir=str(tiny_data), steps=3,
                        batch_size=2, max_eval=8, device="cpu")
     results = training.train(config, tmp_path / "runs", progress=False)
@@ -195,8 +195,8 @@ def nearest_by_brute_force(prompt, E, metric):
 
 
 @pytest.mark.slow
-def test_a_prompt_trained_by_peft_scores_as_transformers_says(transformers, peft, hf_checkpoint, tiny_data,  # noqa: F811
-                                                              tmp_path, capsys):
+def test_a_prompt_trained_by_peft_scores_as_transformers_says(transformers, peft, hf_checkpoint, tmp_path, capsys,
+                                                              tiny_data):  # noqa: F811
     peft_model, hf_tokenizer = peft_trained_adapter(transformers, peft, hf_checkpoint, tmp_path / "peft")
     trained = peft_model.prompt_encoder["default"].embedding.weight.detach()
     initial = reference(transformers, hf_checkpoint).transformer.wte.weight[hf_tokenizer(TARGET)["input_ids"]]
