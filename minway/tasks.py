@@ -53,6 +53,8 @@ class Task:
             value = getattr(self, name)
             if value is not None and not (isinstance(value, str) and value):
                 raise MinwayError(f"{name} must be a file name, got {value!r}")
+        if (self.train_file is None) != (self.test_file is None):
+            raise MinwayError("a task names both its train_file and its test_file, or neither")
 
     @property
     def n_classes(self):

@@ -167,6 +167,8 @@ def test_a_stored_definition_is_checked_again(tmp_path):
         RunConfig(task={**DEFINITION, "label_words": ["one"]}, target=TARGET)
     with pytest.raises(MinwayError, match="not a task definition"):
         RunConfig(task={**DEFINITION, "labels": ["a", "b"]}, target=TARGET)
+    with pytest.raises(MinwayError, match="both its train_file and its test_file, or neither"):
+        RunConfig(task={**DEFINITION, "test_file": None}, target=TARGET)
 
 
 # ---------------------------------------------------------------- train.py, eval.py and sweep.py
