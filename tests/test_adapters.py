@@ -18,10 +18,12 @@ from fixtures import TOKENIZER_DIR, assert_one_line_error, first_rows, run_cli_i
 from fixtures import tiny_checkpoint, tiny_data  # noqa: F401  (pytest fixtures)
 from minway import adapters, training
 from minway.adapters import read_adapter, write_adapter
+from minway.batch import embed_rows
 from minway.classify import predict
 from minway.config import RunConfig
 from minway.errors import MinwayError
 from minway.metrics import prompt_f1
+from minway.packing import pack
 from minway.storage import load_prompt, save_prompt
 from minway.tasks import encode_inputs, encode_options, get_task
 from minway.tokenizer import load_tokenizer
@@ -85,16 +87,21 @@ def test_peft_gives_the_logits_minway_gives_with_an_exported_prompt(transformers
     theirs_model = peft.PeftModel.from_pretrained(reference(transformers, hf_checkpoint), tmp_path / "adapter")
     assert theirs_model.active_peft_config.num_virtual_tokens == len(target_ids)
     rows = [tokenizer.encode(text) for text, _ in first_rows("sst2", "test", 6)]
-    width = max(map(len, rows))
+    L, width = len(target_ids), max(map(len, rows))
     ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
     mask = torch.tensor([[True] * len(r) + [False] * (width - len(r)) for r in rows])
     with torch.no_grad():
         theirs = theirs_model(input_ids=ids, attention_mask=mask.long()).logits
-        embeds = torch.cat([prompt.expand(len(rows), -1, -1), model.embed(ids)], dim=1)
-        real = torch.cat([torch.ones(len(rows), len(target_ids), dtype=torch.bool), mask], dim=1)
-        ours = model(embeds=embeds, key_padding_mask=real).logits
-    assert ours.shape == theirs.shape == (len(rows), len(target_ids) + width, 50257)
-    assert (ours - theirs)[real].abs().max() <= TOL
+        real = torch.cat([torch.ones(len(rows), L, dtype=torch.bool), mask], dim=1)
+        # the prompt in every row, and the prompt run once with every row continuing it (as classify does)
+        each = model(embeds=embed_rows(model, rows, [prompt] * len(rows)),
+                     packed=pack([L + len(r) for r in rows])).logits
+        shared = model(embeds=torch.cat([prompt, embed_rows(model, rows)]),
+                       packed=pack([L] + [len(r) for r in rows], [()] + [[(0, L)]] * len(rows))).logits
+    assert theirs.shape == (len(rows), L + width, 50257) and each.shape == theirs[real].shape
+    assert (each - theirs[real]).abs().max() <= TOL
+    assert (shared[:L] - theirs[0, :L]).abs().max() <= TOL
+    assert (shared[L:] - theirs[:, L:][mask]).abs().max() <= TOL
 
 
 def test_export_does_not_overwrite_an_adapter_unless_forced(tiny_checkpoint, tmp_path):  # noqa: F811
