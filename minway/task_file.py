@@ -42,10 +42,15 @@ def read_task_file(path):
     """The task's definition: the file's fields, checked, with the defaults filled in."""
     path = Path(path)
     try:
-        fields = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_bytes()
+        fields = json.loads(text)
     except FileNotFoundError:
         raise MinwayError(f"task file {path} does not exist") from None
+    except OSError as e:
+        raise MinwayError(f"task file {path} cannot be read ({e.strerror})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        if not text.strip():
+            raise MinwayError(f"task file {path} is empty: write the task's fields in it, as a JSON object") from None
         raise MinwayError(f"task file {path} is not valid JSON ({e})") from None
     if not isinstance(fields, dict):
         raise MinwayError(f"task file {path} must hold a JSON object: the task's fields")

@@ -68,13 +68,20 @@ def test_a_mistake_in_the_file_is_one_line(tmp_path, fields, fragment):
 
 @pytest.mark.parametrize("content, fragment", [
     ("{not json", "is not valid JSON"),
+    ("", "is empty: write the task's fields in it"),
+    (" \n", "is empty"),
+    (b"\xff{}", "is not valid JSON"),
     ("[]", "must hold a JSON object"),
     (json.dumps({k: v for k, v in DEFINITION.items() if k != "test_file"}), "lacks test_file"),
 ])
 def test_a_file_that_is_not_a_definition_is_one_line(tmp_path, content, fragment):
     path = tmp_path / "task.json"
-    path.write_text(content)
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
     assert fragment in error_of(path)
+
+
+def test_a_directory_for_a_task_file_is_one_line(tmp_path):
+    assert "cannot be read" in error_of(tmp_path)
 
 
 def test_a_missing_task_file_is_one_line_before_torch(tmp_path):
