@@ -21,7 +21,7 @@ from minway.objective import bank_losses
 from minway.prompt import PromptBank
 from minway.training import _clip_each
 
-OUTPUT_TOKENS = 4  # the tail of each row carries the loss, like " It was great ."
+OUTPUT_TOKENS = 3  # the tail of each row carries the loss, like " great ." and end-of-text
 GAMMA, LR, CLIP = 0.01, 0.01, 1.0
 
 

@@ -29,7 +29,7 @@ from minway.objective import bank_losses  # noqa: E402
 from minway.prompt import PromptBank  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-OUTPUT_TOKENS = 4  # " It was great ." carries the loss
+OUTPUT_TOKENS = 3  # " great ." and end-of-text carry the loss
 
 
 def sync(device):
