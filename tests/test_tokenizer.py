@@ -105,3 +105,10 @@ def test_mismatched_merges_are_reported(tmp_path):
     with pytest.raises(MinwayError, match="come from different tokenizers") as error:
         load_tokenizer(tmp_path)
     assert "\n" not in str(error.value)
+
+
+def test_a_malformed_merge_line_is_named_by_its_line_number(tmp_path):
+    write_tiny_tokenizer(tmp_path, [("h", "e"), ("l", "l")])
+    (tmp_path / "merges.txt").write_text("#version: 0.2\nh e\nl l extra\n", encoding="utf-8")
+    with pytest.raises(MinwayError, match=r"merges.txt line 3 is 'l l extra', not two tokens"):
+        load_tokenizer(tmp_path)
