@@ -561,8 +561,9 @@ def run_pytest(copy_root, files, timeout, env, extra=()):
         return "survived", seconds, output.strip().splitlines()[-1]  # "N passed, M skipped in ..."
     failures = re.findall(r"^(?:FAILED|ERROR) (\S+)", output, re.M)
     detail = failures[0] if failures else "\n".join(output.strip().splitlines()[-5:])
-    # 1: tests failed; 2: interrupted, e.g. the mutant broke an import during collection
-    return ("killed" if process.returncode in (1, 2) else "error"), seconds, detail
+    # 4 and 5 (a usage error, no test collected) say the command is wrong, not the code; the
+    # others are failures: 1 tests failed, 2 collection broke (an import), < 0 the process crashed
+    return ("error" if process.returncode in (4, 5) else "killed"), seconds, detail
 
 
 def baseline(copy_root, modules, env):

@@ -378,6 +378,20 @@ def test_cached_continuation_past_the_context_raises_value_error(pair):
                   position_offset=torch.tensor([n - 2]), past=cached.present)
 
 
+def test_prefix_cache_takes_up_to_the_context(pair):
+    _, model = pair
+    n, d = model.config.n_positions, model.config.n_embd
+    with torch.no_grad():
+        assert len(model.prefix_cache(torch.zeros(1, n, d))) == model.config.n_layer  # exactly the context is fine
+        with pytest.raises(ValueError, match=f"prefix of {n + 1} positions is longer than the model's context of {n}"):
+            model.prefix_cache(torch.zeros(1, n + 1, d))
+
+
+def test_the_default_config_is_gpt2_small():
+    assert GPT2Config() == SIZES["gpt2"]
+    assert (GPT2Config().vocab_size, GPT2Config().n_positions, GPT2Config().layer_norm_epsilon) == (50257, 1024, 1e-5)
+
+
 @pytest.mark.parametrize("size, count", [("gpt2", 124_439_808), ("gpt2-medium", 354_823_168),
                                          ("gpt2-large", 774_030_080), ("gpt2-xl", 1_557_611_200)])
 def test_released_sizes_have_the_published_parameter_counts(size, count):

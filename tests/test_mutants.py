@@ -153,3 +153,8 @@ def test_pytest_outcomes(tmp_path):
     status, _, failed = mutants.run_pytest(tmp_path, ["test_ok.py", "test_bad.py"], 60, env)
     assert (status, failed) == ("killed", "test_bad.py::test_bad")
     assert mutants.run_pytest(tmp_path, ["test_hangs.py"], 1, env)[0] == "timeout"
+    # a mutant that crashes the test process is caught; a command that runs no test is the tool's error
+    (tmp_path / "test_crash.py").write_text("import os, signal\n\n\ndef test_crash():\n"
+                                            "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    assert mutants.run_pytest(tmp_path, ["test_crash.py"], 60, env)[0] == "killed"
+    assert mutants.run_pytest(tmp_path, ["test_missing.py"], 60, env)[0] == "error"
