@@ -56,3 +56,8 @@ def test_run_id_changes_with_what_changes_the_prompt_only():
     assert replace(c, data_dir="elsewhere", eval_every=5, checkpoint_every=7, eval_batch_size=3).run_id() == c.run_id()
     changed = [replace(c, lr=0.02), replace(c, dropout=0.0), replace(c, steps=10), replace(c, label_map=(1, 0))]
     assert len({c.run_id(), *(other.run_id() for other in changed)}) == 1 + len(changed)
+
+
+def test_run_ids_stay_what_they_were():
+    # finished runs are found again by their id: a change here orphans every existing run directory
+    assert config().run_id() == "sst2-gpt2-large-Is-this-movie-good-g0.01-s1-f39344d8"
