@@ -81,7 +81,7 @@ TESTS = {
     "minway/metrics.py": ["tests/test_metrics.py", "tests/test_evaluation.py", "tests/test_reachability.py"],
     "minway/evaluation.py": ["tests/test_evaluation.py", "tests/test_reachability.py", "tests/test_storage.py",
                              "tests/test_train_cli.py"],
-    "minway/training.py": ["tests/test_train_cli.py", "tests/test_multi_prompt.py"],
+    "minway/training.py": ["tests/test_training.py", "tests/test_train_cli.py", "tests/test_multi_prompt.py"],
     "minway/storage.py": ["tests/test_storage.py", "tests/test_train_cli.py"],
     "minway/tasks.py": ["tests/test_tasks_data.py", "tests/test_classify.py"],
     "minway/data.py": ["tests/test_tasks_data.py"],
@@ -366,9 +366,10 @@ def _call_sites(src, node):
             start, end = src.offset_in(node, item)
         return text[:start] + text[end:]
 
+    display = ast.unparse(node.func).split(".")[-1] == "tqdm"  # its keywords only show progress
     for i, item in enumerate(items):
         if isinstance(item, ast.keyword) and item.arg not in (None, *DISPLAY_KEYWORDS, *KEPT_KEYWORDS) \
-                and not _is_message(item.value):
+                and not _is_message(item.value) and not display:
             keywords = [k for k in node.keywords if k is not item]
             yield Site(node, "call", _with(node, keywords=keywords), without(i))
     if node.args and _signed_constant(node.args[-1]):

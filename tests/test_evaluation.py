@@ -20,6 +20,7 @@ def test_f1_lemmatises_and_f1_no_lemma_does_not(tiny_checkpoint, metric):  # noq
     assert report["f1_no_lemma"] == pytest.approx(1 / 3)         # only "home" is the same word
     assert report["f1_released_code"] == pytest.approx(1 / 3)
     assert report["position_match"] == pytest.approx(1 / 3)
+    assert report["marked"] == "[Children] [went] [-Child] [-go] home"  # the projection, marked against the target
 
 
 def report(f1, unreachable=(), ceiling=1.0, marked="Is this movie good?"):

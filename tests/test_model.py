@@ -387,6 +387,12 @@ def test_prefix_cache_takes_up_to_the_context(pair):
             model.prefix_cache(torch.zeros(1, n + 1, d))
 
 
+def test_every_layer_norm_takes_the_configs_epsilon():
+    model = GPT2(GPT2Config(vocab_size=100, n_positions=16, n_embd=24, n_layer=2, n_head=2, layer_norm_epsilon=0.25))
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert len(norms) == 2 * 2 + 1 and all(m.eps == 0.25 for m in norms)
+
+
 def test_the_default_config_is_gpt2_small():
     assert GPT2Config() == SIZES["gpt2"]
     assert (GPT2Config().vocab_size, GPT2Config().n_positions, GPT2Config().layer_norm_epsilon) == (50257, 1024, 1e-5)

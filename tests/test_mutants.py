@@ -26,6 +26,7 @@ def f(a: int, b: list[int] = None, c: int = 2) -> float:
     assert a >= 0, f"negative {a - 1}"
     total += min(b[:a], default=0)
     print(f"total {total}", a + 2)
+    bar = tqdm(range(a, 4), leave=False)
     return max(total * 2, -1) if b is None else sorted(b, reverse=True)[1:a]
 
 
@@ -70,15 +71,18 @@ def test_every_mutant_edits_one_span_of_one_line():
 
 def test_docstrings_strings_messages_annotations_imports_and_display_are_left_alone():
     found = all_mutants(SAMPLE)
-    on = {line: [m.mutated for m in found if m.line == line] for line in range(1, 26)}
-    assert not on[1] + on[2] + on[3] + on[9] + on[12] + on[15] + on[19]  # docstrings, imports, raise, print, decorator
+    on = {line: [m.mutated for m in found if m.line == line] for line in range(1, 27)}
+    # docstrings, imports, raise, print, decorator
+    assert not on[1] + on[2] + on[3] + on[9] + on[12] + on[15] + on[20]
     # defaults, conditions and code beside a string change; annotations, messages and strings do not
     assert on[5] and all(m.startswith("LIMIT: int = ") for m in on[5])
     assert on[8] and all("a: int, b: list[int] = None, c: int = " in m and m.endswith(") -> float:") for m in on[8])
     assert on[10] and all(m.startswith('    s = f"é{a + 1}"; total = a ') for m in on[10])
     assert on[13] and all(m.endswith(', f"negative {a - 1}"') for m in on[13])
-    assert on[21] == ["    x: int = 2", "    x: int = 0"]
-    assert on[25] and all('device="cpu"' in m for m in on[25])  # no use dropping it on a CPU
+    assert on[22] == ["    x: int = 2", "    x: int = 0"]
+    assert "    bar = tqdm(range(4, a), leave=False)" in on[16]  # the range counts, the display does not
+    assert all("leave=False" in m for m in on[16])
+    assert on[26] and all('device="cpu"' in m for m in on[26])  # no use dropping it on a CPU
 
 
 @pytest.mark.parametrize("line, mutated", [

@@ -112,3 +112,12 @@ def test_a_malformed_merge_line_is_named_by_its_line_number(tmp_path):
     (tmp_path / "merges.txt").write_text("#version: 0.2\nh e\nl l extra\n", encoding="utf-8")
     with pytest.raises(MinwayError, match=r"merges.txt line 3 is 'l l extra', not two tokens"):
         load_tokenizer(tmp_path)
+
+
+def test_single_bytes_must_have_the_ids_below_256(tmp_path):
+    write_tiny_tokenizer(tmp_path, [("h", "e")])
+    vocab = json.loads((tmp_path / "vocab.json").read_text(encoding="utf-8"))
+    vocab["a"], vocab["he"] = vocab["he"], vocab["a"]  # the byte "a" at id 256, the merge at 97
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    with pytest.raises(MinwayError, match="does not give ids 0-255 to the 256 single bytes"):
+        load_tokenizer(tmp_path)
