@@ -701,7 +701,8 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     parser.add_argument("--list", action="store_true", help="list the mutants and run nothing")
     parser.add_argument("--id", nargs="+", metavar="ID", help="run these mutants (ids from a listing) only")
-    parser.add_argument("--jobs", type=int, default=1, help="mutants run at once, each in its own copy")
+    parser.add_argument("--jobs", type=int, default=2,
+                        help="mutants run at once, each in its own copy with one torch thread (default 2)")
     parser.add_argument("--timeout-factor", type=float, default=3.0,
                         help="a mutant's tests may take this many times their baseline time, plus 60 s")
     parser.add_argument("--out", type=Path, default=ROOT / "mutants", help="results directory (default mutants/)")
