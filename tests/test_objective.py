@@ -43,7 +43,7 @@ def test_prompted_embeddings(model):
     assert embeds.shape == (2, 5, TINY.n_embd)
     assert torch.equal(embeds[0, :3], prompt) and torch.equal(embeds[1, :3], prompt)
     assert torch.equal(embeds[0, 3:], model.wte.weight[[5, 6]]) and torch.equal(embeds[1, 3], model.wte.weight[7])
-    assert mask.tolist() == [[True] * 5, [True] * 4 + [False]]
+    assert mask.dtype == torch.bool and mask.tolist() == [[True] * 5, [True] * 4 + [False]]
 
 
 def test_output_nll_equals_the_full_logits_of_the_token_sequence(model):
@@ -75,6 +75,17 @@ def test_output_nll_batched_equals_one_row_at_a_time(model):
         expected = -sum(logp[start + j - 1, t] for j, t in enumerate(ids_out)) / len(ids_out)
         assert float(batched[b]) == pytest.approx(float(expected), abs=1e-4)
     assert batched.std() > 0.1  # rows differ: a mix-up of rows would show
+
+
+def test_a_long_input_with_a_short_output_beside_a_long_output(model):
+    """The padded output positions of a row may lie past the batch's last position (here the first
+    row's fifth output position would be its 13th of 9): they are clamped, and carry no loss."""
+    inputs, outputs = [[2061, 318, 262, 3139, 286, 4881, 5633, 1892], [17]], [[764], [632, 373, 1049, 764, 1195, 25]]
+    bank = PromptBank(model, [[464, 3290]])
+    with torch.no_grad():
+        together = bank_output_nll(model, bank.vectors, bank.lengths, torch.tensor([0, 0]), inputs, outputs)
+        alone = torch.cat([output_nll(model, bank.prompt(0), [i], [o]) for i, o in zip(inputs, outputs)])
+    torch.testing.assert_close(together, alone, atol=1e-4, rtol=0)
 
 
 def test_wayward_loss_is_ce_plus_gamma_times_distance(model):
