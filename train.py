@@ -1,54 +1,65 @@
 """Train a wayward prompt: solve a task while projecting to a chosen text.
 
     python train.py --task sst2 --target "Write a question about the given fact." [--model gpt2-large]
-"""
-import argparse
+    python train.py --task sst2 --target-name subtask047_misc_answering_science_questions
 
-from minway.cli import run_cli
-from minway.prompt import METRICS
+--target-name picks one of the paper's target prompts, which ship with minway: the 32
+Natural-Instructions definitions (natural_prompts.json), the PILE sentences (pile.json,
+and pile_n=L.json of L tokens) and the tasks' true definitions (good_prompts.json).
+"""
+import json
+from pathlib import Path
+
+from minway.choices import ATTENTIONS, DTYPES, METRICS
+from minway.cli import Parser, run_cli
+from minway.errors import MinwayError
 from minway.targets import resolve_target
 from minway.tasks import TASKS
-from minway.evaluation import summary
-from minway.config import RunConfig
-from minway.errors import MinwayError
-from minway.training import compare, train
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser():
+    p = Parser(description=__doc__)
     p.add_argument("--task", required=True, help=f"one of {', '.join(TASKS)} (SST-2 etc. accepted)")
     target = p.add_argument_group("target text (exactly one)")
     target.add_argument("--target", help="the text the prompt should project to")
     target.add_argument("--target-file", help="a file holding the target text")
-    target.add_argument("--target-name", help="a name in --prompts-file (default: ../shared/prompts/*.json)")
-    target.add_argument("--prompts-file", help="JSON {name: text}, the layout of the paper's prompt files")
+    target.add_argument("--target-name", help="the name of a target in --prompts-file, e.g. one of the paper's")
+    target.add_argument("--prompts-file", help="JSON {name: text} to look --target-name up in: a path, or the name "
+                                               "of one of the paper's files, e.g. pile_n=14.json (default: every "
+                                               "file of $MINWAY_PROMPTS, else of the paper's, which ship with minway)")
     p.add_argument("--model", default="gpt2-large", help="gpt2, gpt2-medium, gpt2-large, gpt2-xl or a checkpoint dir")
     p.add_argument("--gamma", type=float, default=0.01, help="weight of the distance to the target (0: unconstrained)")
-    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--steps", type=int, default=2000, help="optimiser steps")
     p.add_argument("--batch-size", type=int, help="training examples per step (default: the task's, 8; 4 for "
                                                   "agnews and subj, as the released code)")
-    p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--lr", type=float, default=0.01, help="AdamW's learning rate, decayed linearly to 0")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW's weight decay")
     p.add_argument("--dropout", type=float, default=0.1,
                    help="GPT-2's dropout while the prompt trains, as the released code (0: none)")
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--seed", type=int, default=1, help="seed of the batch order (and of --k's sample)")
     p.add_argument("--metric", choices=METRICS, default="dot", help="nearest neighbour of d-proj (the paper: dot)")
     p.add_argument("--k", type=int, help="training examples per class (default: all)")
-    p.add_argument("--label-map", help="train towards permuted labels, e.g. 1,0: positive reviews called negative")
-    p.add_argument("--data-dir", help="holds <task>/{train,test}.tsv (default: $MINWAY_DATA, data/, ../shared/data)")
-    p.add_argument("--max-eval", type=int, help="evaluate on the first N test examples only")
-    p.add_argument("--eval-batch-size", type=int, default=32)
+    p.add_argument("--label-map", help="train towards permuted labels, e.g. 1,0: positive reviews called negative "
+                                       "(default: none)")
+    p.add_argument("--data-dir", help="holds <task>/{train,test}.tsv (default: $MINWAY_DATA, else the data that "
+                                      "ships with minway)")
+    p.add_argument("--max-eval", type=int, help="evaluate on the first N test examples only (default: all)")
+    p.add_argument("--eval-batch-size", type=int, default=32, help="test examples per forward pass")
     p.add_argument("--eval-every", type=int, default=0, help="test accuracy every N steps (0: at the end only)")
-    p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints")
     p.add_argument("--compare", action="store_true", help="also train the unconstrained twin and report the drop")
-    p.add_argument("--out", default="runs")
+    p.add_argument("--out", default="runs", help="where run directories go")
     p.add_argument("--device", default="auto", help="cuda, cpu or auto")
-    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
-    p.add_argument("--attention", choices=("auto", "naive", "sdpa", "triton"), default="auto")
+    p.add_argument("--dtype", choices=DTYPES, default="fp32", help="of the model's weights")
+    p.add_argument("--attention", choices=ATTENTIONS, default="auto", help="attention implementation")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
     p.add_argument("--force", action="store_true", help="train again even if the run exists")
-    p.add_argument("--no-progress", action="store_true")
-    return p.parse_args(argv)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def parse_args(argv=None):
+    return build_parser().parse_args(argv)
 
 
 def parse_label_map(text):
@@ -60,9 +71,24 @@ def parse_label_map(text):
         raise MinwayError(f"--label-map {text!r} must be comma-separated label ids, e.g. 1,0") from None
 
 
+def stored_results(path):
+    """The results of a finished run, or None."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except json.JSONDecodeError as e:
+        raise MinwayError(f"{path} is not valid JSON ({e}): pass --force to train the run again") from None
+
+
 def main(argv=None):
     args = parse_args(argv)
     target = resolve_target(args.target, args.target_file, args.target_name, args.prompts_file)
+    # torch comes in with these, after the arguments are read: --help and mistakes answer at once
+    from minway.config import RunConfig
+    from minway.evaluation import summary
+    from minway.training import compare, train
+
     config = RunConfig(
         task=args.task, target=target, model=args.model, gamma=args.gamma, steps=args.steps,
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, dropout=args.dropout, seed=args.seed,
@@ -70,14 +96,20 @@ def main(argv=None):
         eval_batch_size=args.eval_batch_size, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
         device=args.device, dtype=args.dtype, attention=args.attention, target_name=args.target_name,
         label_map=parse_label_map(args.label_map))
-    run = compare if args.compare else train
-    results = run(config, args.out, args.resume, args.force, progress=not args.no_progress)
+    results_path = Path(args.out) / config.run_id() / "results.json"
+    results = None if args.force else stored_results(results_path)
+    finished = results is not None and (not args.compare or "compare" in results)
+    if not finished:
+        run = compare if args.compare else train
+        # a finished run whose twin was never trained (--compare added later) is kept: only the twin trains
+        results = run(config, args.out, args.resume or results is not None, args.force, progress=not args.no_progress)
     if results.get("random_weights"):
-        print("NOTE: this checkpoint has random weights: its accuracy means nothing, and neither does its prompt "
-              "F1 (random embeddings are far smaller than GPT-2's, so gamma pulls far less); the pipeline is "
-              "what ran.")
+        print("NOTE: this checkpoint has random weights: its accuracy means nothing, and its prompt F1 only shows "
+              "how far gamma holds a prompt on these embeddings, not what GPT-2 would do; the pipeline is what ran.")
     print(summary(results, target))
-    print(f"results: {args.out}/{results['run_id']}/results.json")
+    print(f"results: {results_path}")
+    if finished:
+        print("this run had finished before, so nothing was trained: pass --force to train it again")
 
 
 if __name__ == "__main__":

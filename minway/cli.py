@@ -1,13 +1,38 @@
-"""What the command-line tools share: a user's mistake is one line, not a traceback."""
+"""What the command-line tools share: a user's mistake is one line, not a traceback, and
+``--help`` shows every default. The scripts parse their arguments before importing torch,
+so that ``--help`` and a mistyped option answer at once."""
+import argparse
 import sys
 
 from minway.errors import MinwayError
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The description as written; "(default: X)" after each option whose help does not say it
+    (a flag's default is to be off; an option without a default says in its help what happens)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default is not None and action.default is not argparse.SUPPRESS and action.nargs != 0 \
+                and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse's parser with that help, and a mistake in one line (the usage is one --help away)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(formatter_class=HelpFormatter, **kwargs)
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def run_cli(main):
     try:
         main()
-    except MinwayError as e:
+    except (MinwayError, OSError) as e:  # OSError: a file that cannot be read or written (permissions, disk full)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:

@@ -1,26 +1,30 @@
 """Datasets: finding, reading, k-shot sampling and tokenising.
 
-Layouts read (``text<TAB>label`` with a header line, label an integer):
+Layouts read (``text<TAB>label`` with a header line, label an integer; each file
+``.tsv`` or gzipped ``.tsv.gz``):
 
     <data-dir>/<task>/{train,test}.tsv                    full splits
     <data-dir>/k-shot/<task>/<k>-<seed>/{train,test}.tsv  LM-BFF k-shot splits
 
-The data directory is ``--data-dir``, else ``$MINWAY_DATA``, else ``data/``, else
-``../shared/data`` next to this repository. A task missing everywhere is
-downloaded from the Hugging Face Hub into ``data/`` when ``datasets`` is installed
-and the network answers; otherwise a one-line error says what to do.
+The data directory is ``--data-dir``, else ``$MINWAY_DATA``, else the five tasks
+that ship with minway (``minway/resources/data``), then the download cache. A
+task found in none of them is downloaded from the Hugging Face Hub into the cache
+(``$XDG_CACHE_HOME/minway/data``, by default ``~/.cache/minway/data``) when
+``datasets`` is installed and the network answers; otherwise a one-line error
+says what to do.
 """
 import csv
+import gzip
 import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from minway import resources
 from minway.errors import MinwayError
 from minway.tasks import Task
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+SHIPPED_DATA = resources.DATA
 
 # Hub copies of the tasks: (dataset id, text column, label column or None, {source label name: our label}).
 HUB_SOURCES = {
@@ -39,28 +43,37 @@ class Example:
     label: int
 
 
+def download_dir():
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "minway" / "data"
+
+
 def data_dir_candidates(data_dir=None):
+    """(directories to search, what named them: "--data-dir", "$MINWAY_DATA" or None for the defaults)."""
     if data_dir:
-        return [Path(data_dir)]
+        return [Path(data_dir)], "--data-dir"
     if os.environ.get("MINWAY_DATA"):
-        return [Path(os.environ["MINWAY_DATA"])]
-    return [Path("data"), SHARED_DATA]
+        return [Path(os.environ["MINWAY_DATA"])], "$MINWAY_DATA"
+    return [SHIPPED_DATA, download_dir()], None
 
 
 def read_tsv(path, n_classes):
     path = Path(path)
     examples = []
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = next(rows, None)
-        if header is None or [h.strip().lower() for h in header[:2]] != ["text", "label"]:
-            raise MinwayError(f"{path} must start with the header line 'text<TAB>label'")
-        for line, row in enumerate(rows, start=2):
-            if len(row) != 2 or not row[1].strip().lstrip("-").isdigit() or not 0 <= int(row[1]) < n_classes:
-                raise MinwayError(f"{path}:{line} is not 'text<TAB>label' with a label in 0..{n_classes - 1}")
-            if not row[0].strip():
-                raise MinwayError(f"{path}:{line} has an empty text: remove the line or give it a text")
-            examples.append(Example(row[0], int(row[1])))
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", newline="", encoding="utf-8") as f:
+        try:
+            rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+        except (gzip.BadGzipFile, EOFError) as e:
+            raise MinwayError(f"{path} is not a complete gzip file ({e})") from None
+    header = rows[0] if rows else None
+    if header is None or [h.strip().lower() for h in header[:2]] != ["text", "label"]:
+        raise MinwayError(f"{path} must start with the header line 'text<TAB>label'")
+    for line, row in enumerate(rows[1:], start=2):
+        if len(row) != 2 or not row[1].strip().lstrip("-").isdigit() or not 0 <= int(row[1]) < n_classes:
+            raise MinwayError(f"{path}:{line} is not 'text<TAB>label' with a label in 0..{n_classes - 1}")
+        if not row[0].strip():
+            raise MinwayError(f"{path}:{line} has an empty text: remove the line or give it a text")
+        examples.append(Example(row[0], int(row[1])))
     if not examples:
         raise MinwayError(f"{path} has no examples")
     return examples
@@ -71,15 +84,20 @@ def find_split(task: Task, split, data_dir=None, k_shot=None):
     relative = Path(task.name) / f"{split}.tsv"
     if k_shot:
         relative = Path("k-shot") / task.name / f"{k_shot[0]}-{k_shot[1]}" / f"{split}.tsv"
-    candidates = data_dir_candidates(data_dir)
+    candidates, source = data_dir_candidates(data_dir)
     for directory in candidates:
-        if (directory / relative).is_file():
-            return directory / relative
-    if not k_shot and not data_dir and download(task, Path("data")):
-        return Path("data") / relative
-    raise MinwayError(f"no {relative} in {' or '.join(str(c) for c in candidates)}: pass --data-dir DIR "
-                      f"holding <task>/{{train,test}}.tsv (text<TAB>label), set $MINWAY_DATA, "
-                      f"or `pip install datasets` to download it")
+        for path in (directory / relative, directory / relative.with_suffix(".tsv.gz")):
+            if path.is_file():
+                return path
+    layout = "<task>/{train,test}.tsv or .tsv.gz (text<TAB>label)"
+    if source:
+        raise MinwayError(f"no {relative} in {candidates[0]} (named by {source}): the directory must hold "
+                          f"{layout}; without {source}, the data that ships with minway is used")
+    if not k_shot and download(task, download_dir()):
+        return download_dir() / relative
+    raise MinwayError(f"no {relative} in {' or '.join(str(c) for c in candidates)}, and it could not be "
+                      f"downloaded: pass --data-dir DIR holding {layout}, set $MINWAY_DATA, or "
+                      f"`pip install minway[datasets]` to download it")
 
 
 def load_split(task: Task, split, data_dir=None, k_shot=None):

@@ -78,11 +78,11 @@ def summary(results, target_text):
     if "hard_prompt_accuracy" in results:
         lines.append(f"hard-prompt accuracy (d-proj as text): {100 * results['hard_prompt_accuracy']:.1f}%")
     lines.append(f"c-dist to target: {results['c_dist']:.4f}")
-    for m, report in results["projections"].items():
-        ceiling = f", ceiling {100 * report['f1_ceiling']:.1f}" if report["unreachable_target_tokens"] else ""
-        lines.append(f"prompt F1 [{m}{' (main)' if m == results['metric'] else ''}]: {100 * report['f1']:.1f} "
-                     f"(no lemmas {100 * report['f1_no_lemma']:.1f}, the released code's "
-                     f"{100 * report['f1_released_code']:.1f}), positions matched "
+    for m, report in results["projections"].items():  # F1 from 0 to 1, as in results.json and the progress bar
+        ceiling = f", ceiling {report['f1_ceiling']:.2f}" if report["unreachable_target_tokens"] else ""
+        lines.append(f"prompt F1 [{m}{' (main)' if m == results['metric'] else ''}]: {report['f1']:.2f} "
+                     f"(no lemmas {report['f1_no_lemma']:.2f}, the released code's "
+                     f"{report['f1_released_code']:.2f}), positions matched "
                      f"{100 * report['position_match']:.1f}%{ceiling}")
     if main["unreachable_target_tokens"]:
         lines.append(f"target tokens unreachable under {results['metric']}: {main['unreachable_target_tokens']} "
@@ -93,5 +93,6 @@ def summary(results, target_text):
         c = results["compare"]
         lines.append(f"unconstrained vs constrained: Acc(p*c) {100 * c['accuracy_unconstrained']:.1f} -> "
                      f"Acc(p~c) {100 * c['accuracy_constrained']:.1f}, relative drop "
-                     + ("n/a" if c["relative_drop"] is None else f"{c['relative_drop']:.1f}%"))
+                     + ("n/a" if c["relative_drop"] is None else f"{c['relative_drop']:.1f}%")
+                     + f"; prompt F1 {c['f1_unconstrained']:.2f} -> {results['prompt_f1']:.2f}")
     return "\n".join(lines)

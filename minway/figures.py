@@ -23,7 +23,7 @@ from minway.errors import MinwayError
 from minway.prompt import d_proj
 from minway.report import build_report
 from minway.storage import load_prompt
-from minway.tokenizer import load_tokenizer
+from minway.tokenizer import load_checkpoint_tokenizer
 from weights import load_token_embeddings, resolve_checkpoint
 
 ACCURACY_COLOUR, F1_COLOUR = "tab:blue", "tab:orange"
@@ -160,7 +160,8 @@ def positions_figure(plt, run_dir, path):
     top.set_title(f"{Path(run_dir).name}: {sum(hits)}/{len(hits)} positions project to the target ({config.metric})")
     bottom.bar(xs, nearest.margin.tolist(), color="tab:gray")
     bottom.set_ylabel(f"margin ({config.metric})")
-    bottom.set_xticks(xs, load_tokenizer(checkpoint).token_strings(target_ids), rotation=90, fontsize="small")
+    bottom.set_xticks(xs, load_checkpoint_tokenizer(checkpoint).token_strings(target_ids), rotation=90,
+                      fontsize="small")
     return _save(fig, path)
 
 

@@ -9,7 +9,7 @@ from minway.data import load_split, sample_per_class
 from minway.errors import MinwayError
 from minway.prompt import METRICS
 from minway.tasks import encode_options, get_task
-from minway.tokenizer import load_tokenizer
+from minway.tokenizer import load_checkpoint_tokenizer
 from weights import load_gpt2, resolve_checkpoint
 
 
@@ -35,7 +35,7 @@ class Setup:
         self.random_weights = bool(json.loads((Path(self.checkpoint_dir) / "config.json").read_text())
                                    .get("minway_random_weights"))
         self.model = load_gpt2(self.checkpoint_dir, self.device, DTYPES[config.dtype], config.attention).freeze()
-        self.tokenizer = load_tokenizer(self.checkpoint_dir)
+        self.tokenizer = load_checkpoint_tokenizer(self.checkpoint_dir)
         self.common, self.options = encode_options(self.task, self.tokenizer)
 
         train = load_split(self.task, "train", config.data_dir)

@@ -1,14 +1,15 @@
-"""The paper's experiments as one resumable grid of runs (section 4 of Khashabi et al.).
+"""The paper's experiments as one resumable grid of runs (section 4 of Khashabi et al.);
+its command line is sweep.py.
 
     python sweep.py --preset main --models gpt2-large --device cuda --dtype bf16
     python sweep.py --preset gamma --tasks sst2 --seeds 1 --dry-run
     python sweep.py --preset size --ray auto          # on a running Ray cluster
 
-A sweep is a grid: tasks x target prompts x seeds x gamma x model. The targets come
-in groups read from a prompts directory in the layout of the paper's release: NI (32
-Natural Instructions definitions), PILE (30 sentences), TRUE (5 true definitions of
-the run's own task) and PILE-4 ... PILE-56 (PILE sentences of exactly L tokens).
-Every constrained run has its unconstrained twin: gamma = 0, same target, same
+A sweep is a grid (minway.presets): tasks x target prompts x seeds x gamma x model. The
+targets come in groups read from a prompts directory in the layout of the paper's
+release: NI (32 Natural Instructions definitions), PILE (30 sentences), TRUE (5 true
+definitions of the run's own task) and PILE-4 ... PILE-56 (PILE sentences of exactly
+L tokens). Every constrained run has its unconstrained twin: gamma = 0, same target, same
 seed, hence same length and same initialisation; the relative drop is per target.
 
 Runs of one model, task and schedule train together, K prompts per batch
@@ -17,50 +18,23 @@ runs are done, failed (with the error) or pending; a finished run is never train
 again, and a killed sweep continues where it stopped. At the end the sweep writes
 ``report.md``, ``report.json`` and figures (see minway.report and minway.figures).
 """
-import argparse
-import json
 import os
 from collections import defaultdict
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-import torch
 from tqdm.auto import tqdm
 
 from minway.config import RunConfig
 from minway.errors import MinwayError
-from minway.prompt import METRICS
+from minway.presets import GROUP_FILES, Grid
 from minway.setup import Setup
-from minway.storage import atomic_write_text
-from minway.targets import SHARED_PROMPTS, read_prompts_file
+from minway.sweep_state import SweepState, is_finished
+from minway.targets import read_prompts_file
 from minway.tasks import canonical_name, get_task
 from minway.training import train, train_many
 
-PAPER_TASKS = ("sst2", "sst5", "agnews", "subj", "trec")
-MODEL_SIZES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
-PILE_LENGTHS = (4, 7, 14, 28, 56)
-GROUP_FILES = {"NI": "natural_prompts.json", "PILE": "pile.json", "TRUE": "good_prompts.json",
-               **{f"PILE-{n}": f"pile_n={n}.json" for n in PILE_LENGTHS}}
 CRASH_ONCE_ENV = "MINWAY_SWEEP_CRASH_ONCE"
-
-
-@dataclass(frozen=True)
-class Grid:
-    tasks: tuple[str, ...]
-    groups: tuple[str, ...]
-    gammas: tuple[float, ...]
-    seeds: tuple[int, ...] = (1, 2, 3)
-    models: tuple[str, ...] = ("gpt2-large",)
-    targets_limit: int | None = None  # the first N targets of each group
-
-
-PRESETS = {
-    "main": Grid(PAPER_TASKS, ("NI", "PILE"), (0.01,)),                            # Table 2
-    "gamma": Grid(("sst2", "agnews"), ("NI",), (0.001, 0.003, 0.005, 0.01, 0.02, 0.03)),  # Fig. 3
-    "length": Grid(("sst2", "agnews"), tuple(f"PILE-{n}" for n in PILE_LENGTHS), (0.01,)),  # Fig. 4
-    "size": Grid(("sst2",), ("PILE",), (0.003, 0.005, 0.01), models=MODEL_SIZES),   # Fig. 5
-    "true": Grid(PAPER_TASKS, ("TRUE",), (0.01,)),                                  # Tables 4 and 5
-}
 
 
 @dataclass(frozen=True)
@@ -78,12 +52,6 @@ class PlannedRun:
 
 
 # ---------------------------------------------------------------- the grid
-
-def default_prompts_dir():
-    if not SHARED_PROMPTS.is_dir():
-        raise MinwayError(f"no prompts directory at {SHARED_PROMPTS}: pass --prompts-dir")
-    return SHARED_PROMPTS
-
 
 def group_targets(prompts_dir, group, task):
     """The (name, text) targets of one group; TRUE keeps the definitions of ``task`` only."""
@@ -134,50 +102,13 @@ def make_chunks(runs, prompts_per_batch):
     return chunks
 
 
-def is_finished(run, out):
-    return (Path(out) / run.run_id / "results.json").exists()
-
-
-# ---------------------------------------------------------------- the sweep state
-
-class SweepState:
-    """``sweep.json``: the plan and where each run stands, rewritten (atomically) after every chunk."""
-
-    def __init__(self, sweep_dir, runs, out, settings):
-        self.path = Path(sweep_dir) / "sweep.json"
-        old_errors = {r["run_id"]: r.get("error") for r in self.read(sweep_dir)["runs"]} if self.path.exists() else {}
-        self.data = {"settings": settings, "out": str(Path(out).resolve()), "runs": []}
-        for run in runs:
-            done = is_finished(run, out)
-            error = None if done else old_errors.get(run.run_id)
-            self.data["runs"].append({
-                "run_id": run.run_id, "twin": run.twin_id, "group": run.group, "task": run.config.task,
-                "model": run.config.model, "target_name": run.config.target_name, "gamma": run.config.gamma,
-                "seed": run.config.seed, "status": "done" if done else "failed" if error else "pending",
-                "error": error})
-        self.entry = {r["run_id"]: r for r in self.data["runs"]}
-
-    @staticmethod
-    def read(sweep_dir):
-        path = Path(sweep_dir) / "sweep.json"
-        try:
-            return json.loads(path.read_text())
-        except FileNotFoundError:
-            raise MinwayError(f"{path} does not exist: run the sweep first") from None
-        except json.JSONDecodeError as e:
-            raise MinwayError(f"{path} is not valid JSON ({e})") from None
-
-    def count(self, status):
-        return sum(r["status"] == status for r in self.data["runs"])
-
-    def record(self, errors):
-        """Mark the runs of a chunk: {run_id: None (done) or the error}."""
-        for run_id, error in errors.items():
-            self.entry[run_id].update(status="failed" if error else "done", error=error)
-
-    def save(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.path, json.dumps(self.data, indent=1) + "\n")
+def print_plan(runs, out, chunks):
+    done = sum(is_finished(r, out) for r in runs)
+    for run in runs:
+        print(f"{'done' if is_finished(run, out) else 'todo'}  {run.group:<8} {run.run_id}")
+    twins = sum(r.config.gamma == 0 for r in runs)
+    print(f"{len(runs)} runs ({len(runs) - twins} constrained, {twins} unconstrained twins), {done} done, "
+          f"{len(runs) - done} to train in {len(chunks)} chunks")
 
 
 # ---------------------------------------------------------------- training a chunk
@@ -186,7 +117,7 @@ def describe(error):
     return f"{type(error).__name__}: {error}".strip().splitlines()[0]
 
 
-def train_chunk(configs, out, make_setup=Setup):
+def train_chunk(configs, out, make_setup=Setup, progress=False):
     """Train a chunk's prompts together; {run_id: None when finished, else the error}.
 
     A chunk that fails as a whole (one target too long, a loss that diverges) is
@@ -198,23 +129,23 @@ def train_chunk(configs, out, make_setup=Setup):
     except Exception as error:  # noqa: BLE001 - any failure is recorded, the sweep goes on
         return dict.fromkeys(run_ids, describe(error))
     try:
-        train_many(configs, out, resume=True, progress=False, setup=setup)
+        train_many(configs, out, resume=True, progress=progress, setup=setup)
         return dict.fromkeys(run_ids)
     except Exception as error:  # noqa: BLE001
         if len(configs) == 1:
             return {run_ids[0]: describe(error)}
-    return {run_id: _train_alone(config, out, setup) for run_id, config in zip(run_ids, configs)}
+    return {run_id: _train_alone(config, out, setup, progress) for run_id, config in zip(run_ids, configs)}
 
 
-def _train_alone(config, out, setup):
+def _train_alone(config, out, setup, progress):
     try:
-        train(config, out, resume=True, progress=False, setup=setup)
+        train(config, out, resume=True, progress=progress, setup=setup)
         return None
     except Exception as error:  # noqa: BLE001
         return describe(error)
 
 
-def run_locally(chunks, out, on_chunk_done):
+def run_locally(chunks, out, on_chunk_done, progress=False):
     setups = {}
 
     def cached_setup(config):  # chunks come grouped by setup: keep one model in memory at a time
@@ -225,7 +156,7 @@ def run_locally(chunks, out, on_chunk_done):
         return setups[key]
 
     for chunk in chunks:
-        on_chunk_done(chunk, train_chunk([r.config for r in chunk], out, cached_setup))
+        on_chunk_done(chunk, train_chunk([r.config for r in chunk], out, cached_setup, progress))
 
 
 # ---------------------------------------------------------------- training on a Ray cluster
@@ -285,7 +216,8 @@ def run_on_ray(chunks, out, address, max_retries, on_chunk_done):
 
 def run_sweep(runs, out, sweep_dir, prompts_per_batch=8, ray_address=None, max_retries=3, settings=None,
               progress=True):
-    """Train every unfinished run of the plan; the final SweepState."""
+    """Train every unfinished run of the plan; the final SweepState. The progress bar counts runs;
+    below it, locally, a bar follows the steps of the chunk in training."""
     state = SweepState(sweep_dir, runs, out, settings or {})
     state.save()
     todo = [run for run in runs if state.entry[run.run_id]["status"] != "done"]
@@ -307,7 +239,7 @@ def run_sweep(runs, out, sweep_dir, prompts_per_batch=8, ray_address=None, max_r
         if ray_address:
             run_on_ray(chunks, out, ray_address, max_retries, on_chunk_done)
         else:
-            run_locally(chunks, out, on_chunk_done)
+            run_locally(chunks, out, on_chunk_done, progress)  # a bar per chunk, over its steps
     finally:
         bar.close()
     return state
@@ -316,140 +248,3 @@ def run_sweep(runs, out, sweep_dir, prompts_per_batch=8, ray_address=None, max_r
 def _show(bar, state):
     failed, done = state.count("failed"), state.count("done")
     bar.set_postfix(done=done, failed=failed, left=len(state.data["runs"]) - done - failed, refresh=False)
-
-
-# ---------------------------------------------------------------- command line
-
-RUN_FIELDS = ("steps", "batch_size", "lr", "dropout", "k", "max_eval", "data_dir", "device", "dtype", "attention",
-              "metric", "eval_batch_size", "checkpoint_every")
-
-
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", choices=PRESETS, default="main",
-                   help="main: Table 2; gamma: Fig. 3; length: Fig. 4; size: Fig. 5; true: Tables 4/5")
-    grid = p.add_argument_group("grid (each overrides the preset; comma-separated lists)")
-    grid.add_argument("--tasks", help=f"some of {', '.join(PAPER_TASKS)}")
-    grid.add_argument("--groups", help=f"target groups: some of {', '.join(GROUP_FILES)}")
-    grid.add_argument("--seeds", help="e.g. 1,2,3")
-    grid.add_argument("--gammas", help="constrained gammas, e.g. 0.003,0.01 (each run gets its gamma = 0 twin)")
-    grid.add_argument("--models", "--model", dest="models", help=f"e.g. {','.join(MODEL_SIZES)} or checkpoint dirs")
-    grid.add_argument("--targets-limit", type=int, help="use the first N targets of each group")
-    grid.add_argument("--prompts-dir", help="the paper's prompt files (default: ../shared/prompts)")
-    run = p.add_argument_group("every run (defaults: those of train.py)")
-    for name, kind in (("steps", int), ("batch_size", int), ("lr", float), ("dropout", float), ("k", int),
-                       ("max_eval", int), ("eval_batch_size", int), ("checkpoint_every", int)):
-        run.add_argument("--" + name.replace("_", "-"), type=kind)
-    run.add_argument("--data-dir")
-    run.add_argument("--device", help="cuda, cpu or auto")
-    run.add_argument("--dtype", choices=("fp32", "bf16"))
-    run.add_argument("--attention", choices=("auto", "naive", "sdpa", "triton"))
-    run.add_argument("--metric", choices=METRICS)
-    p.add_argument("--out", default="runs", help="where run directories go (shared with train.py)")
-    p.add_argument("--sweep-dir", help="sweep state, report and figures (default: sweeps/<preset>)")
-    p.add_argument("--prompts-per-batch", type=int,
-                   help="K prompts trained together in one batch (default: 8 on a GPU or Ray; 1 on a CPU, "
-                        "where a step is compute-bound and batching prompts gains nothing)")
-    p.add_argument("--ray", metavar="ADDRESS", help="run on Ray: auto (a running cluster), local, or host:port")
-    p.add_argument("--max-retries", type=int, default=3, help="Ray: retries of a chunk whose worker died")
-    p.add_argument("--dry-run", action="store_true", help="list the runs and stop")
-    p.add_argument("--report-only", action="store_true", help="rewrite the report and figures, train nothing")
-    p.add_argument("--report-with", default="", metavar="DIRS",
-                   help="comma-separated sweep dirs whose runs the report takes in too (e.g. sweeps/main for "
-                        "the true preset's Table 5)")
-    p.add_argument("--no-figures", action="store_true")
-    p.add_argument("--positions-run", help="run id of the per-position figure (default: the first done)")
-    p.add_argument("--no-progress", action="store_true")
-    return p.parse_args(argv)
-
-
-def _split(text, kind, flag):
-    try:
-        values = tuple(kind(x.strip()) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise MinwayError(f"{flag} {text!r} must be a comma-separated list of {kind.__name__}s") from None
-    if not values:
-        raise MinwayError(f"{flag} is empty")
-    return values
-
-
-def grid_from_args(args):
-    grid = PRESETS[args.preset]
-    overrides = {}
-    for flag, kind in (("tasks", str), ("groups", str), ("seeds", int), ("gammas", float), ("models", str)):
-        if getattr(args, flag) is not None:
-            overrides[flag] = _split(getattr(args, flag), kind, "--" + flag)
-    if args.targets_limit is not None:
-        overrides["targets_limit"] = args.targets_limit
-    grid = replace(grid, **overrides)
-    for task in grid.tasks:
-        get_task(task)
-    if any(g < 0 for g in grid.gammas):
-        raise MinwayError(f"--gammas {','.join(map(str, grid.gammas))}: gamma cannot be negative")
-    if grid.targets_limit is not None and grid.targets_limit < 1:
-        raise MinwayError("--targets-limit must be at least 1")
-    return grid
-
-
-def run_fields_from_args(args):
-    return {name: getattr(args, name) for name in RUN_FIELDS if getattr(args, name) is not None}
-
-
-def print_plan(runs, out, chunks):
-    done = sum(is_finished(r, out) for r in runs)
-    for run in runs:
-        print(f"{'done' if is_finished(run, out) else 'todo'}  {run.group:<8} {run.run_id}")
-    twins = sum(r.config.gamma == 0 for r in runs)
-    print(f"{len(runs)} runs ({len(runs) - twins} constrained, {twins} unconstrained twins), {done} done, "
-          f"{len(runs) - done} to train in {len(chunks)} chunks")
-
-
-def _dirs(text):
-    dirs = [Path(d) for d in text.split(",") if d]
-    for d in dirs:
-        if not (d / "sweep.json").exists():
-            raise MinwayError(f"--report-with {d}: no sweep.json there; run that sweep first")
-    return dirs
-
-
-def main(argv=None):
-    from minway import figures, report  # here, not above: both import this module
-
-    args = parse_args(argv)
-    sweep_dir = Path(args.sweep_dir or Path("sweeps") / args.preset)
-    also = _dirs(args.report_with)
-    if args.report_only:
-        written = report.write_report(sweep_dir, also)
-        if not args.no_figures:
-            written += figures.write_figures(sweep_dir, args.positions_run)
-        print("written: " + ", ".join(map(str, written)))
-        return
-    if args.prompts_per_batch is None:
-        on_gpu = args.ray or (args.device != "cpu" and torch.cuda.is_available())
-        args.prompts_per_batch = 8 if on_gpu else 1
-    if args.prompts_per_batch < 1:
-        raise MinwayError("--prompts-per-batch must be at least 1")
-    grid = grid_from_args(args)
-    runs = expand(grid, args.prompts_dir or default_prompts_dir(), run_fields_from_args(args))
-    if args.dry_run:
-        todo = [r for r in runs if not is_finished(r, args.out)]
-        print_plan(runs, args.out, make_chunks(todo, args.prompts_per_batch))
-        return
-    if not args.no_figures:
-        figures.require_matplotlib()  # fail now, not after hours of training
-    if args.ray:
-        import_ray()
-    settings = {"preset": args.preset, "grid": asdict(grid), "run_fields": run_fields_from_args(args)}
-    state = run_sweep(runs, args.out, sweep_dir, args.prompts_per_batch, args.ray, args.max_retries, settings,
-                      progress=not args.no_progress)
-    written = report.write_report(sweep_dir, also)
-    if not args.no_figures:
-        written += figures.write_figures(sweep_dir, args.positions_run)
-    print(f"{state.count('done')} done, {state.count('failed')} failed, {state.count('pending')} pending")
-    print("written: " + ", ".join(map(str, written)))
-
-
-if __name__ == "__main__":
-    from minway.cli import run_cli
-
-    run_cli(main)

@@ -9,7 +9,7 @@ released code splits the options' tokens where they first differ:
 
 The tokens that every option shares go after the input and carry no loss; the loss of an
 example is the mean cross-entropy over the rest of its option and the end-of-text token.
-Label order is that of the data files (see the README of the shipped datasets).
+Label order is that of the data files (``minway/resources/data/<task>/README.md``).
 """
 from dataclasses import dataclass
 from typing import NamedTuple

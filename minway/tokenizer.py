@@ -1,16 +1,21 @@
 """GPT-2's byte-level BPE tokenizer, run by tiktoken, built offline from a
 checkpoint directory's `vocab.json` and `merges.txt`.
 
+A checkpoint directory without these two files gets the copy that ships with minway
+(``load_checkpoint_tokenizer``): every GPT-2 size has the same vocabulary.
+
 vocab.json spells every token as a string in GPT-2's byte-to-unicode alphabet
 (each of the 256 byte values stands for one printable character); tiktoken wants
 raw bytes mapped to merge ranks. For GPT-2 a token's id *is* its merge rank: ids
 0-255 are the single bytes, and the token made by merge line i has id 256 + i.
 """
 import json
+import sys
 from pathlib import Path
 
 import tiktoken
 
+from minway import resources
 from minway.errors import MinwayError
 
 EOT = "<|endoftext|>"
@@ -78,6 +83,22 @@ def load_tokenizer(directory) -> Tokenizer:
     encoding = tiktoken.Encoding(name=f"gpt2:{directory}", pat_str=GPT2_SPLIT_PATTERN,
                                  mergeable_ranks=ranks, special_tokens={EOT: eot_id})
     return Tokenizer(encoding)
+
+
+_FALLBACK_NOTED = set()  # checkpoint directories whose fallback has been announced
+
+
+def load_checkpoint_tokenizer(checkpoint_dir) -> Tokenizer:
+    """The tokenizer of a checkpoint: its own vocab.json and merges.txt, else GPT-2's (said once on stderr)."""
+    checkpoint_dir = Path(checkpoint_dir)
+    if all((checkpoint_dir / file).is_file() for file in resources.TOKENIZER_FILES):
+        return load_tokenizer(checkpoint_dir)
+    fallback = resources.tokenizer_dir()
+    if checkpoint_dir not in _FALLBACK_NOTED:
+        _FALLBACK_NOTED.add(checkpoint_dir)
+        print(f"note: {checkpoint_dir} has no vocab.json and merges.txt: using GPT-2's BPE files from {fallback} "
+              f"(all GPT-2 sizes share them)", file=sys.stderr)
+    return load_tokenizer(fallback)
 
 
 def _read_vocab(path: Path) -> dict[str, int]:

@@ -6,9 +6,9 @@ frozen model: every step puts the K prompts' batches side by side in one batch
 prompts are independent (own schedule, own AdamW state, own gradient clipping),
 and K prompts trained together end where K separate runs end.
 
-The batch order of a run is fixed by its seed before training starts, so a run
-resumed from its checkpoint continues with the same batches and optimiser state as if it had
-never stopped (bitwise on CPU when it resumes in the same group).
+The batch order of a run is fixed by its seed, so a run resumed from its checkpoint
+continues with the same batches and optimiser state as if it had never stopped (bitwise on
+CPU when it resumes in the same group).
 """
 import json
 import math
@@ -34,12 +34,20 @@ from minway.storage import (atomic_write_text, checkpoint_step, open_run_dir, re
                             save_checkpoint, save_prompt, write_results)
 
 
-def batch_schedule(n_examples, steps, batch_size, seed):
-    """(steps, batch_size) example indices: shuffled epochs, drawn once from the seed."""
-    rng = np.random.default_rng(seed)
-    epochs = math.ceil(steps * batch_size / n_examples)
-    order = np.concatenate([rng.permutation(n_examples) for _ in range(epochs)])
-    return order[:steps * batch_size].reshape(steps, batch_size)
+class BatchSchedule:
+    """The example indices of each step, fixed by the seed: epochs in shuffled order, each cut
+    into batches; as in the released code's data loader, an epoch whose size is not a multiple
+    of the batch size ends in a shorter batch. Any step's batch is drawn on its own, so that
+    nothing is built ahead (a run may be long) and a resumed run starts where it stopped."""
+
+    def __init__(self, n_examples, batch_size, seed):
+        self.n_examples, self.batch_size, self.seed = n_examples, batch_size, seed
+        self.per_epoch = math.ceil(n_examples / batch_size)
+
+    def __getitem__(self, step):
+        epoch, index = divmod(step, self.per_epoch)
+        order = np.random.default_rng([self.seed, epoch]).permutation(self.n_examples)
+        return order[index * self.batch_size:(index + 1) * self.batch_size]
 
 
 def train(config: RunConfig, out="runs", resume=False, force=False, progress=True, setup=None):
@@ -83,8 +91,7 @@ def _train_group(todo, start, setup, progress):
     if start:
         _restore(bank, optimizer, run_dirs)
     gammas = torch.tensor([c.gamma for c in configs], device=bank.vectors.device)
-    schedules = [batch_schedule(len(setup.train_inputs), base.steps, base.batch_size, c.seed) for c in configs]
-    owner = torch.arange(K, device=gammas.device).repeat_interleave(base.batch_size)
+    schedules = [BatchSchedule(len(setup.train_inputs), base.batch_size, c.seed) for c in configs]
     target_texts = [setup.tokenizer.decode(t) for t in targets]
     logs = []
     for run_dir in run_dirs:
@@ -92,14 +99,18 @@ def _train_group(todo, start, setup, progress):
         atomic_write_text(path, "".join(line + "\n" for line in read_log(path, start)))
         logs.append(open(path, "a"))
 
-    desc = configs[0].run_id()[:40] if K == 1 else f"{K} prompts"
+    desc = f"{base.task} gamma={base.gamma:g}" if K == 1 else f"{K} prompts"
+    # leave=None: the bar stays when it is the only one, and goes when it runs below a sweep's
     bar = tqdm(range(start, base.steps), initial=start, total=base.steps, desc=desc, disable=not progress,
-               dynamic_ncols=True)
+               dynamic_ncols=True, leave=None)
     f1 = [math.nan] * K
     try:
         for step in bar:
             optimizer.param_groups[0]["lr"] = base.lr * (1 - step / base.steps)  # linear decay, no warm-up
-            rows = [i for schedule in schedules for i in schedule[step]]
+            batches = [schedule[step] for schedule in schedules]
+            rows = [i for batch in batches for i in batch]
+            owner = torch.arange(K, device=gammas.device).repeat_interleave(
+                torch.tensor([len(batch) for batch in batches], device=gammas.device))
             dropout = None
             if base.dropout:
                 dropout = (base.dropout, [step_generator(c.seed, step, model.wte.weight.device) for c in configs])

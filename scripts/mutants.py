@@ -27,7 +27,7 @@ runs of consecutive lines, and one mutant is drawn from each run with a generato
 mutation of that line), depends on the source alone, so ``--id`` reruns any mutant of a listing.
 
 Each mutant is tested in a private copy of the checkout (the files git knows, copied once
-into a temporary directory, next to a link to ../shared), with the module's own test files
+into a temporary directory), with the module's own test files
 (``TESTS`` below, the fastest and most specific first), ``pytest -x``: the first failure
 ends the run. The unmutated code first passes the same tests once (the baseline), which also
 times them: a mutant whose tests run past ``--timeout-factor`` times the baseline is stopped
@@ -72,6 +72,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TESTS = {
     "minway/model.py": ["tests/test_model.py", "tests/test_objective.py", "tests/test_dropout.py",
                         "tests/test_classify.py"],
+    "minway/packing.py": ["tests/test_model.py", "tests/test_objective.py", "tests/test_classify.py",
+                          "tests/test_dropout.py"],
     "minway/dropout.py": ["tests/test_dropout.py"],
     "minway/batch.py": ["tests/test_objective.py", "tests/test_dropout.py", "tests/test_classify.py"],
     "minway/classify.py": ["tests/test_classify.py", "tests/test_objective.py"],
@@ -526,16 +528,12 @@ def checkout_files(root=ROOT):
 
 
 def make_copy(files, root=ROOT):
-    """A private copy of the checkout in a temporary directory, beside a link to ../shared
-    (the tests and minway.data find the shared data and tokenizer there)."""
+    """A private copy of the checkout in a temporary directory."""
     base = Path(tempfile.mkdtemp(prefix="minway-mutants-"))
     copy_root = base / root.name
     for name in files:
         (copy_root / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(root / name, copy_root / name)
-    shared = root.parent / "shared"
-    if shared.exists():
-        (base / "shared").symlink_to(shared.resolve())
     return copy_root
 
 

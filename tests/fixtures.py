@@ -1,8 +1,10 @@
-"""Shared fixtures of the pipeline tests: a tiny random GPT-2 with the real vocabulary, small data.
+"""Shared fixtures of the pipeline tests: a tiny random GPT-2 with the real vocabulary, small data
+(both from the files that ship with minway).
 
 Import the fixtures a test module needs (``from fixtures import tiny_checkpoint  # noqa: F401``).
 Each is built once per test session whichever modules import it.
 """
+import gzip
 import os
 import subprocess
 import sys
@@ -11,18 +13,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, SHARED
+from conftest import ROOT
+from minway import resources
 from minway.model import GPT2, GPT2Config, init_weights
 from weights.random_checkpoint import write_random_checkpoint
 
-TOKENIZER_DIR = SHARED / "gpt2-tokenizer"
-SHARED_DATA = SHARED / "data"
-SHARED_PROMPTS = SHARED / "prompts"
+TOKENIZER_DIR = resources.GPT2_TOKENIZER
+SHIPPED_DATA = resources.DATA
+SHIPPED_PROMPTS = resources.PROMPTS
 TINY = GPT2Config(vocab_size=50257, n_positions=1024, n_embd=48, n_layer=2, n_head=3)
-
-needs_tokenizer = pytest.mark.skipif(not TOKENIZER_DIR.is_dir(),
-                                     reason=f"shared GPT-2 tokenizer not found at {TOKENIZER_DIR}")
-needs_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"shared data not found at {SHARED_DATA}")
 
 _built = {}
 
@@ -41,10 +40,15 @@ def write_tsv(path, rows):
     return path
 
 
+def shipped_lines(task, split):
+    """The lines of a shipped data file, its header first."""
+    with gzip.open(SHIPPED_DATA / task / f"{split}.tsv.gz", "rt", encoding="utf-8") as f:
+        return f.read().splitlines()
+
+
 def first_rows(task, split, n):
-    """The first n (text, label) rows of a shared data file."""
-    lines = (SHARED_DATA / task / f"{split}.tsv").read_text(encoding="utf-8").splitlines()[1:n + 1]
-    return [tuple(line.split("\t")) for line in lines]
+    """The first n (text, label) rows of a shipped data file."""
+    return [tuple(line.split("\t")) for line in shipped_lines(task, split)[1:n + 1]]
 
 
 def sharp_model(seed=0):
@@ -62,26 +66,19 @@ def sharp_model(seed=0):
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
     """A random-weight GPT-2 checkpoint (d=48, 2 layers, 3 heads) with GPT-2's tokenizer."""
-    if not TOKENIZER_DIR.is_dir():
-        pytest.skip(f"shared GPT-2 tokenizer not found at {TOKENIZER_DIR}")
     return _once("tiny-gpt2", tmp_path_factory, lambda d: write_random_checkpoint(d, TINY, TOKENIZER_DIR, seed=0))
 
 
 @pytest.fixture(scope="session")
 def short_context_checkpoint(tmp_path_factory):
     """The tiny model with a context of 64 positions."""
-    if not TOKENIZER_DIR.is_dir():
-        pytest.skip(f"shared GPT-2 tokenizer not found at {TOKENIZER_DIR}")
     config = GPT2Config(vocab_size=50257, n_positions=64, n_embd=48, n_layer=2, n_head=3)
     return _once("tiny-gpt2-ctx64", tmp_path_factory, lambda d: write_random_checkpoint(d, config, TOKENIZER_DIR, 0))
 
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
-    """A data dir with sst2 (40 train, 12 test rows from the shared data, both labels) and trec."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared data not found at {SHARED_DATA}")
-
+    """A data dir with sst2 (40 train, 12 test rows from the shipped data, both labels) and trec."""
     def build(root):
         write_tsv(root / "sst2" / "train.tsv", first_rows("sst2", "train", 40))
         write_tsv(root / "sst2" / "test.tsv", first_rows("sst2", "test", 12))

@@ -2,12 +2,10 @@
 import pytest
 import torch
 
-from fixtures import SHARED_DATA, TINY, TOKENIZER_DIR, needs_data, needs_tokenizer, sharp_model
+from fixtures import TINY, TOKENIZER_DIR, sharp_model
 from minway.classify import option_nll, option_nll_naive, predict
 from minway.data import load_split
 from minway.tasks import TASKS, encode_options, get_task
-
-pytestmark = [needs_tokenizer, needs_data]
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +24,7 @@ def inputs(tokenizer):
     """Real test inputs of sst2, trec and agnews, of many lengths (cut to 40 tokens to stay fast)."""
     rows = []
     for task, picks in (("sst2", (0, 1, 5)), ("trec", (0, 3)), ("agnews", (0, 2))):
-        examples = load_split(get_task(task), "test", SHARED_DATA)
+        examples = load_split(get_task(task), "test")
         rows += [tokenizer.encode(examples[i].text)[:40] for i in picks]
     assert len({len(r) for r in rows}) >= 5  # the batch is padded
     return rows
@@ -44,8 +42,8 @@ def random_prompt(*shape, seed=0):
 def hand_nll(model, prompt, ids_in, option):
     """Mean -log p(option | prompt, input) from the full logits of one unpadded pass."""
     ids = torch.tensor(ids_in + option)
-    embeds = torch.cat([prompt, model.embed(ids)])[None]
-    logp = model(embeds=embeds).logits[0].log_softmax(-1)
+    embeds = torch.cat([prompt, model.embed(ids)])
+    logp = model(embeds=embeds).logits.log_softmax(-1)
     start = len(prompt) + len(ids_in)
     return -sum(logp[start + j - 1, t] for j, t in enumerate(option)) / len(option)
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import minway.training
-from fixtures import tiny_checkpoint, tiny_data  # noqa: F401
+from fixtures import first_rows, tiny_checkpoint, write_tsv  # noqa: F401
 from minway.config import RunConfig
 from minway.prompt import c_proj
 from minway.setup import Setup
@@ -29,8 +29,12 @@ LOGGED = ("loss", "ce", "distance", "lr", "grad_norm")
 
 
 @pytest.fixture(scope="module")
-def configs(tiny_checkpoint, tiny_data):  # noqa: F811
-    base = RunConfig(task="sst2", target="", model=str(tiny_checkpoint), data_dir=str(tiny_data), steps=STEPS,
+def configs(tiny_checkpoint, tmp_path_factory):  # noqa: F811
+    # 10 training examples in batches of 4: step 2 ends an epoch with a batch of 2
+    data = tmp_path_factory.mktemp("ten-examples")
+    write_tsv(data / "sst2" / "train.tsv", first_rows("sst2", "train", 10))
+    write_tsv(data / "sst2" / "test.tsv", first_rows("sst2", "test", 12))
+    base = RunConfig(task="sst2", target="", model=str(tiny_checkpoint), data_dir=str(data), steps=STEPS,
                      batch_size=4, lr=0.01, device="cpu", eval_batch_size=16, clip=CLIP)
     return [replace(base, target=target, gamma=gamma, seed=seed) for target, gamma, seed in TARGETS]
 

@@ -7,12 +7,11 @@ import pytest
 
 pytest.importorskip("ray", reason="Ray is not installed (pip install minway[ray])")
 
-from fixtures import SHARED_PROMPTS, tiny_checkpoint, tiny_data  # noqa: E402,F401
+from fixtures import SHIPPED_PROMPTS, tiny_checkpoint, tiny_data  # noqa: E402,F401
 from minway.report import write_report  # noqa: E402
-from minway.sweep import CRASH_ONCE_ENV, Grid, expand, run_sweep  # noqa: E402
+from minway.presets import Grid  # noqa: E402
+from minway.sweep import CRASH_ONCE_ENV, expand, run_sweep  # noqa: E402
 from test_sweep import assert_report_matches_runs, tiny_fields, write_prompts  # noqa: E402
-
-pytestmark = pytest.mark.skipif(not SHARED_PROMPTS.is_dir(), reason=f"shared prompts not found at {SHARED_PROMPTS}")
 
 
 @pytest.fixture
@@ -22,7 +21,7 @@ def ray_tmpdir(monkeypatch):
 
 
 def plan(root, checkpoint, data_dir):
-    prompts = write_prompts(root / "prompts", SHARED_PROMPTS)
+    prompts = write_prompts(root / "prompts", SHIPPED_PROMPTS)
     grid = Grid(tasks=("sst2",), groups=("PILE-4", "PILE-7"), gammas=(0.01,), seeds=(1,), models=(str(checkpoint),))
     return expand(grid, prompts, tiny_fields(data_dir))
 

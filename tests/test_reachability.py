@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from fixtures import TOKENIZER_DIR, needs_tokenizer
+from fixtures import TOKENIZER_DIR
 from minway.evaluation import projection_report
 from minway.reachability import REACHABLE, UNREACHABLE, reachability
 from minway.tokenizer import load_tokenizer
@@ -75,7 +75,6 @@ def test_coincident_rows_under_l2_go_to_the_lowest_id():
     assert reachability([0, 1, 2], E, "l2") == [REACHABLE, REACHABLE, UNREACHABLE]
 
 
-@needs_tokenizer
 def test_f1_ceiling_from_an_unreachable_target_word():
     """Target "cat dog fish" where " fish" sits at the origin, inside the hull of the vocabulary:
     the best any dot projection can do is "cat dog", F1 = 2 * 1 * (2/3) / (1 + 2/3) = 0.8."""

@@ -8,29 +8,25 @@ from collections import defaultdict
 import pytest
 
 import minway.sweep as sweep
-from fixtures import (SHARED_PROMPTS, TOKENIZER_DIR, needs_tokenizer, run_script,  # noqa: F401
-                      tiny_checkpoint, tiny_data)
+from fixtures import SHIPPED_PROMPTS, TOKENIZER_DIR, run_script, tiny_checkpoint, tiny_data  # noqa: F401
 from minway.errors import MinwayError
+from minway.presets import PRESETS, Grid
 from minway.report import choose_gammas, write_report
-from minway.sweep import PRESETS, expand, make_chunks, run_sweep
-
-needs_prompts = pytest.mark.skipif(not SHARED_PROMPTS.is_dir(), reason=f"shared prompts not found at {SHARED_PROMPTS}")
+from minway.sweep import expand, make_chunks, run_sweep
 TOO_LONG = "word " * 1100  # more tokens than the tiny model's context of 1024
 
 
 # ---------------------------------------------------------------- the grid, no training
 
-@needs_prompts
 @pytest.mark.parametrize("preset, runs", [("main", 5 * 62 * 3 * 2), ("gamma", 2 * 32 * 3 * 7),
                                           ("length", 2 * 5 * 30 * 3 * 2), ("size", 4 * 30 * 3 * 4),
                                           ("true", 5 * 5 * 3 * 2)])
 def test_presets_have_the_papers_counts(preset, runs):
-    assert len(expand(PRESETS[preset], SHARED_PROMPTS)) == runs
+    assert len(expand(PRESETS[preset], SHIPPED_PROMPTS)) == runs
 
 
-@needs_prompts
 def test_every_constrained_run_has_its_twin():
-    runs = expand(PRESETS["gamma"], SHARED_PROMPTS)
+    runs = expand(PRESETS["gamma"], SHIPPED_PROMPTS)
     by_id = {r.run_id: r for r in runs}
     constrained = [r for r in runs if r.config.gamma > 0]
     assert {r.config.gamma for r in constrained} == set(PRESETS["gamma"].gammas)
@@ -40,30 +36,26 @@ def test_every_constrained_run_has_its_twin():
                (0.0, run.config.target, run.config.seed, run.config.task, run.config.model)
 
 
-@needs_prompts
 def test_true_targets_are_the_tasks_own_definitions():
-    runs = expand(PRESETS["true"], SHARED_PROMPTS)
+    runs = expand(PRESETS["true"], SHIPPED_PROMPTS)
     for task, prefix in (("sst2", "SST-2_"), ("sst5", "sst-5_"), ("agnews", "agnews_"), ("trec", "trec_")):
         names = {r.config.target_name for r in runs if r.config.task == task}
         assert names == {f"{prefix}{i}" for i in range(5)}
 
 
-@needs_prompts
-@needs_tokenizer
 def test_length_groups_hold_targets_of_their_token_length():
     from minway.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(TOKENIZER_DIR)
-    runs = expand(PRESETS["length"], SHARED_PROMPTS)
+    runs = expand(PRESETS["length"], SHIPPED_PROMPTS)
     for run in runs:
         assert len(tokenizer.encode(run.config.target)) == int(run.group.removeprefix("PILE-"))
 
 
-@needs_prompts
 def test_overrides_and_chunks():
     grid = PRESETS["main"]
     grid = type(grid)(**{**grid.__dict__, "tasks": ("sst2",), "seeds": (1, 2), "targets_limit": 3})
-    runs = expand(grid, SHARED_PROMPTS, {"steps": 5})
+    runs = expand(grid, SHIPPED_PROMPTS, {"steps": 5})
     assert len(runs) == 1 * 2 * 3 * 2 * 2 and all(r.config.steps == 5 for r in runs)
     chunks = make_chunks(runs, 5)
     assert sorted(r.run_id for c in chunks for r in c) == sorted(r.run_id for r in runs)
@@ -86,15 +78,15 @@ def test_choose_gamma_takes_the_most_accurate_above_098():
 
 # ---------------------------------------------------------------- a tiny sweep, trained
 
-def write_prompts(directory, shared_prompts):
+def write_prompts(directory, shipped_prompts):
     """A prompts directory: three NI targets (one longer than the context), one PILE-4 and one PILE-7."""
     directory.mkdir(parents=True, exist_ok=True)
-    natural = list(json.loads((shared_prompts / "natural_prompts.json").read_text()).items())
+    natural = list(json.loads((shipped_prompts / "natural_prompts.json").read_text()).items())
     files = {"natural_prompts.json": {**dict(natural[:2]), "too_long": TOO_LONG}}
     for n in (4, 7):
-        pile = json.loads((shared_prompts / f"pile_n={n}.json").read_text())
+        pile = json.loads((shipped_prompts / f"pile_n={n}.json").read_text())
         files[f"pile_n={n}.json"] = {"prompt00": pile["prompt00"]}
-    true = json.loads((shared_prompts / "good_prompts.json").read_text())
+    true = json.loads((shipped_prompts / "good_prompts.json").read_text())
     files["good_prompts.json"] = {name: true[name] for name in ("SST-2_0", "SST-2_1", "agnews_0")}
     for name, prompts in files.items():
         (directory / name).write_text(json.dumps(prompts))
@@ -102,7 +94,7 @@ def write_prompts(directory, shared_prompts):
 
 
 def tiny_grid(groups=("NI", "PILE-4", "PILE-7")):
-    return sweep.Grid(tasks=("sst2",), groups=groups, gammas=(0.01, 0.03), seeds=(1,))
+    return Grid(tasks=("sst2",), groups=groups, gammas=(0.01, 0.03), seeds=(1,))
 
 
 def tiny_fields(data_dir):
@@ -125,12 +117,10 @@ class TrainingSpy:
 
 @pytest.fixture(scope="module")
 def tiny_sweep(tmp_path_factory, tiny_checkpoint, tiny_data):  # noqa: F811
-    if not SHARED_PROMPTS.is_dir():
-        pytest.skip(f"shared prompts not found at {SHARED_PROMPTS}")
     root = tmp_path_factory.mktemp("sweep")
-    prompts = write_prompts(root / "prompts", SHARED_PROMPTS)
+    prompts = write_prompts(root / "prompts", SHIPPED_PROMPTS)
     fields = tiny_fields(tiny_data)
-    grid = sweep.Grid(**{**tiny_grid().__dict__, "models": (str(tiny_checkpoint),)})
+    grid = Grid(**{**tiny_grid().__dict__, "models": (str(tiny_checkpoint),)})
     runs = expand(grid, prompts, fields)
     # first a part of the sweep, as if the sweep had been stopped there
     first = [r for r in runs if r.group == "PILE-4"]
@@ -186,7 +176,7 @@ def test_average_rows_are_the_mean_of_the_group_rows(tiny_sweep):
 def test_true_definitions_are_set_against_the_irrelevant_targets(tiny_sweep):
     """Table 5: a sweep of TRUE targets, reported with the runs of the sweep of irrelevant ones."""
     root = tiny_sweep["root"]
-    grid = sweep.Grid(**{**tiny_sweep["grid"].__dict__, "groups": ("TRUE",)})
+    grid = Grid(**{**tiny_sweep["grid"].__dict__, "groups": ("TRUE",)})
     true_runs = expand(grid, tiny_sweep["prompts"], tiny_sweep["fields"])
     assert sorted({r.config.target_name for r in true_runs}) == ["SST-2_0", "SST-2_1"]  # sst2's own only
     run_sweep(true_runs, root / "runs", root / "true", prompts_per_batch=4, progress=False)
@@ -268,6 +258,17 @@ def test_size_figure_from_two_models(tmp_path):
 
 # ---------------------------------------------------------------- the command line
 
+def test_a_sweep_shows_its_progress_over_runs_and_over_steps(tmp_path, tiny_checkpoint, tiny_data, capsys):  # noqa: F811
+    grid = Grid(tasks=("sst2",), groups=("PILE-4",), gammas=(0.01,), seeds=(1,), models=(str(tiny_checkpoint),),
+                targets_limit=1)
+    runs = expand(grid, SHIPPED_PROMPTS, {**tiny_fields(tiny_data), "steps": 3})
+    run_sweep(runs, tmp_path / "runs", tmp_path / "sweep", prompts_per_batch=1, progress=True)
+    err = capsys.readouterr().err
+    assert "sweep: " in err and "| 2/2 " in err  # its two runs
+    for run in ("sst2 gamma=0.01: ", "sst2 gamma=0: "):  # below, each run's steps (drawn when it starts)
+        assert f"{run}  0%|          | 0/3 " in err, err
+
+
 def test_dry_run_lists_the_runs(tiny_sweep, tmp_path):
     root = tiny_sweep["root"]
     args = ["--tasks", "sst2", "--groups", "PILE-4,PILE-7", "--gammas", "0.01,0.03", "--seeds", "1",
@@ -281,14 +282,14 @@ def test_dry_run_lists_the_runs(tiny_sweep, tmp_path):
     assert lines[-1] == "6 runs (4 constrained, 2 unconstrained twins), 6 done, 0 to train in 0 chunks"
 
 
-@needs_prompts
 def test_bad_input_is_one_line(capsys, monkeypatch):
+    import sweep as sweep_cli  # the command line, sweep.py
     from minway.cli import run_cli
     from minway.figures import require_matplotlib
 
     def error_of(argv):
         with pytest.raises(SystemExit) as exit_info:
-            run_cli(lambda: sweep.main(argv))
+            run_cli(lambda: sweep_cli.main(argv))
         assert exit_info.value.code == 2
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ")

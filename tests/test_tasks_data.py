@@ -1,12 +1,12 @@
 """Tasks (names, output texts, label order) and data (reading, finding, downloading, sampling, truncation)."""
+import gzip
 import re
 import sys
 import types
-from pathlib import Path
 
 import pytest
 
-from fixtures import SHARED_DATA, TOKENIZER_DIR, first_rows, needs_data, needs_tokenizer, tiny_checkpoint, write_tsv  # noqa: F401
+from fixtures import SHIPPED_DATA, TOKENIZER_DIR, first_rows, tiny_checkpoint, write_tsv  # noqa: F401
 from minway import data
 from minway.data import Example, find_split, load_split, read_tsv, sample_per_class
 from minway.errors import MinwayError
@@ -81,7 +81,6 @@ def test_option_texts_are_the_papers(name):
     assert [task.option_text(c) for c in range(task.n_classes)] == PAPER_OPTIONS[name]
 
 
-@needs_tokenizer
 @pytest.mark.parametrize("name", sorted(PAPER_SPLITS))
 def test_options_split_as_the_released_code_splits_them(name):
     from minway.tokenizer import load_tokenizer
@@ -121,32 +120,22 @@ def test_options_that_never_differ_are_refused(options):
 
 
 def readme_label_words():
-    """{task: [verbalizer word of label 0, 1, ...]} as ../shared/data/README.md lists them."""
-    text = (SHARED_DATA / "README.md").read_text(encoding="utf-8")
+    """{task: [verbalizer word of label 0, 1, ...]} as the README of each shipped data folder lists them."""
     words = {}
-    for section in re.split(r"^## ", text, flags=re.M)[1:]:
-        name = section.split()[0]
-        labels = re.findall(r"(\d) = [^(\n]*?\(\"([^\"]+)\"\)", section)
-        if name in TASKS and labels:
-            assert [int(i) for i, _ in labels] == list(range(len(labels)))
-            words[name] = [w for _, w in labels]
+    for readme in SHIPPED_DATA.glob("*/README.md"):
+        labels = re.findall(r"^- (\d) = [^(\n]*?\(\"([^\"]+)\"\)", readme.read_text(encoding="utf-8"), flags=re.M)
+        assert [int(i) for i, _ in labels] == list(range(len(labels))), readme
+        words[readme.parent.name] = [w for _, w in labels]
     return words
 
 
-@needs_data
 def test_label_order_follows_the_data_readme():
     words = readme_label_words()
     assert set(words) == set(TASKS)
     for name, task in TASKS.items():
-        if name == "agnews":
-            # the README names the class (Sci/Tech); the paper's verbalizer for it is "Technology"
-            assert words[name] == ["World", "Sports", "Business", "Sci/Tech"]
-            assert task.label_words == ("World", "Sports", "Business", "Technology")
-        else:
-            assert list(task.label_words) == words[name], name
+        assert list(task.label_words) == words[name], name
 
 
-@needs_data
 def test_label_order_on_known_rows():
     trec = load_split(get_task("trec"), "test")
     assert trec[0].text == "How far is it from Denver to Aspen ?"
@@ -193,11 +182,12 @@ def test_read_tsv_without_examples(tmp_path):
 
 @pytest.fixture
 def clean_env(monkeypatch, tmp_path):
-    """cwd in an empty tmp dir, no $MINWAY_DATA, no downloads, no shared data."""
+    """cwd in an empty tmp dir, no $MINWAY_DATA, no downloads, no shipped data, an empty download cache."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MINWAY_DATA", raising=False)
     monkeypatch.setenv("MINWAY_OFFLINE", "1")
-    monkeypatch.setattr(data, "SHARED_DATA", tmp_path / "no-shared-data")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(data, "SHIPPED_DATA", tmp_path / "no-shipped-data")
     fake_datasets(monkeypatch, {}, [])
     return tmp_path
 
@@ -217,23 +207,42 @@ def test_k_shot_layout(clean_env):
 
 def test_data_dir_precedence(clean_env, monkeypatch):
     task = get_task("sst2")
-    for name in ("flag", "env", "data", "shared"):
+    for name in ("flag", "env", "shipped", "data"):
         write_tsv(clean_env / name / "sst2" / "train.tsv", [(name, 0)])
-    (clean_env / "data").rename(clean_env / "data-later")
-    monkeypatch.setattr(data, "SHARED_DATA", clean_env / "shared")
+    write_tsv(data.download_dir() / "sst2" / "train.tsv", [("downloaded", 0)])
+    monkeypatch.setattr(data, "SHIPPED_DATA", clean_env / "shipped")
 
     def text():
         return load_split(task, "train")[0].text
-    assert text() == "shared"
-    (clean_env / "data-later").rename(clean_env / "data")
-    assert text() == "data"                                    # data/ in the working directory
+    assert text() == "shipped"                                 # data/ in the working directory is not looked at
+    (clean_env / "shipped" / "sst2" / "train.tsv").unlink()
+    assert text() == "downloaded"                              # the download cache after the shipped data
     monkeypatch.setenv("MINWAY_DATA", str(clean_env / "env"))
-    assert text() == "env"                                     # $MINWAY_DATA before data/
+    assert text() == "env"                                     # $MINWAY_DATA before both
     assert load_split(task, "train", clean_env / "flag")[0].text == "flag"  # --data-dir before all
 
 
-@pytest.mark.parametrize("how", ["flag", "env", "nowhere"])
-def test_missing_data_says_what_to_do(clean_env, monkeypatch, how):
+def test_gzipped_files_read_as_plain_ones(clean_env):
+    rows = [("a good film", 1), ("a dull one", 0)]
+    write_tsv(clean_env / "plain" / "sst2" / "train.tsv", rows)
+    packed = clean_env / "packed" / "sst2" / "train.tsv.gz"
+    packed.parent.mkdir(parents=True)
+    packed.write_bytes(gzip.compress((clean_env / "plain" / "sst2" / "train.tsv").read_bytes()))
+    task = get_task("sst2")
+    assert find_split(task, "train", clean_env / "packed") == packed
+    assert load_split(task, "train", clean_env / "packed") == load_split(task, "train", clean_env / "plain")
+    packed.write_bytes(packed.read_bytes()[:-10])
+    with pytest.raises(MinwayError) as error:
+        load_split(task, "train", clean_env / "packed")
+    assert str(packed) in one_line(error) and "gzip" in one_line(error)
+
+
+@pytest.mark.parametrize("how, fragments", [
+    ("flag", ["--data-dir", "empty"]),
+    ("env", ["$MINWAY_DATA", "empty"]),
+    ("nowhere", ["no-shipped-data", "could not be downloaded", "--data-dir", "MINWAY_DATA", "minway[datasets]"]),
+])
+def test_missing_data_says_what_to_do(clean_env, monkeypatch, how, fragments):
     data_dir = None
     if how == "flag":
         data_dir = clean_env / "empty"
@@ -242,18 +251,25 @@ def test_missing_data_says_what_to_do(clean_env, monkeypatch, how):
     with pytest.raises(MinwayError) as error:
         load_split(get_task("subj"), "train", data_dir)
     message = one_line(error)
-    assert "subj/train.tsv" in message
-    assert "--data-dir" in message and "MINWAY_DATA" in message and "datasets" in message
-    assert not (clean_env / "data").exists()
+    for fragment in ["subj/train.tsv", *fragments]:
+        assert fragment in message, (fragment, message)
+    assert not data.download_dir().exists()
     assert sys.modules["datasets"].calls == []  # offline: no download was even tried
 
 
-@needs_data
-def test_shared_data_is_found_by_default(monkeypatch, tmp_path):
+def test_shipped_data_is_found_from_any_directory(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MINWAY_DATA", raising=False)
-    assert find_split(get_task("SST-2"), "test") == SHARED_DATA / "sst2" / "test.tsv"
+    assert find_split(get_task("SST-2"), "test") == SHIPPED_DATA / "sst2" / "test.tsv.gz"
     assert len(load_split(get_task("sst2"), "test")) == 872
+
+
+def test_shipped_data_has_the_readmes_split_sizes():
+    for task in TASKS:
+        readme = (SHIPPED_DATA / task / "README.md").read_text(encoding="utf-8")
+        for split in ("train", "test"):
+            rows = re.search(rf"^\| {split} \| ([\d,]+) \|", readme, flags=re.M).group(1)
+            assert len(load_split(get_task(task), split)) == int(rows.replace(",", "")), (task, split)
 
 
 # ---------------------------------------------------------------- downloading
@@ -292,12 +308,12 @@ def test_download_writes_tsv_with_our_labels(clean_env, monkeypatch, task, datas
     test_columns = {k: v[:1] for k, v in columns.items()}
     fake_datasets(monkeypatch, {dataset_id: {"train": columns, "test": test_columns}}, calls)
     t = get_task(task)
-    assert find_split(t, "train") == Path("data") / task / "train.tsv"
+    assert find_split(t, "train") == data.download_dir() / task / "train.tsv"
     assert calls == [dataset_id]
     assert load_split(t, "train") == [Example(*row) for row in expected]
     assert load_split(t, "test") == [Example(*expected[0])]
     assert calls == [dataset_id]  # found on disk the second time
-    assert not list((clean_env / "data" / task).glob("*.tmp"))
+    assert not list((data.download_dir() / task).glob("*.tmp"))
 
 
 def test_failed_download_is_the_missing_data_error(clean_env, monkeypatch):
@@ -339,7 +355,6 @@ def test_sample_per_class():
     assert len(orders) > 1
 
 
-@needs_data
 def test_sample_per_class_on_real_data():
     train = load_split(get_task("trec"), "train")
     chosen = sample_per_class(train, 16, seed=13)
@@ -349,7 +364,6 @@ def test_sample_per_class_on_real_data():
 
 # ---------------------------------------------------------------- truncation in Setup
 
-@needs_data
 @pytest.mark.parametrize("task", sorted(TASKS))
 def test_inputs_are_truncated_and_outputs_never(tiny_checkpoint, tmp_path, task):
     from minway.tokenizer import load_tokenizer

@@ -2,15 +2,13 @@ import json
 
 import pytest
 
-from conftest import SHARED
+from fixtures import TOKENIZER_DIR as GPT2_DIR
+from fixtures import shipped_lines
 from minway.errors import MinwayError
+from minway.tasks import TASKS
 from minway.tokenizer import EOT, gpt2_byte_alphabet, load_tokenizer
 
-GPT2_DIR = SHARED / "gpt2-tokenizer"
-needs_shared = pytest.mark.skipif(not GPT2_DIR.is_dir(), reason=f"shared GPT-2 tokenizer files not found at {GPT2_DIR}")
 
-
-@needs_shared
 def test_check_sentence_from_the_data_readme():
     tokenizer = load_tokenizer(GPT2_DIR)
     assert tokenizer.encode("Hello world, it's a test.") == [15496, 995, 11, 340, 338, 257, 1332, 13]
@@ -18,7 +16,6 @@ def test_check_sentence_from_the_data_readme():
     assert tokenizer.n_vocab == 50257
 
 
-@needs_shared
 def test_endoftext_in_text_is_ordinary_text():
     tokenizer = load_tokenizer(GPT2_DIR)
     ids = tokenizer.encode("a <|endoftext|> b")
@@ -26,7 +23,6 @@ def test_endoftext_in_text_is_ordinary_text():
     assert tokenizer.decode(ids) == "a <|endoftext|> b"
 
 
-@needs_shared
 def test_token_strings_show_partial_characters_as_replacement():
     tokenizer = load_tokenizer(GPT2_DIR)
     ids = tokenizer.encode("Hi 日")  # "日" is three UTF-8 bytes, split over tokens
@@ -36,19 +32,18 @@ def test_token_strings_show_partial_characters_as_replacement():
     assert tokenizer.decode(ids) == "Hi 日"
 
 
-def shared_test_texts() -> list[str]:
+def shipped_test_texts() -> list[str]:
     texts = []
-    for path in sorted((SHARED / "data").glob("*/test.tsv")):
-        lines = path.read_text(encoding="utf-8").splitlines()
+    for task in sorted(TASKS):
+        lines = shipped_lines(task, "test")
         assert lines[0] == "text\tlabel"
         texts += [line.rsplit("\t", 1)[0] for line in lines[1:]]
     return texts
 
 
-@needs_shared
 def test_ids_equal_transformers_on_every_test_sentence():
     transformers = pytest.importorskip("transformers")
-    texts = shared_test_texts()
+    texts = shipped_test_texts()
     assert len(texts) > 13000
     reference = transformers.GPT2TokenizerFast.from_pretrained(str(GPT2_DIR))
     expected = reference(texts)["input_ids"]
@@ -57,10 +52,9 @@ def test_ids_equal_transformers_on_every_test_sentence():
     assert not mismatches, f"{len(mismatches)} texts differ, first: {mismatches[0]!r}"
 
 
-@needs_shared
 def test_decode_round_trips_every_test_sentence():
     tokenizer = load_tokenizer(GPT2_DIR)
-    texts = shared_test_texts()
+    texts = shipped_test_texts()
     decoded = [tokenizer.decode(ids) for ids in tokenizer.encode_batch(texts)]
     assert decoded == texts
 

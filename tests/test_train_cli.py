@@ -107,11 +107,12 @@ def full_run(tiny_checkpoint, tiny_data, tmp_path_factory):
 
 def test_train_writes_the_run_directory(full_run):
     result, run_dir = full_run
-    for name in ("prompt.safetensors", "results.json", "log.jsonl", "checkpoint.safetensors", "summary.txt"):
-        assert (run_dir / name).is_file(), name
-    assert not list(run_dir.glob("*.tmp"))
+    names = ("config.json", "prompt.safetensors", "results.json", "log.jsonl", "checkpoint.safetensors", "summary.txt")
+    assert sorted(p.name for p in run_dir.iterdir()) == sorted(names)  # README.md lists them all
     assert f"{run_dir.name}/results.json" in result.stdout
     results = read_json(run_dir / "results.json")
+    # prompt F1 from 0 to 1, in the summary as in results.json
+    assert f"prompt F1 [dot (main)]: {results['prompt_f1']:.2f} " in result.stdout
     assert results["run_id"] == run_dir.name
     assert results["config"]["steps"] == 6 and results["config"]["target"] == TARGET
     assert results["minway_version"] and results["random_weights"] is True
@@ -120,6 +121,24 @@ def test_train_writes_the_run_directory(full_run):
         assert isinstance(results[key], float), key
     assert results["prompt_f1"] == results["projections"]["dot"]["f1"]
     assert read_checkpoint(run_dir / "checkpoint.safetensors")[0] == 6
+
+
+def test_a_finished_run_shows_its_summary_and_how_to_train_it_again(full_run, tiny_checkpoint, tiny_data, capsys):
+    result, run_dir = full_run
+    before = {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()}
+    args = base_args(tiny_checkpoint, tiny_data, run_dir.parent, steps=6, **{"checkpoint-every": 2})
+    importlib.import_module("train").main(list(map(str, args)))
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:-1] == result.stdout.splitlines()  # the summary of the run
+    assert "nothing was trained" in lines[-1] and "--force" in lines[-1]
+    assert {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()} == before
+
+
+def test_progress_bars_name_the_task_and_gamma(sharp_checkpoint, tiny_data, setup, tmp_path, capsys):
+    for gamma in (0.0, 0.01):  # the two runs of --compare
+        training.train(config_of(sharp_checkpoint, tiny_data, gamma=gamma, steps=2), tmp_path, setup=setup)
+    err = capsys.readouterr().err
+    assert "sst2 gamma=0: " in err and "sst2 gamma=0.01: " in err and "f1=1.00" in err
 
 
 def test_log_has_one_line_per_step(full_run):
@@ -163,6 +182,7 @@ def test_eval_recomputes_the_results(full_run):
     n_positions = len(trained["target_ids"])
     assert [f"position {i}:" in result.stdout for i in range(n_positions + 1)] == [True] * n_positions + [False]
     assert result.stdout.count("top-5:") == 3 * n_positions
+    assert result.stdout.count(" distance^2 ") == n_positions  # L2 scores are squared distances
 
 
 # --- kill and resume ------------------------------------------------------------------------------
@@ -258,6 +278,20 @@ def test_learning_rate_decays_linearly_to_zero_without_warm_up(sharp_checkpoint,
     assert logged == pytest.approx(expected, rel=1e-12)
 
 
+def test_batches_walk_shuffled_epochs_with_a_short_last_batch():
+    """As the released code's DataLoader (random sampler, last batch kept): 10 examples in
+    batches of 4 make epochs of 4, 4 and 2 examples, each epoch every example once."""
+    schedule = training.BatchSchedule(10, 4, seed=3)
+    batches = [schedule[step].tolist() for step in range(7)]
+    assert [len(b) for b in batches] == [4, 4, 2, 4, 4, 2, 4]
+    for epoch in (batches[0:3], batches[3:6]):
+        assert sorted(i for b in epoch for i in b) == list(range(10))
+    assert batches == [training.BatchSchedule(10, 4, seed=3)[step].tolist() for step in range(7)]
+    assert batches[0] != training.BatchSchedule(10, 4, seed=4)[0].tolist()
+    assert batches[0] != batches[3]  # each epoch has its own order
+    assert len(schedule[10 ** 12]) == 4  # any step, drawn on its own
+
+
 # --- NaN ------------------------------------------------------------------------------------------
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(sharp_checkpoint, tiny_data, setup, tmp_path,
@@ -338,7 +372,9 @@ def test_compare_reports_the_relative_drop(sharp_checkpoint, tmp_path):
     assert on_disk["compare"]["relative_drop"] == pytest.approx(100 * (acc_u - acc_c) / acc_u)
     assert on_disk["compare"]["accuracy_unconstrained"] == acc_u
     assert on_disk["compare"]["accuracy_constrained"] == acc_c
-    assert "relative drop" in (tmp_path / config.run_id() / "summary.txt").read_text()
+    summary = (tmp_path / config.run_id() / "summary.txt").read_text()
+    assert "relative drop" in summary
+    assert f"prompt F1 {on_disk['compare']['f1_unconstrained']:.2f} -> {on_disk['prompt_f1']:.2f}" in summary
 
 
 # --- --label-map ----------------------------------------------------------------------------------
@@ -389,7 +425,7 @@ def error_runs(tiny_checkpoint, tiny_data, tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize("case, fragments", [
     ("unknown task", ["nosuchtask", "sst2, sst5, agnews, subj, trec"]),
-    ("missing weights", ["no-such-model-xyz", "could not be downloaded"]),
+    ("missing weights", ["no-such-model-xyz", "could not be downloaded", "python -m weights.random_checkpoint"]),
     ("nan", ["step 1", "lower --lr"]),
     ("corrupt prompt", ["corrupt-run/prompt.safetensors", "not a valid minway prompt file"]),
 ])
@@ -424,6 +460,19 @@ def test_one_line_errors_of_train(case, options, fragments, tiny_checkpoint, sho
     result = run_cli_in_process("train.py", base_args(tiny_checkpoint, tiny_data, tmp_path, steps=3, **options),
                                 monkeypatch, capsys)
     assert_one_line_error(result, *fragments)
+
+
+def test_an_out_that_cannot_be_written_is_a_one_line_error(tiny_checkpoint, tiny_data, tmp_path, monkeypatch,
+                                                           capsys):
+    (tmp_path / "a-file").write_text("")
+    result = run_cli_in_process("train.py", base_args(tiny_checkpoint, tiny_data, tmp_path / "a-file", steps=3),
+                                monkeypatch, capsys)
+    assert_one_line_error(result, str(tmp_path / "a-file"))
+
+
+def test_a_target_name_in_several_files_is_refused(monkeypatch, capsys):
+    result = run_cli_in_process("train.py", ["--task", "sst2", "--target-name", "prompt00"], monkeypatch, capsys)
+    assert_one_line_error(result, "prompt00 is in 6 prompt files", "pile.json", "pile_n=56.json", "--prompts-file")
 
 
 def test_eval_of_a_missing_run_is_a_one_line_error(tmp_path, monkeypatch, capsys):

@@ -10,16 +10,16 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import ROOT, SHARED
+from conftest import ROOT
+from fixtures import TOKENIZER_DIR
+from minway.cli import run_cli
 from minway.errors import MinwayError
 from minway.model import GPT2Config
-from weights import resolve
+from weights import demo_checkpoint, resolve
 from weights.checkpoint import load_gpt2, load_token_embeddings, read_config
-from weights.random_checkpoint import write_random_checkpoint
+from weights.random_checkpoint import GPT2_EMBEDDING_NORM, write_random_checkpoint
 from weights.resolve import resolve_checkpoint
 
-TOKENIZER_DIR = SHARED / "gpt2-tokenizer"
-pytestmark = pytest.mark.skipif(not TOKENIZER_DIR.is_dir(), reason=f"shared GPT-2 tokenizer not found at {TOKENIZER_DIR}")
 CONFIG = GPT2Config(vocab_size=50257, n_positions=32, n_embd=48, n_layer=2, n_head=3)
 CHECKPOINT_FILES = {"config.json", "model.safetensors", "vocab.json", "merges.txt"}
 
@@ -418,6 +418,8 @@ def assert_how_to_get_weights(error, name="gpt2"):
     message = str(error.value)
     assert "\n" not in message
     assert f"hf download openai-community/{name}" in message and "--model DIR" in message
+    # and the offline alternative, a random-weight checkpoint made by the command it names
+    assert f"python -m weights.random_checkpoint random-gpt2 --embedding-norm {GPT2_EMBEDDING_NORM}`" in message
 
 
 def test_offline_error_says_how_to_get_the_weights(isolated, monkeypatch):
@@ -482,14 +484,56 @@ def test_random_checkpoint_loads_in_transformers_and_agrees(source):
     tokenizer = transformers.GPT2TokenizerFast.from_pretrained(str(source))
     ids = torch.tensor([tokenizer("a random checkpoint in the real layout .")["input_ids"]])
     with torch.no_grad():
-        assert (ours(ids).logits - theirs.eval()(ids).logits).abs().max() <= 1e-4
+        assert (ours(ids[0]).logits - theirs.eval()(ids).logits[0]).abs().max() <= 1e-4
 
 
 def test_random_checkpoint_needs_the_tokenizer_files(tmp_path):
-    with pytest.raises(MinwayError, match=r"vocab\.json is missing: pass --tokenizer DIR") as error:
+    with pytest.raises(MinwayError, match=r"no-tokenizer \(--tokenizer\) is not a directory") as error:
         write_random_checkpoint(tmp_path / "out", CONFIG, tmp_path / "no-tokenizer")
+    (tmp_path / "half").mkdir()
+    shutil.copy(TOKENIZER_DIR / "merges.txt", tmp_path / "half")
+    with pytest.raises(MinwayError, match=r"vocab\.json is missing: --tokenizer must name a directory") as error:
+        write_random_checkpoint(tmp_path / "out", CONFIG, tmp_path / "half")
     assert "\n" not in str(error.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_random_checkpoint_with_embeddings_at_gpt2s_scale(tmp_path, source):
+    scaled = write_random_checkpoint(tmp_path / "scaled", CONFIG, seed=0, embedding_norm=GPT2_EMBEDDING_NORM)
+    norms = load_token_embeddings(scaled).norm(dim=1)
+    assert float(norms.mean()) == pytest.approx(GPT2_EMBEDDING_NORM, rel=1e-5)
+    assert float(load_token_embeddings(source).norm(dim=1).mean()) < 0.2  # GPT-2's init: 0.02 * sqrt(48)
+    assert json.loads((scaled / "config.json").read_text())["minway_embedding_norm"] == GPT2_EMBEDDING_NORM
+    scaled_state, source_state = load_gpt2(scaled).state_dict(), load_gpt2(source).state_dict()
+    scale = float(scaled_state["wte.weight"].norm() / source_state["wte.weight"].norm())
+    assert torch.allclose(scaled_state["ln_f.weight"], source_state["ln_f.weight"] / scale)  # logits of GPT-2's size
+    assert all(torch.equal(scaled_state[k], source_state[k]) for k in source_state
+               if k not in ("wte.weight", "ln_f.weight"))
+
+
+def no_gpt2(name):
+    raise MinwayError(f"no {name} here")
+
+
+def test_demo_checkpoint_is_random_at_gpt2s_scale_and_rewritten_when_older(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(demo_checkpoint, "resolve_checkpoint", no_gpt2)
+    monkeypatch.setattr(demo_checkpoint, "RANDOM_DEMO", tmp_path / "random-demo")
+    write_random_checkpoint(tmp_path / "random-demo", CONFIG)  # as older minways wrote it
+    run_cli(demo_checkpoint.main)
+    out, err = capsys.readouterr()
+    assert out.strip() == str(tmp_path / "random-demo") and "RANDOM-WEIGHT" in err
+    assert float(load_token_embeddings(tmp_path / "random-demo").norm(dim=1).mean()) == pytest.approx(
+        GPT2_EMBEDDING_NORM, rel=1e-5)
+
+
+def test_demo_checkpoint_error_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(demo_checkpoint, "resolve_checkpoint", no_gpt2)
+    monkeypatch.setattr(demo_checkpoint, "RANDOM_DEMO", tmp_path / "random-demo")
+    monkeypatch.setenv("MINWAY_TOKENIZER", str(tmp_path / "no-tokenizer"))
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(demo_checkpoint.main)
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and err.startswith("error: ") and "\n" not in err and "no-tokenizer" in err
 
 
 def test_random_checkpoint_command_line(tmp_path):

@@ -3,7 +3,8 @@
 In order: a directory path; ``weights/<name>/`` in this repository; the Hugging
 Face cache (``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else ``~/.cache/huggingface/hub``);
 a download with ``huggingface_hub`` into ``weights/<name>/`` when it is installed
-and the network answers; otherwise a one-line error that says how to get the files.
+and the network answers; otherwise a one-line error that says how to get the files,
+or how to make a random-weight checkpoint instead.
 """
 import os
 from pathlib import Path
@@ -85,4 +86,6 @@ def resolve_checkpoint(name_or_path, allow_download=True):
         f"no checkpoint {name_or_path!r}: not a directory, not in {WEIGHTS_DIR}/, not in the Hugging Face cache "
         f"{hub_cache_dir()}, and it could not be downloaded; get it with `pip install huggingface_hub && "
         f"hf download {hub_id(name_or_path)} {' '.join(NEEDED_FILES)} --local-dir {local}`, "
-        f"or pass --model DIR holding {', '.join(NEEDED_FILES)}")
+        f"or pass --model DIR holding {', '.join(NEEDED_FILES)}; offline, a random-weight checkpoint runs the "
+        f"whole pipeline, though its accuracy means nothing: `python -m weights.random_checkpoint random-gpt2 "
+        f"--embedding-norm 3.9`, then --model random-gpt2")

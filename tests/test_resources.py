@@ -1,0 +1,94 @@
+"""The files that ship with minway and their lookup order: flag, else environment variable, else
+the shipped copy; target names from the paper's prompt files; the tokenizer fallback."""
+import json
+import shutil
+
+import pytest
+
+from fixtures import SHIPPED_PROMPTS, TOKENIZER_DIR, tiny_checkpoint  # noqa: F401
+from minway import resources, tokenizer
+from minway.errors import MinwayError
+from minway.targets import find_named_target, resolve_target
+from minway.tokenizer import load_checkpoint_tokenizer
+
+PAPER_FILES = ["good_prompts.json", "natural_prompts.json", "pile.json", "pile_n=14.json", "pile_n=28.json",
+               "pile_n=4.json", "pile_n=56.json", "pile_n=7.json"]
+
+
+@pytest.fixture(autouse=True)
+def no_variables(monkeypatch):
+    for name in ("MINWAY_PROMPTS", "MINWAY_TOKENIZER", "MINWAY_DATA"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def prompts(name):
+    return json.loads((SHIPPED_PROMPTS / name).read_text())
+
+
+def test_the_papers_prompt_files_ship_with_minway():
+    assert sorted(p.name for p in SHIPPED_PROMPTS.glob("*.json")) == sorted(PAPER_FILES)
+    assert len(prompts("natural_prompts.json")) == 32 and len(prompts("good_prompts.json")) == 25
+    assert all(len(prompts(f)) == 30 for f in PAPER_FILES if f.startswith("pile"))
+
+
+def test_a_paper_name_is_found_from_any_directory(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    name = "subtask047_misc_answering_science_questions"
+    assert resolve_target(name=name) == prompts("natural_prompts.json")[name]
+    assert resolve_target(name="SST-2_0") == prompts("good_prompts.json")["SST-2_0"]
+
+
+def test_a_name_in_several_files_is_refused_with_the_files():
+    with pytest.raises(MinwayError) as error:
+        find_named_target("prompt00")
+    message = str(error.value)
+    assert "\n" not in message and "6 prompt files" in message and "--prompts-file" in message
+    for name in PAPER_FILES:
+        assert (name in message) == name.startswith("pile"), name
+
+
+def test_prompts_file_by_path_or_by_the_name_of_a_paper_file(tmp_path):
+    assert find_named_target("prompt00", "pile_n=14.json") == prompts("pile_n=14.json")["prompt00"]
+    own = tmp_path / "mine.json"
+    own.write_text(json.dumps({"prompt00": "my own target"}))
+    assert find_named_target("prompt00", own) == "my own target"
+    with pytest.raises(MinwayError, match="does not exist"):
+        find_named_target("prompt00", "pile_n=99.json")
+
+
+def test_minway_prompts_replaces_the_shipped_prompts(monkeypatch, tmp_path):
+    (tmp_path / "set.json").write_text(json.dumps({"SST-2_0": "a target of my own"}))
+    monkeypatch.setenv("MINWAY_PROMPTS", str(tmp_path))
+    assert resolve_target(name="SST-2_0") == "a target of my own"
+    with pytest.raises(MinwayError, match=r"no target named 'subtask047"):
+        resolve_target(name="subtask047_misc_answering_science_questions")
+    monkeypatch.setenv("MINWAY_PROMPTS", str(tmp_path / "nowhere"))
+    with pytest.raises(MinwayError, match=r"nowhere \(\$MINWAY_PROMPTS\) is not a directory"):
+        resources.prompts_dir()
+    assert resources.prompts_dir(SHIPPED_PROMPTS) == SHIPPED_PROMPTS  # the flag before the variable
+
+
+def test_tokenizer_dir_order(monkeypatch, tmp_path):
+    assert resources.tokenizer_dir() == TOKENIZER_DIR
+    for name in resources.TOKENIZER_FILES:
+        shutil.copy(TOKENIZER_DIR / name, tmp_path / name)
+    monkeypatch.setenv("MINWAY_TOKENIZER", str(tmp_path))
+    assert resources.tokenizer_dir() == tmp_path
+    assert resources.tokenizer_dir(TOKENIZER_DIR) == TOKENIZER_DIR
+    (tmp_path / "merges.txt").unlink()
+    with pytest.raises(MinwayError, match=r"merges.txt is missing: \$MINWAY_TOKENIZER must name"):
+        resources.tokenizer_dir()
+
+
+def test_a_checkpoint_without_bpe_files_uses_gpt2s_and_says_so_once(tiny_checkpoint, tmp_path, capsys,  # noqa: F811
+                                                                     monkeypatch):
+    monkeypatch.setattr(tokenizer, "_FALLBACK_NOTED", set())
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(tiny_checkpoint / name, bare / name)
+    text = "A target, tokenised."
+    assert load_checkpoint_tokenizer(bare).encode(text) == load_checkpoint_tokenizer(tiny_checkpoint).encode(text)
+    load_checkpoint_tokenizer(bare)
+    notes = capsys.readouterr().err.strip().splitlines()
+    assert len(notes) == 1 and str(bare) in notes[0] and str(TOKENIZER_DIR) in notes[0]
