@@ -34,8 +34,8 @@ def test_summary_of_a_plain_run():
     assert summary(results, "Is this  movie\n good?").splitlines() == [
         "task accuracy (continuous prompt): 75.0%  on 12 test examples",
         "c-dist to target: 0.2500",
-        "prompt F1 [dot]: 50.0 (no lemmas 25.0, the released code's 12.5), positions matched 50.0%, ceiling 80.0",
-        "prompt F1 [l2 (main)]: 100.0 (no lemmas 50.0, the released code's 25.0), positions matched 100.0%",
+        "prompt F1 [dot]: 0.50 (no lemmas 0.25, the released code's 0.12), positions matched 50.0%, ceiling 0.80",
+        "prompt F1 [l2 (main)]: 1.00 (no lemmas 0.50, the released code's 0.25), positions matched 100.0%",
         "target   : Is this movie good?",
         "projected: Is this movie good?   ([x] differs, [-x] missing)",
     ]
@@ -44,18 +44,20 @@ def test_summary_of_a_plain_run():
 @pytest.mark.parametrize("drop, shown", [(6.25, "6.2%"), (None, "n/a")])
 def test_summary_with_hard_prompt_permuted_labels_unreachable_tokens_and_the_twin(drop, shown):
     results = {"accuracy": 0.75, "n_test": 12, "metric": "dot", "c_dist": 0.25, "hard_prompt_accuracy": 0.5,
-               "config": {"label_map": [1, 0]},
-               "compare": {"accuracy_unconstrained": 0.8, "accuracy_constrained": 0.75, "relative_drop": drop},
+               "config": {"label_map": [1, 0]}, "prompt_f1": 0.5,
+               "compare": {"accuracy_unconstrained": 0.8, "accuracy_constrained": 0.75, "relative_drop": drop,
+                           "f1_unconstrained": 0.375},
                "projections": {"dot": report(0.5, [42], 0.8, "Is [it] movie good?")}}
     assert summary(results, "Is this movie good?").splitlines() == [
         "task accuracy (continuous prompt): 75.0%  on 12 test examples",
         "labels permuted by --label-map 1,0: accuracy counts the permuted labels as correct",
         "hard-prompt accuracy (d-proj as text): 50.0%",
         "c-dist to target: 0.2500",
-        "prompt F1 [dot (main)]: 50.0 (no lemmas 25.0, the released code's 12.5), positions matched 50.0%, "
-        "ceiling 80.0",
+        "prompt F1 [dot (main)]: 0.50 (no lemmas 0.25, the released code's 0.12), positions matched 50.0%, "
+        "ceiling 0.80",
         "target tokens unreachable under dot: [42] (no gamma can project to them)",
         "target   : Is this movie good?",
         "projected: Is [it] movie good?   ([x] differs, [-x] missing)",
-        f"unconstrained vs constrained: Acc(p*c) 80.0 -> Acc(p~c) 75.0, relative drop {shown}",
+        f"unconstrained vs constrained: Acc(p*c) 80.0 -> Acc(p~c) 75.0, relative drop {shown}; "
+        "prompt F1 0.38 -> 0.50",
     ]
