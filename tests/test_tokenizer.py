@@ -86,10 +86,15 @@ def test_missing_file_names_it(tmp_path):
         load_tokenizer(tmp_path / "nowhere")
 
 
-def test_malformed_vocab_names_it(tmp_path):
+@pytest.mark.parametrize("text, message", [
+    ("{not json", "vocab.json is not valid JSON"),
+    ('["a", "b"]', "must map token strings to integer ids"),
+    ('{"a": 0, "b": "1"}', "must map token strings to integer ids"),
+])
+def test_malformed_vocab_names_it(tmp_path, text, message):
     write_tiny_tokenizer(tmp_path, [("h", "e")])
-    (tmp_path / "vocab.json").write_text("{not json", encoding="utf-8")
-    with pytest.raises(MinwayError, match="vocab.json is not valid JSON"):
+    (tmp_path / "vocab.json").write_text(text, encoding="utf-8")
+    with pytest.raises(MinwayError, match=message):
         load_tokenizer(tmp_path)
 
 
@@ -108,10 +113,15 @@ def test_a_malformed_merge_line_is_named_by_its_line_number(tmp_path):
         load_tokenizer(tmp_path)
 
 
-def test_single_bytes_must_have_the_ids_below_256(tmp_path):
+@pytest.mark.parametrize("misplace", [
+    lambda vocab: vocab.update(a=vocab["he"], he=vocab["a"]),  # the byte "a" at id 256, the merge at 97
+    # no byte "a": the merge at its id 97, end-of-text at 256 (the ids still 0..256, each once)
+    lambda vocab: vocab.update({"he": vocab.pop("a"), EOT: 256}),
+])
+def test_single_bytes_must_have_the_ids_below_256(tmp_path, misplace):
     write_tiny_tokenizer(tmp_path, [("h", "e")])
     vocab = json.loads((tmp_path / "vocab.json").read_text(encoding="utf-8"))
-    vocab["a"], vocab["he"] = vocab["he"], vocab["a"]  # the byte "a" at id 256, the merge at 97
+    misplace(vocab)
     (tmp_path / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
     with pytest.raises(MinwayError, match="does not give ids 0-255 to the 256 single bytes"):
         load_tokenizer(tmp_path)
