@@ -658,7 +658,7 @@ def summary(mutants, meta):
     caught, counted = rate(done)
     status = {s: sum(m.status == s for m in done) for s in ("killed", "timeout", "survived", "error")}
     lines = [f"# Mutation testing: {meta['date']}, commit {meta['commit']}", "",
-             f"{len(done)} mutants (seed {meta['seed']}, budget {meta['budget']} per module): "
+             f"{len(done)} mutants ({_chosen(meta)}): "
              f"{status['killed']} killed, {status['timeout']} timed out, {status['survived']} survived, "
              f"{status['error']} errors; kill rate {_percent(caught, counted)} "
              f"(killed and timed out / all but errors); {meta.get('wall_seconds', 0) / 60:.1f} min with "
@@ -675,6 +675,10 @@ def summary(mutants, meta):
             lines += [m.diff() + (f"\n  ({m.failed})" if m.failed else "") + "\n" for m in chosen]
             lines.append("```")
     return "\n".join(lines) + "\n"
+
+
+def _chosen(meta):
+    return "chosen by --id" if meta["seed"] is None else f"seed {meta['seed']}, budget {meta['budget']} per module"
 
 
 def _percent(part, whole):
@@ -725,7 +729,7 @@ def main(argv=None):
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
                            text=True).stdout.strip()
     meta = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "commit": commit + ("+changes" if dirty else ""),
-            "seed": args.seed, "budget": args.budget, "jobs": args.jobs}
+            "seed": None if args.id else args.seed, "budget": None if args.id else args.budget, "jobs": args.jobs}
     run_campaign(mutants, list(dict.fromkeys(m.module for m in mutants)), args.jobs, args.timeout_factor,
                  args.out, meta)
     print(summary(mutants, meta))

@@ -162,3 +162,15 @@ def test_pytest_outcomes(tmp_path):
                                             "    os.kill(os.getpid(), signal.SIGKILL)\n")
     assert mutants.run_pytest(tmp_path, ["test_crash.py"], 60, env)[0] == "killed"
     assert mutants.run_pytest(tmp_path, ["test_missing.py"], 60, env)[0] == "error"
+
+
+@pytest.mark.parametrize("seed, chosen", [(4, "seed 4, budget 6 per module"), (None, "chosen by --id")])
+def test_the_summary_counts_timeouts_as_caught_and_errors_apart(seed, chosen):
+    done = [mutants.Mutant(f"pkg/{name}.py:1:0", f"pkg/{name}.py", 1, (0, 1), "arith", "a + 1", "a - 1", status)
+            for name, status in [("a", "killed"), ("a", "timeout"), ("b", "survived"), ("b", "error")]]
+    meta = {"date": "2026-01-01", "commit": "abc1234", "seed": seed, "budget": None if seed is None else 6,
+            "jobs": 2, "wall_seconds": 90, "baseline_seconds": 30}
+    lines = mutants.summary(done, meta).splitlines()
+    assert lines[2] == (f"4 mutants ({chosen}): 1 killed, 1 timed out, 1 survived, 1 errors; kill rate 66.7% (2/3) "
+                        "(killed and timed out / all but errors); 1.5 min with 2 job(s), baseline 0.5 min more.")
+    assert "| pkg/a.py | 2 | 2 | 0 | 100.0% (2/2) |" in lines and "| pkg/b.py | 2 | 0 | 1 | 0.0% (0/1) |" in lines

@@ -1,13 +1,12 @@
 """Tasks (names, output texts, label order) and data (reading, finding, downloading, sampling, truncation)."""
 import gzip
-import locale
 import re
 import sys
 import types
 
 import pytest
 
-from fixtures import SHIPPED_DATA, TOKENIZER_DIR, first_rows, tiny_checkpoint, write_tsv  # noqa: F401
+from fixtures import SHIPPED_DATA, TOKENIZER_DIR, ascii_locale, first_rows, tiny_checkpoint, write_tsv  # noqa: F401
 from minway import data
 from minway.data import Example, find_split, load_split, read_tsv, sample_per_class
 from minway.errors import MinwayError
@@ -172,19 +171,7 @@ def test_read_tsv_errors_are_one_line(tmp_path, content, where):
     assert str(path) in message and where in message
 
 
-@pytest.fixture
-def ascii_locale():
-    """ASCII as the locale's text encoding, as on a machine without a UTF-8 locale."""
-    if sys.flags.utf8_mode:
-        pytest.skip("Python's UTF-8 mode is on (PYTHONUTF8=1): the locale's encoding is not used")
-    before = locale.setlocale(locale.LC_CTYPE)
-    locale.setlocale(locale.LC_CTYPE, "C")
-    assert locale.getpreferredencoding(False) != "UTF-8"
-    yield
-    locale.setlocale(locale.LC_CTYPE, before)
-
-
-def test_data_files_are_utf8_whatever_the_locale(tmp_path, ascii_locale):
+def test_data_files_are_utf8_whatever_the_locale(tmp_path, ascii_locale):  # noqa: F811
     rows = [("un café très réussi", 1), ("naïve", 0)]
     plain = write_tsv(tmp_path / "a.tsv", rows)
     packed = tmp_path / "a.tsv.gz"
@@ -337,7 +324,7 @@ def test_download_writes_tsv_with_our_labels(clean_env, monkeypatch, task, datas
     assert not list((data.download_dir() / task).glob("*.tmp"))
 
 
-def test_a_download_is_written_in_utf8_whatever_the_locale(clean_env, monkeypatch, ascii_locale):
+def test_a_download_is_written_in_utf8_whatever_the_locale(clean_env, monkeypatch, ascii_locale):  # noqa: F811
     monkeypatch.delenv("MINWAY_OFFLINE")
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     split = {"text": ["un café très réussi"], "label": [1], "label_text": ["positive"]}

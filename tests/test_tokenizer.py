@@ -3,7 +3,7 @@ import json
 import pytest
 
 from fixtures import TOKENIZER_DIR as GPT2_DIR
-from fixtures import shipped_lines
+from fixtures import ascii_locale, shipped_lines  # noqa: F401  (pytest fixture)
 from minway.errors import MinwayError
 from minway.tasks import TASKS
 from minway.tokenizer import EOT, gpt2_byte_alphabet, load_tokenizer
@@ -14,6 +14,16 @@ def test_check_sentence_from_the_data_readme():
     assert tokenizer.encode("Hello world, it's a test.") == [15496, 995, 11, 340, 338, 257, 1332, 13]
     assert tokenizer.eot_id == 50256
     assert tokenizer.n_vocab == 50257
+
+
+def test_the_bpe_files_are_utf8_whatever_the_locale(tmp_path, ascii_locale):  # noqa: F811
+    # merges.txt is full of non-ASCII characters (GPT-2's byte alphabet writes a space as "Ġ")
+    assert load_tokenizer(GPT2_DIR).encode("Hello world, it's a test.") == [15496, 995, 11, 340, 338, 257, 1332, 13]
+    # and so is a vocab.json written without escapes, as transformers writes it
+    write_tiny_tokenizer(tmp_path, [("Ġ", "h")])
+    vocab = json.loads((tmp_path / "vocab.json").read_text(encoding="utf-8"))
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    assert load_tokenizer(tmp_path).encode(" h") == [256]
 
 
 def test_endoftext_in_text_is_ordinary_text():

@@ -40,6 +40,11 @@ def reference(source):
     return load_gpt2(source).state_dict()
 
 
+@pytest.mark.parametrize("attention", ["naive", "sdpa"])
+def test_the_model_loads_with_the_attention_asked_for(source, attention):
+    assert {block.attn.backend for block in load_gpt2(source, attention=attention).h} == {attention}
+
+
 def rewrite(directory, edit):
     """Apply edit(tensors) to model.safetensors in place."""
     tensors = load_file(directory / "model.safetensors")
@@ -329,9 +334,11 @@ def test_resolve_directory_that_is_not_a_checkpoint(isolated, tmp_path):
     assert "\n" not in str(error.value)
 
 
-def test_resolve_missing_path(isolated, tmp_path):
+@pytest.mark.parametrize("relative", [False, True])
+def test_resolve_missing_path(isolated, tmp_path, relative):
+    path = "./nope" if relative else str(tmp_path / "nope")  # a path, not a name: never looked up
     with pytest.raises(MinwayError, match=r"checkpoint directory .*nope does not exist") as error:
-        resolve_checkpoint(str(tmp_path / "nope"))
+        resolve_checkpoint(path)
     assert "\n" not in str(error.value)
 
 
