@@ -1,34 +1,45 @@
-"""Re-measure a trained prompt, here or on another machine.
+"""Measure a trained prompt: a minway run, here or on another machine, or a soft prompt of PEFT.
 
     python eval.py runs/<run-id> [--positions] [--model DIR] [--data-dir DIR]
+    python eval.py ADAPTER_DIR [--target TEXT] [--task sst2 | --task-file FILE] [--model gpt2]
 
-Recomputes every measure from prompt.safetensors (accuracy, hard-prompt accuracy,
-prompt F1 under each metric, matches, c-dist, unreachable tokens). ``--positions``
-prints, per position, the target token, its nearest token under each metric, the
-score (dot product, squared L2 distance, cosine), the margin to the second nearest,
-and the top-5 neighbours.
+For a run, recomputes every measure from prompt.safetensors (accuracy, hard-prompt
+accuracy, prompt F1 under each metric, matches, c-dist, unreachable tokens) and writes
+them to eval.json beside it. ``--positions`` prints, per position, the target token, its
+nearest token under each metric, the score (dot product, squared L2 distance, cosine),
+the margin to the second nearest, and the top-5 neighbours.
+
+A PEFT prompt-tuning adapter of a GPT-2 model (minway/adapters.py) gets that table at
+once, and the projection under each metric; with --target, its prompt F1 against that
+text; with --task or --task-file, its continuous and hard-prompt accuracy.
 """
 import json
 from dataclasses import asdict, replace
 from pathlib import Path
 
+from minway.choices import METRICS
 from minway.cli import Parser, run_cli
 from minway.errors import MinwayError
+from minway.targets import resolve_target
+from minway.task_file import data_dir_of, read_task_file
+from minway.tasks import get_task
 
 SCORE_NAMES = {"dot": "dot", "l2": "distance^2", "cos": "cosine"}  # what nearest_tokens' scores are
 
 
 def position_table(prompt, target_ids, tokenizer, embeddings):
-    from minway.prompt import METRICS, d_proj
+    """``target_ids`` None: the nearest tokens alone (a prompt without a target of its length)."""
+    from minway.prompt import d_proj
 
     neighbours = {m: d_proj(prompt, embeddings, m, k=5) for m in METRICS}
     shown = lambda i: repr(tokenizer.token_strings([i])[0])  # noqa: E731
     lines = []
-    for pos, target in enumerate(target_ids):
-        lines.append(f"position {pos}: target {shown(target)} (id {target})")
+    for pos in range(len(prompt)):
+        target = None if target_ids is None else target_ids[pos]
+        lines.append(f"position {pos}:" + ("" if target is None else f" target {shown(target)} (id {target})"))
         for m, nearest in neighbours.items():
             ids, scores = nearest.indices[pos].tolist(), nearest.scores[pos].tolist()
-            hit = "=" if ids[0] == target else "x"
+            hit = " " if target is None else "=" if ids[0] == target else "x"
             top5 = ", ".join(f"{shown(i)} {s:.3f}" for i, s in zip(ids, scores))
             lines.append(f"  {m:>3} {hit} nearest {shown(ids[0]):<16} {SCORE_NAMES[m]:>10} {scores[0]:9.4f}  "
                          f"margin {float(nearest.margin[pos]):.4f}  top-5: {top5}")
@@ -37,13 +48,26 @@ def position_table(prompt, target_ids, tokenizer, embeddings):
 
 def build_parser():
     p = Parser(description=__doc__)
-    p.add_argument("run", help="a run directory holding prompt.safetensors (or the file itself)")
-    p.add_argument("--positions", action="store_true", help="print the per-position table")
-    p.add_argument("--model", help="checkpoint to use (default: the one the run was trained on)")
+    p.add_argument("run", help="a run directory holding prompt.safetensors (or the file itself), or a PEFT "
+                               "prompt-tuning adapter directory (adapter_config.json)")
+    p.add_argument("--positions", action="store_true", help="print the per-position table (always for an adapter)")
+    p.add_argument("--model", help="checkpoint to use (default: the one the run was trained on; for an adapter, "
+                                   "its base model)")
+    p.add_argument("--metric", choices=METRICS, help="the main d-proj, of the hard prompt and the summary "
+                                                     "(default: the run's; dot for an adapter)")
+    adapter = p.add_argument_group("what to measure an adapter against (a run has its own target and task)")
+    adapter.add_argument("--target", help="the text its projection is scored against (default: none)")
+    task = adapter.add_mutually_exclusive_group()
+    task.add_argument("--task", help="the paper's task to measure its accuracy on (default: none)")
+    task.add_argument("--task-file", help="a task of your own to measure it on (see minway/task_file.py; "
+                                          "default: none)")
     p.add_argument("--data-dir", help="holds <task>/{train,test}.tsv (default: $MINWAY_DATA, else the data that "
-                                      "ships with minway)")
+                                      "ships with minway); for a task file, the directory its data files are "
+                                      "relative to (default: the one the run was trained with, or the task file's)")
     p.add_argument("--device", default="auto", help="cuda, cpu or auto")
     p.add_argument("--max-eval", type=int, help="evaluate on the first N test examples only (default: the run's)")
+    p.add_argument("--json", help="write the measures there (default: eval.json beside a run's prompt; none for "
+                                  "an adapter)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -54,16 +78,33 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    # torch comes in with these, after the arguments are read: --help and mistakes answer at once
-    from minway.evaluation import measure, summary
-    from minway.setup import Setup
-    from minway.storage import atomic_write_text, load_prompt
+    target = None if args.target is None else resolve_target(args.target)
+    task = None
+    if args.task_file:
+        task = read_task_file(args.task_file)
+    elif args.task:
+        task = get_task(args.task).name
+    # torch comes in with this, after the arguments are read: --help and mistakes answer at once
+    from minway.adapters import is_adapter
 
     path = Path(args.run)
-    path = path / "prompt.safetensors" if path.is_dir() or not path.suffix else path
+    if is_adapter(path):
+        measure_adapter(args, path, target, task)
+    elif target is not None or task is not None:
+        raise MinwayError("--target, --task and --task-file are for a PEFT adapter: a run is measured against its "
+                          "own target and task")
+    else:
+        measure_run(args, path / "prompt.safetensors" if path.is_dir() or not path.suffix else path)
+
+
+def measure_run(args, path):
+    from minway.evaluation import measure, summary
+    from minway.setup import Setup
+    from minway.storage import load_prompt
+
     prompt, config, target_ids = load_prompt(path)
-    overrides = {k: v for k, v in (("model", args.model), ("data_dir", args.data_dir),
-                                   ("max_eval", args.max_eval)) if v is not None}
+    overrides = {k: v for k, v in (("model", args.model), ("data_dir", args.data_dir), ("max_eval", args.max_eval),
+                                   ("metric", args.metric)) if v is not None}
     config = replace(config, device=args.device, **overrides)
     setup = Setup(config)
     if setup.target_ids(config) != target_ids:
@@ -79,9 +120,71 @@ def main(argv=None):
         print(position_table(prompt, target_ids, setup.tokenizer, setup.model.wte.weight))
     results["config"] = asdict(config)
     print(summary(results, config.target))
-    out = path.parent / "eval.json"
-    atomic_write_text(out, json.dumps(results, indent=2) + "\n")
-    print(f"written: {out}")
+    write_json(results, args.json or path.parent / "eval.json")
+
+
+def measure_adapter(args, directory, target, task):
+    """The adapter's projection; its F1 against ``target`` and accuracy on ``task`` (a name or a task file's
+    definition) where they are given."""
+    import torch
+
+    from minway.adapters import read_adapter
+    from minway.evaluation import measure, summary
+    from minway.setup import resolve_device
+    from minway.tokenizer import load_checkpoint_tokenizer
+    from weights import load_gpt2, read_config, resolve_checkpoint
+
+    adapter = read_adapter(directory)
+    model_name = args.model or adapter.base_model
+    if not model_name:
+        raise MinwayError(f"{directory} does not name its base model (base_model_name_or_path): pass --model")
+    checkpoint = resolve_checkpoint(model_name)
+    (length, width), n_embd = adapter.prompt.shape, read_config(checkpoint).n_embd
+    if width != n_embd:
+        raise MinwayError(f"the prompt of {directory} has width {width} but the checkpoint {checkpoint} has "
+                          f"{n_embd}: pass --model with the GPT-2 checkpoint it was made for")
+    model = load_gpt2(checkpoint, torch.device(resolve_device(args.device))).freeze()
+    tokenizer = load_checkpoint_tokenizer(checkpoint)
+    prompt = adapter.prompt.to(model.wte.weight.device)
+    target_ids = None if target is None else tokenizer.encode(target)
+    options = inputs = labels = None
+    if task is not None:
+        data_dir = args.data_dir or (data_dir_of(args.task_file) if args.task_file else None)
+        options, inputs, labels = test_set(get_task(task), tokenizer, data_dir, args.max_eval, length,
+                                           model.config.n_positions)
+    metric = args.metric or "dot"
+    results = measure(model, tokenizer, options, prompt, target_ids, inputs, labels, metric,
+                      progress=not args.no_progress)
+    print(f"{directory}: a prompt of {length} vectors of width {width}, read on {checkpoint}")
+    same_length = target_ids is not None and len(target_ids) == length
+    print(position_table(prompt, target_ids if same_length else None, tokenizer, model.wte.weight))
+    print(summary(results, target))
+    results.update(adapter=str(directory), checkpoint=str(checkpoint), target=target, task=task)
+    if args.json:
+        write_json(results, args.json)
+
+
+def test_set(task, tokenizer, data_dir, max_eval, prompt_length, n_positions):
+    """(each label's output, test inputs, labels) of a task, encoded as for training, checked to fit the
+    model's context after a prompt of ``prompt_length`` vectors."""
+    from minway.data import load_split
+    from minway.tasks import encode_inputs, encode_options
+
+    common, options = encode_options(task, tokenizer)
+    test = load_split(task, "test", data_dir)[:max_eval]
+    inputs = encode_inputs(task, tokenizer, [e.text for e in test], common)
+    total = prompt_length + max(map(len, inputs)) + max(map(len, options))
+    if total > n_positions:
+        raise MinwayError(f"prompt ({prompt_length} vectors) + longest input + output = {total} positions exceeds "
+                          f"the model's context of {n_positions}")
+    return options, inputs, [e.label for e in test]
+
+
+def write_json(results, path):
+    from minway.storage import atomic_write_text
+
+    atomic_write_text(Path(path), json.dumps(results, indent=2) + "\n")
+    print(f"written: {path}")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
     python sweep.py --preset main --models gpt2-large --device cuda --dtype bf16
     python sweep.py --preset gamma --tasks sst2 --seeds 1 --targets-limit 4 --dry-run
     python sweep.py --preset size --ray auto          # on a running Ray cluster
+    python sweep.py --task-file my-task/task.json --groups PILE --seeds 1   # a task of your own
 
 The target prompts are the paper's, which ship with minway (or --prompts-dir).
 """
@@ -13,6 +14,7 @@ from minway.choices import ATTENTIONS, DTYPES, METRICS
 from minway.cli import Parser, run_cli
 from minway.errors import MinwayError
 from minway.presets import GROUP_FILES, MODEL_SIZES, PAPER_TASKS, PRESETS
+from minway.task_file import data_dir_of, read_task_file
 from minway.tasks import get_task
 
 # (field of RunConfig, type, default: train.py's, help) of the options every run of the grid takes
@@ -26,7 +28,8 @@ RUN_OPTIONS = (
     ("eval_batch_size", int, 32, "test examples per forward pass"),
     ("checkpoint_every", int, 100, "steps between checkpoints"),
     ("data_dir", str, None, "holds <task>/{train,test}.tsv (default: $MINWAY_DATA, else the data that ships "
-                            "with minway)"),
+                            "with minway); for --task-file, the directory its data files are relative to "
+                            "(default: the task file's)"),
     ("device", str, "auto", "cuda, cpu or auto"),
 )
 
@@ -37,7 +40,10 @@ def build_parser():
                    help="main: Table 2; gamma: Fig. 3; length: Fig. 4; size: Fig. 5; true: Tables 4/5")
     grid = p.add_argument_group("grid (comma-separated lists; each defaults to the preset's)")
     preset = " (default: the preset's)"
-    grid.add_argument("--tasks", help=f"some of {', '.join(PAPER_TASKS)}{preset}")
+    tasks = grid.add_mutually_exclusive_group()
+    tasks.add_argument("--tasks", help=f"some of {', '.join(PAPER_TASKS)}{preset}")
+    tasks.add_argument("--task-file", help="instead of --tasks, a JSON file defining a task of your own "
+                                           "(see minway/task_file.py; default: none)")
     grid.add_argument("--groups", help=f"target groups: some of {', '.join(GROUP_FILES)}{preset}")
     grid.add_argument("--seeds", help=f"e.g. 1,2,3{preset}")
     grid.add_argument("--gammas", help=f"constrained gammas, e.g. 0.003,0.01; each run gets its gamma = 0 twin{preset}")
@@ -91,6 +97,8 @@ def grid_from_args(args):
     for flag, kind in (("tasks", str), ("groups", str), ("seeds", int), ("gammas", float), ("models", str)):
         if getattr(args, flag) is not None:
             overrides[flag] = _split(getattr(args, flag), kind, "--" + flag)
+    if args.task_file:
+        overrides["tasks"] = (read_task_file(args.task_file),)
     if args.targets_limit is not None:
         overrides["targets_limit"] = args.targets_limit
     grid = replace(grid, **overrides)
@@ -105,7 +113,10 @@ def grid_from_args(args):
 
 def run_fields_from_args(args):
     names = [option[0] for option in RUN_OPTIONS] + ["dtype", "attention", "metric"]
-    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    fields = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    if args.task_file and args.data_dir is None:
+        fields["data_dir"] = data_dir_of(args.task_file)
+    return fields
 
 
 def _dirs(text):

@@ -2,10 +2,13 @@
 
     python train.py --task sst2 --target "Write a question about the given fact." [--model gpt2-large]
     python train.py --task sst2 --target-name subtask047_misc_answering_science_questions
+    python train.py --task-file my-task/task.json --target "Write a question about the given fact."
 
 --target-name picks one of the paper's target prompts, which ship with minway: the 32
 Natural-Instructions definitions (natural_prompts.json), the PILE sentences (pile.json,
 and pile_n=L.json of L tokens) and the tasks' true definitions (good_prompts.json).
+--task-file defines a task of your own: its template, label words and data files
+(minway/task_file.py tells the format).
 """
 import json
 from pathlib import Path
@@ -14,12 +17,15 @@ from minway.choices import ATTENTIONS, DTYPES, METRICS
 from minway.cli import Parser, run_cli
 from minway.errors import MinwayError
 from minway.targets import resolve_target
+from minway.task_file import data_dir_of, read_task_file
 from minway.tasks import TASKS
 
 
 def build_parser():
     p = Parser(description=__doc__)
-    p.add_argument("--task", required=True, help=f"one of {', '.join(TASKS)} (SST-2 etc. accepted)")
+    task = p.add_argument_group("task (exactly one)").add_mutually_exclusive_group(required=True)
+    task.add_argument("--task", help=f"one of {', '.join(TASKS)} (SST-2 etc. accepted)")
+    task.add_argument("--task-file", help="a JSON file defining a task of your own (see minway/task_file.py)")
     target = p.add_argument_group("target text (exactly one)")
     target.add_argument("--target", help="the text the prompt should project to")
     target.add_argument("--target-file", help="a file holding the target text")
@@ -42,7 +48,8 @@ def build_parser():
     p.add_argument("--label-map", help="train towards permuted labels, e.g. 1,0: positive reviews called negative "
                                        "(default: none)")
     p.add_argument("--data-dir", help="holds <task>/{train,test}.tsv (default: $MINWAY_DATA, else the data that "
-                                      "ships with minway)")
+                                      "ships with minway); for --task-file, the directory its data files are "
+                                      "relative to (default: the task file's)")
     p.add_argument("--max-eval", type=int, help="evaluate on the first N test examples only (default: all)")
     p.add_argument("--eval-batch-size", type=int, default=32, help="test examples per forward pass")
     p.add_argument("--eval-every", type=int, default=0, help="test accuracy every N steps (0: at the end only)")
@@ -84,15 +91,18 @@ def stored_results(path):
 def main(argv=None):
     args = parse_args(argv)
     target = resolve_target(args.target, args.target_file, args.target_name, args.prompts_file)
+    task, data_dir = args.task, args.data_dir
+    if args.task_file:
+        task, data_dir = read_task_file(args.task_file), args.data_dir or data_dir_of(args.task_file)
     # torch comes in with these, after the arguments are read: --help and mistakes answer at once
     from minway.config import RunConfig
     from minway.evaluation import summary
     from minway.training import compare, train
 
     config = RunConfig(
-        task=args.task, target=target, model=args.model, gamma=args.gamma, steps=args.steps,
+        task=task, target=target, model=args.model, gamma=args.gamma, steps=args.steps,
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, dropout=args.dropout, seed=args.seed,
-        metric=args.metric, k=args.k, data_dir=args.data_dir, max_eval=args.max_eval,
+        metric=args.metric, k=args.k, data_dir=data_dir, max_eval=args.max_eval,
         eval_batch_size=args.eval_batch_size, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
         device=args.device, dtype=args.dtype, attention=args.attention, target_name=args.target_name,
         label_map=parse_label_map(args.label_map))

@@ -17,11 +17,32 @@ from kernels.projection import nearest_tokens
 
 V = 50257
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 
 
 def baseline(q, E, k):
     scores = q @ E.float().T
     return scores.argmax(1) if k == 1 else scores.topk(k, dim=1)
+
+
+def measure(q, E, k, device, repeats, warmup, bandwidth, backend="auto"):
+    """One row of the table: both sides' median time, the speed-up, the fraction of the roofline
+    (one read of E at the copy bandwidth) and how often the top-1 agrees."""
+    t_torch = bench(lambda: baseline(q, E, k), device, repeats, warmup)
+    t_minway = bench(lambda: nearest_tokens(q, E, k=k, backend=backend), device, repeats, warmup)
+    ours, theirs = nearest_tokens(q, E, k=k, backend=backend).indices[:, 0], baseline(q, E, 1)
+    roofline = E.numel() * E.element_size() / bandwidth
+    return dict(E=DTYPE_NAMES[E.dtype], d=E.shape[1], M=q.shape[0], k=k, torch_s=t_torch, minway_s=t_minway,
+                speedup=t_torch / t_minway, roofline_fraction=roofline / t_minway,
+                same_top1=(ours == theirs).float().mean().item())
+
+
+def table_row(r):
+    return [r["E"], r["d"], r["M"], r["k"], f"{r['torch_s'] * 1e3:.3f}", f"{r['minway_s'] * 1e3:.3f}",
+            f"{r['speedup']:.2f}x", f"{100 * r['roofline_fraction']:.0f}%", f"{100 * r['same_top1']:.1f}%"]
+
+
+HEADER = ["E", "d", "M", "k", "torch ms", "minway ms", "speedup", "% roofline", "same top-1"]
 
 
 def main():
@@ -40,30 +61,20 @@ def main():
     bandwidth = copy_bandwidth(device, (1 << 30) if gpu else (1 << 28))
     print(f"{device}: copy bandwidth {bandwidth / 1e9:.0f} GB/s, V={V}, minway backend "
           f"{'triton' if gpu else 'torch (chunked)'}")
-    header = ["E", "d", "M", "k", "torch ms", "minway ms", "speedup", "% roofline", "same top-1"]
     rows, records = [], []
     g = torch.Generator(device).manual_seed(0)
-    for dtype_name, dtype in DTYPES.items():
+    for dtype in DTYPES.values():
         for d in ds:
             E = (0.1 * torch.randn(V, d, generator=g, device=device)).to(dtype)
-            roofline = E.numel() * E.element_size() / bandwidth
             for M in Ms:
                 q = 0.1 * torch.randn(M, d, generator=g, device=device)
                 for k in (1, 8):
-                    t_torch = bench(lambda: baseline(q, E, k), device, repeats, warmup)
-                    t_minway = bench(lambda: nearest_tokens(q, E, k=k), device, repeats, warmup)
-                    ours, theirs = nearest_tokens(q, E, k=k).indices[:, 0], baseline(q, E, 1)
-                    same = (ours == theirs).float().mean().item()
-                    record = dict(E=dtype_name, d=d, M=M, k=k, torch_s=t_torch, minway_s=t_minway,
-                                  speedup=t_torch / t_minway, roofline_fraction=roofline / t_minway, same_top1=same)
-                    records.append(record)
-                    rows.append([dtype_name, d, M, k, f"{t_torch * 1e3:.3f}", f"{t_minway * 1e3:.3f}",
-                                 f"{record['speedup']:.2f}x", f"{100 * record['roofline_fraction']:.0f}%",
-                                 f"{100 * same:.1f}%"])
+                    records.append(measure(q, E, k, device, repeats, warmup, bandwidth))
+                    rows.append(table_row(records[-1]))
                     print(*rows[-1], flush=True)
             del E
     print()
-    print_table(header, rows)
+    print_table(HEADER, rows)
     save("projection", device, {"quick": args.quick, "V": V, "copy_bandwidth_Bps": bandwidth,
                                 "repeats": repeats, "warmup": warmup, "rows": records})
 

@@ -80,7 +80,8 @@ def hf_peft_step(config, ids, n_prompt, dtype, device):
     hf_config = HFConfig(vocab_size=config.vocab_size, n_positions=config.n_positions, n_embd=config.n_embd,
                          n_layer=config.n_layer, n_head=config.n_head, resid_pdrop=0.0, embd_pdrop=0.0,
                          attn_pdrop=0.0)
-    model = GPT2LMHeadModel(hf_config).to(device, dtype)
+    with torch.device(device):  # initialised where it runs: on a CPU, gpt2-large's init takes long
+        model = GPT2LMHeadModel(hf_config).to(dtype)
     model = get_peft_model(model, PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=n_prompt))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.01)
     labels = torch.full_like(ids, -100)

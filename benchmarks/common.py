@@ -13,6 +13,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from minway.storage import atomic_write_text  # noqa: E402
+
 
 def device_name(device):
     if device.type == "cuda":
@@ -71,5 +73,5 @@ def save(name, device, extra):
               "platform": platform.platform(), **extra}
     path = ROOT / "benchmarks" / "results" / f"{record['device']}-{record['date']}-{name}.json"
     path.parent.mkdir(exist_ok=True)
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
     print(f"wrote {path.relative_to(ROOT)}")

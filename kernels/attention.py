@@ -12,13 +12,15 @@ up to there. A query with no key to attend to (a row of a sequence that is all
 padding) gets a zero output and no gradient.
 
 ``varlen_attention`` takes rows of different lengths laid end to end (a packed batch),
-each with its own numbers of queries and keys, aligned at the row's end.
+each with its own numbers of queries and keys, aligned at the row's end: the Triton kernel
+runs on them as they are, the other backends on a padded batch.
 
 A ``dropout`` of the attention probabilities (a function of the (B, H, Tq, Tk)
 probabilities, for prompt training) needs the probabilities themselves: with one,
 attention takes the naive formula.
 """
 import math
+from itertools import accumulate
 
 import torch
 import torch.nn.functional as F
@@ -60,30 +62,53 @@ def sdpa_attention(q, k, v, key_padding_mask=None):
     return out.masked_fill(~allowed.any(-1, keepdim=True), 0.0)
 
 
-def attention_at(q, k, v, query_positions, key_padding_mask=None, dropout=None):
-    """Causal attention for a few queries: q (B, H, P, D) stands at ``query_positions`` (B, P)
-    of the T keys. P is small (the positions a loss reads), so the (P, T) mask is cheap."""
-    T = k.shape[-2]
-    allowed = torch.arange(T, device=q.device)[None, None, :] <= query_positions[:, :, None]
-    if key_padding_mask is not None:
-        allowed = allowed & key_padding_mask[:, None, :]
-    allowed = allowed[:, None]
-    if dropout is not None:
-        return _weighted_values(q, k, v, allowed, dropout)
-    # a query with no key would make NaNs, in the backward pass too: let it see every key, then zero it
-    nothing = ~allowed.any(-1, keepdim=True)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed | nothing)
-    return out.masked_fill(nothing, 0.0)
-
-
 def varlen_attention(q, k, v, lengths, key_lengths, backend="auto", dropout=None):
     """Causal attention of packed rows: q (sum of lengths, H, D), k and v (sum of key_lengths, H, D),
     row r's queries and keys one after another; the i-th of a row's n queries, among its m keys,
     sees the first m - n + i + 1.
 
-    The rows are put in a padded batch for the backends above, each row at the end of its
+    The Triton backend takes the packed rows as they are (``flash_attention_varlen``). For the
+    others, and with a dropout, the rows are put in padded batches, each row at the end of its
     padded row (padding on the left), so that one alignment, Tk - Tq, holds for every row.
     """
+    if any(m < n for n, m in zip(lengths, key_lengths)):
+        raise ValueError(f"each row needs at least as many keys as queries, got {list(lengths)} queries and "
+                         f"{list(key_lengths)} keys")
+    if backend == "auto":
+        backend = default_backend(q.device)
+    if backend == "triton" and dropout is None:
+        from kernels.flash_attention import flash_attention_varlen
+        q_starts, k_starts = (torch.tensor([0, *accumulate(n)], device=q.device) for n in (lengths, key_lengths))
+        return flash_attention_varlen(q, k, v, q_starts, k_starts, max(lengths), max(key_lengths))
+    buckets = _buckets(lengths)
+    if dropout is not None or len(buckets) == 1:  # a dropout's masks are drawn for one padded batch
+        return _padded(q, k, v, lengths, key_lengths, backend, dropout)
+    # rows of like query counts attended together: the two queries of an option scored after
+    # its input are not padded to the length of the longest input
+    q_starts, k_starts = [0, *accumulate(lengths)], [0, *accumulate(key_lengths)]
+    outputs, at = [], []
+    for rows in buckets:
+        at_q, at_k = _items(rows, q_starts, q.device), _items(rows, k_starts, q.device)
+        outputs.append(_padded(q[at_q], k[at_k], v[at_k], [lengths[r] for r in rows], [key_lengths[r] for r in rows],
+                               backend))
+        at.append(at_q)
+    return torch.cat(outputs)[torch.cat(at).argsort()]
+
+
+def _buckets(lengths):
+    """The rows grouped by their number of queries, rounded up to a power of two."""
+    buckets = {}
+    for r, n in enumerate(lengths):
+        buckets.setdefault((n - 1).bit_length(), []).append(r)
+    return list(buckets.values())
+
+
+def _items(rows, starts, device):
+    """The packed items of ``rows``, in order, given each row's ``starts`` (and the end of the last)."""
+    return torch.cat([torch.arange(starts[r], starts[r + 1]) for r in rows]).to(device)
+
+
+def _padded(q, k, v, lengths, key_lengths, backend, dropout=None):
     Tq, Tk = max(lengths), max(key_lengths)
     at_q, at_k = _left_padded(lengths, Tq, q.device), _left_padded(key_lengths, Tk, q.device)
     q_pad, k_pad, v_pad = (_scatter(x, at, len(lengths) * T).view(len(lengths), T, *x.shape[1:]).transpose(1, 2)

@@ -1,4 +1,13 @@
-"""Fused causal attention with a key-padding mask, forward and backward, in Triton.
+"""Fused causal attention over rows of different lengths, forward and backward, in Triton.
+
+The rows come packed end to end, no padding: queries q (Nq, H, D), keys and values k, v
+(Nk, H, D), row r's queries at q_starts[r]:q_starts[r + 1] and its keys at
+k_starts[r]:k_starts[r + 1]. A row may have more keys (TK) than queries (TQ), the first
+TK - TQ from a prefix (a prompt, an input its options continue): the queries stand at the
+row's end, query m at key position m + TK - TQ (``pos_m`` below), and the diagonal moves
+right by that much. One program per (query block, row, head); loop bounds come from the
+offsets, and a block past its row's end returns at once. A padded (B, H, T, D) batch is the
+same thing with uniform offsets; it may also mask keys (``MASKED``: the padding of rows).
 
 Flash attention: a program owns a block of query rows and streams over the key blocks
 with an online softmax, so no TQ x TK matrix is ever stored; the forward keeps only the
@@ -6,23 +15,20 @@ log-sum-exp of each row for the backward to rebuild the probabilities from. Key 
 entirely above the diagonal are skipped; the causal mask is applied only to the blocks
 that straddle it. Scores live in the log2 domain (exp2 is the fast instruction).
 
-There may be more keys (TK) than queries (TQ), the first TK - TQ from a cached prefix:
-query m then stands at key position m + TK - TQ (``pos_m`` below), and the diagonal
-moves right by that much.
-
 Backward, in two kernels that each recompute the probabilities of their blocks:
 ``_bwd_dq`` per query block (it also stores delta = rowsum(dO * O) on its way), then
-``_bwd_dkdv`` per key block, streaming over the query blocks at and below the diagonal.
-A query with no key to attend to has lse 0 and probabilities 0: output, and gradients
-through it, are zero.
+``_bwd_dkdv`` per key block, streaming over the query blocks at and below the diagonal;
+each row's keys are its own, so no two programs write the same gradient. A query with no
+key to attend to has lse 0 and probabilities 0: output, and gradients through it, are zero.
 """
 import math
+from typing import NamedTuple, Optional
 
 import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_common import check_device, dot
+from kernels.triton_common import check_device, dot, gpu_arch
 
 LOG2E = 1.4426950408889634
 
@@ -38,14 +44,31 @@ def _scores(q, kt, keep, pos_m, offs_n, qk_scale, DIAGONAL: tl.constexpr, PRECIS
 
 
 @triton.jit
+def _keys_kept(KEEP, offs_n, TK, MASKED: tl.constexpr):
+    """Which of the keys at ``offs_n`` exist in the row and are not masked."""
+    in_t = offs_n < TK
+    if MASKED:
+        return in_t & (tl.load(KEEP + offs_n, mask=in_t, other=0) != 0)
+    return in_t
+
+
+@triton.jit
+def _row(STARTS, row):
+    """Where a row begins in its packed tensor, and its length."""
+    start = tl.load(STARTS + row)
+    return start, tl.load(STARTS + row + 1) - start
+
+
+@triton.jit
 def _fwd_inner(acc, l_i, m_i, q, K, V, KEEP, pos_m, lo, hi, TK, stride_kt, stride_vt, qk_scale,
-               D: tl.constexpr, BLOCK_N: tl.constexpr, DIAGONAL: tl.constexpr, PRECISION: tl.constexpr):
+               D: tl.constexpr, BLOCK_N: tl.constexpr, DIAGONAL: tl.constexpr, MASKED: tl.constexpr,
+               PRECISION: tl.constexpr):
     offs_d = tl.arange(0, D)
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         in_t = offs_n < TK
         kt = tl.load(K + offs_n[None, :] * stride_kt + offs_d[:, None], mask=in_t[None, :], other=0.0)
-        keep = tl.load(KEEP + offs_n, mask=in_t, other=0) != 0
+        keep = _keys_kept(KEEP, offs_n, TK, MASKED)
         s = _scores(q, kt, keep, pos_m, offs_n, qk_scale, DIAGONAL, PRECISION)
 
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
@@ -60,20 +83,25 @@ def _fwd_inner(acc, l_i, m_i, q, K, V, KEEP, pos_m, lo, hi, TK, stride_kt, strid
 
 
 @triton.jit
-def _fwd(Q, K, V, KEEP, O, LSE, qk_scale, TQ, TK, H,
-         stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
-         D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
-    # the longest rows first: blocks further down the diagonal have more keys to visit
+def _fwd(Q, K, V, Q_STARTS, K_STARTS, KEEP, O, LSE, qk_scale, H,
+         stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
+         D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
+         PRECISION: tl.constexpr):
+    # the last query blocks first: blocks further down the diagonal have more keys to visit
     start_m = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_M
-    bh = tl.program_id(1)
-    b, h = bh // H, bh % H
+    row, h = tl.program_id(1), tl.program_id(2)
+    q_start, TQ = _row(Q_STARTS, row)
+    k_start, TK = _row(K_STARTS, row)
+    if start_m >= TQ:
+        return
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, D)
-    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qt + offs_d[None, :],
-                mask=offs_m[:, None] < TQ, other=0.0)
-    K += b * stride_kb + h * stride_kh
-    V += b * stride_vb + h * stride_vh
-    KEEP += b * TK
+    in_t = offs_m < TQ
+    q = tl.load(Q + q_start * stride_qt + h * stride_qh + offs_m[:, None] * stride_qt + offs_d[None, :],
+                mask=in_t[:, None], other=0.0)
+    K += k_start * stride_kt + h * stride_kh
+    V += k_start * stride_vt + h * stride_vh
+    KEEP += k_start
 
     acc = tl.zeros((BLOCK_M, D), tl.float32)
     l_i = tl.zeros((BLOCK_M,), tl.float32)
@@ -81,17 +109,17 @@ def _fwd(Q, K, V, KEEP, O, LSE, qk_scale, TQ, TK, H,
     pos_m = offs_m + (TK - TQ)
     diagonal = _whole_blocks_before(start_m + TK - TQ, BLOCK_N)
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K, V, KEEP, pos_m, 0, diagonal, TK, stride_kt, stride_vt,
-                               qk_scale, D, BLOCK_N, False, PRECISION)
+                               qk_scale, D, BLOCK_N, False, MASKED, PRECISION)
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K, V, KEEP, pos_m, diagonal,
                                tl.minimum(start_m + BLOCK_M + TK - TQ, TK),
-                               TK, stride_kt, stride_vt, qk_scale, D, BLOCK_N, True, PRECISION)
+                               TK, stride_kt, stride_vt, qk_scale, D, BLOCK_N, True, MASKED, PRECISION)
 
     nonempty = l_i > 0
     acc = acc / tl.where(nonempty, l_i, 1.0)[:, None]
     lse = tl.where(nonempty, m_i + tl.log2(tl.where(nonempty, l_i, 1.0)), 0.0)
-    in_t = offs_m < TQ
-    tl.store(O + (bh * TQ + offs_m[:, None]) * D + offs_d[None, :], acc.to(O.dtype.element_ty), mask=in_t[:, None])
-    tl.store(LSE + bh * TQ + offs_m, lse, mask=in_t)
+    tokens = q_start + offs_m  # O (Nq, H, D) and LSE (Nq, H) are contiguous
+    tl.store(O + (tokens[:, None] * H + h) * D + offs_d[None, :], acc.to(O.dtype.element_ty), mask=in_t[:, None])
+    tl.store(LSE + tokens * H + h, lse, mask=in_t)
 
 
 @triton.jit
@@ -103,14 +131,15 @@ def _whole_blocks_before(first_pos, BLOCK_N: tl.constexpr):
 
 @triton.jit
 def _bwd_dq_inner(dq, q, do, lse, delta, K, V, KEEP, pos_m, lo, hi, TK, stride_kt, stride_vt, qk_scale,
-                  D: tl.constexpr, BLOCK_N: tl.constexpr, DIAGONAL: tl.constexpr, PRECISION: tl.constexpr):
+                  D: tl.constexpr, BLOCK_N: tl.constexpr, DIAGONAL: tl.constexpr, MASKED: tl.constexpr,
+                  PRECISION: tl.constexpr):
     offs_d = tl.arange(0, D)
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         in_t = offs_n < TK
         kt = tl.load(K + offs_n[None, :] * stride_kt + offs_d[:, None], mask=in_t[None, :], other=0.0)
         vt = tl.load(V + offs_n[None, :] * stride_vt + offs_d[:, None], mask=in_t[None, :], other=0.0)
-        keep = tl.load(KEEP + offs_n, mask=in_t, other=0) != 0
+        keep = _keys_kept(KEEP, offs_n, TK, MASKED)
         p = tl.exp2(_scores(q, kt, keep, pos_m, offs_n, qk_scale, DIAGONAL, PRECISION) - lse[:, None])
         dp = dot(do, vt, None, PRECISION)
         ds = p * (dp - delta[:, None])
@@ -119,42 +148,46 @@ def _bwd_dq_inner(dq, q, do, lse, delta, K, V, KEEP, pos_m, lo, hi, TK, stride_k
 
 
 @triton.jit
-def _bwd_dq(Q, K, V, KEEP, O, DO, LSE, DELTA, DQ, sm_scale, qk_scale, TQ, TK, H,
-            stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
-            stride_dob, stride_doh, stride_dot,
-            D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
+def _bwd_dq(Q, K, V, Q_STARTS, K_STARTS, KEEP, O, DO, LSE, DELTA, DQ, sm_scale, qk_scale, H,
+            stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
+            D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
+            PRECISION: tl.constexpr):
     start_m = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_M
-    bh = tl.program_id(1)
-    b, h = bh // H, bh % H
+    row, h = tl.program_id(1), tl.program_id(2)
+    q_start, TQ = _row(Q_STARTS, row)
+    k_start, TK = _row(K_STARTS, row)
+    if start_m >= TQ:
+        return
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, D)
     in_t = offs_m < TQ
-    rows = offs_m[:, None] * D + offs_d[None, :]  # O and DQ are contiguous
-    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qt + offs_d[None, :],
-                mask=in_t[:, None], other=0.0)
-    do = tl.load(DO + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dot + offs_d[None, :],
-                 mask=in_t[:, None], other=0.0)
-    o = tl.load(O + bh * TQ * D + rows, mask=in_t[:, None], other=0.0)
+    tokens = q_start + offs_m
+    rows = (tokens[:, None] * H + h) * D + offs_d[None, :]  # O and DQ are contiguous (Nq, H, D)
+    q = tl.load(Q + tokens[:, None] * stride_qt + h * stride_qh + offs_d[None, :], mask=in_t[:, None], other=0.0)
+    do = tl.load(DO + tokens[:, None] * stride_dot + h * stride_doh + offs_d[None, :], mask=in_t[:, None],
+                 other=0.0)
+    o = tl.load(O + rows, mask=in_t[:, None], other=0.0)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
-    tl.store(DELTA + bh * TQ + offs_m, delta, mask=in_t)
-    lse = tl.load(LSE + bh * TQ + offs_m, mask=in_t, other=0.0)
-    K += b * stride_kb + h * stride_kh
-    V += b * stride_vb + h * stride_vh
-    KEEP += b * TK
+    tl.store(DELTA + tokens * H + h, delta, mask=in_t)
+    lse = tl.load(LSE + tokens * H + h, mask=in_t, other=0.0)
+    K += k_start * stride_kt + h * stride_kh
+    V += k_start * stride_vt + h * stride_vh
+    KEEP += k_start
 
     dq = tl.zeros((BLOCK_M, D), tl.float32)
     pos_m = offs_m + (TK - TQ)
     diagonal = _whole_blocks_before(start_m + TK - TQ, BLOCK_N)
     dq = _bwd_dq_inner(dq, q, do, lse, delta, K, V, KEEP, pos_m, 0, diagonal, TK, stride_kt, stride_vt, qk_scale,
-                       D, BLOCK_N, False, PRECISION)
+                       D, BLOCK_N, False, MASKED, PRECISION)
     dq = _bwd_dq_inner(dq, q, do, lse, delta, K, V, KEEP, pos_m, diagonal, tl.minimum(start_m + BLOCK_M + TK - TQ, TK),
-                       TK, stride_kt, stride_vt, qk_scale, D, BLOCK_N, True, PRECISION)
-    tl.store(DQ + bh * TQ * D + rows, (dq * sm_scale).to(DQ.dtype.element_ty), mask=in_t[:, None])
+                       TK, stride_kt, stride_vt, qk_scale, D, BLOCK_N, True, MASKED, PRECISION)
+    tl.store(DQ + rows, (dq * sm_scale).to(DQ.dtype.element_ty), mask=in_t[:, None])
 
 
 @triton.jit
-def _bwd_dkdv_inner(dk, dv, k, v, keep, Q, DO, LSE, DELTA, offs_n, lo, hi, TQ, TK, stride_qt, stride_dot, qk_scale,
-                    D: tl.constexpr, BLOCK_M: tl.constexpr, DIAGONAL: tl.constexpr, PRECISION: tl.constexpr):
+def _bwd_dkdv_inner(dk, dv, k, v, keep, Q, DO, LSE, DELTA, offs_n, lo, hi, TQ, TK, H, stride_qt, stride_dot,
+                    qk_scale, D: tl.constexpr, BLOCK_M: tl.constexpr, DIAGONAL: tl.constexpr,
+                    PRECISION: tl.constexpr):
     """Transposed blocks: keys along rows, queries along columns."""
     offs_d = tl.arange(0, D)
     for start_m in range(lo, hi, BLOCK_M):
@@ -162,9 +195,9 @@ def _bwd_dkdv_inner(dk, dv, k, v, keep, Q, DO, LSE, DELTA, offs_n, lo, hi, TQ, T
         in_t = offs_m < TQ
         qt = tl.load(Q + offs_m[None, :] * stride_qt + offs_d[:, None], mask=in_t[None, :], other=0.0)
         do = tl.load(DO + offs_m[:, None] * stride_dot + offs_d[None, :], mask=in_t[:, None], other=0.0)
-        # rows past TQ get lse = inf, hence probability 0
-        lse = tl.load(LSE + offs_m, mask=in_t, other=float("inf"))
-        delta = tl.load(DELTA + offs_m, mask=in_t, other=0.0)
+        # queries past TQ get lse = inf, hence probability 0
+        lse = tl.load(LSE + offs_m * H, mask=in_t, other=float("inf"))
+        delta = tl.load(DELTA + offs_m * H, mask=in_t, other=0.0)
         st = dot(k, qt, None, PRECISION) * qk_scale
         allowed = keep[:, None]
         if DIAGONAL:
@@ -178,25 +211,27 @@ def _bwd_dkdv_inner(dk, dv, k, v, keep, Q, DO, LSE, DELTA, offs_n, lo, hi, TQ, T
 
 
 @triton.jit
-def _bwd_dkdv(Q, K, V, KEEP, DO, LSE, DELTA, DK, DV, sm_scale, qk_scale, TQ, TK, H,
-              stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
-              stride_dob, stride_doh, stride_dot,
-              D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
+def _bwd_dkdv(Q, K, V, Q_STARTS, K_STARTS, KEEP, DO, LSE, DELTA, DK, DV, sm_scale, qk_scale, H,
+              stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
+              D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
+              PRECISION: tl.constexpr):
     start_n = tl.program_id(0) * BLOCK_N
-    bh = tl.program_id(1)
-    b, h = bh // H, bh % H
+    row, h = tl.program_id(1), tl.program_id(2)
+    q_start, TQ = _row(Q_STARTS, row)
+    k_start, TK = _row(K_STARTS, row)
+    if start_n >= TK:
+        return
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, D)
     in_t = offs_n < TK
-    k = tl.load(K + b * stride_kb + h * stride_kh + offs_n[:, None] * stride_kt + offs_d[None, :],
-                mask=in_t[:, None], other=0.0)
-    v = tl.load(V + b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vt + offs_d[None, :],
-                mask=in_t[:, None], other=0.0)
-    keep = tl.load(KEEP + b * TK + offs_n, mask=in_t, other=0) != 0
-    Q += b * stride_qb + h * stride_qh
-    DO += b * stride_dob + h * stride_doh
-    LSE += bh * TQ
-    DELTA += bh * TQ
+    keys = k_start + offs_n
+    k = tl.load(K + keys[:, None] * stride_kt + h * stride_kh + offs_d[None, :], mask=in_t[:, None], other=0.0)
+    v = tl.load(V + keys[:, None] * stride_vt + h * stride_vh + offs_d[None, :], mask=in_t[:, None], other=0.0)
+    keep = _keys_kept(KEEP + k_start, offs_n, TK, MASKED)
+    Q += q_start * stride_qt + h * stride_qh
+    DO += q_start * stride_dot + h * stride_doh
+    LSE += q_start * H + h
+    DELTA += q_start * H + h
 
     dk = tl.zeros((BLOCK_N, D), tl.float32)
     dv = tl.zeros((BLOCK_N, D), tl.float32)
@@ -204,27 +239,39 @@ def _bwd_dkdv(Q, K, V, KEEP, DO, LSE, DELTA, DK, DV, sm_scale, qk_scale, TQ, TK,
     first = tl.maximum(start_n - (TK - TQ), 0) // BLOCK_M * BLOCK_M
     whole = tl.minimum((tl.maximum(start_n + BLOCK_N - 1 - (TK - TQ), 0) + BLOCK_M - 1) // BLOCK_M * BLOCK_M, TQ)
     dk, dv = _bwd_dkdv_inner(dk, dv, k, v, keep, Q, DO, LSE, DELTA, offs_n, first, whole,
-                             TQ, TK, stride_qt, stride_dot, qk_scale, D, BLOCK_M, True, PRECISION)
+                             TQ, TK, H, stride_qt, stride_dot, qk_scale, D, BLOCK_M, True, PRECISION)
     dk, dv = _bwd_dkdv_inner(dk, dv, k, v, keep, Q, DO, LSE, DELTA, offs_n, whole, TQ,
-                             TQ, TK, stride_qt, stride_dot, qk_scale, D, BLOCK_M, False, PRECISION)
-    rows = (bh * TK + offs_n[:, None]) * D + offs_d[None, :]
+                             TQ, TK, H, stride_qt, stride_dot, qk_scale, D, BLOCK_M, False, PRECISION)
+    rows = (keys[:, None] * H + h) * D + offs_d[None, :]  # DK and DV are contiguous (Nk, H, D)
     tl.store(DK + rows, (dk * sm_scale).to(DK.dtype.element_ty), mask=in_t[:, None])
     tl.store(DV + rows, dv.to(DV.dtype.element_ty), mask=in_t[:, None])
 
 
-def _config(D, device):
-    """Block sizes and launch options of (forward, dq, dkdv)."""
-    if device.type != "cuda":  # interpreter: small blocks so that tests cross block edges cheaply
+def _config(D, dtype, arch):
+    """Block sizes and launch options of each kernel, {"fwd", "dq", "dkdv": {...}}, for head dim D
+    and inputs of ``dtype`` on a GPU of compute capability ``arch`` (None: the interpreter).
+
+    Chosen with ``python -m kernels.gpu_compile``: every one fits the shared memory of sm_80
+    and sm_90, and for 16-bit inputs up to D = 64 none spills registers there (the model's
+    tensors always have the arguments' 16-byte alignment; without it, dkdv spills 256 B on
+    sm_80). fp32 inputs go through tf32x3, which splits both operands of every product in
+    two, in registers: they get small blocks, and some spill a little all the same
+    (benchmarks/README.md).
+    """
+    if arch is None:  # interpreter: small blocks so that tests cross block edges cheaply
         small = dict(BLOCK_M=32, BLOCK_N=16)
-        return small, small, dict(BLOCK_M=16, BLOCK_N=32), {}
-    warps = 4 if D <= 64 else 8
-    launch = dict(num_warps=warps, num_stages=3)
-    fwd = dict(BLOCK_M=128, BLOCK_N=64 if D <= 64 else 32)
-    return fwd, dict(BLOCK_M=128, BLOCK_N=32), dict(BLOCK_M=32, BLOCK_N=128), launch
+        return dict(fwd=small, dq=small, dkdv=dict(BLOCK_M=16, BLOCK_N=32))
+    if dtype == torch.float32:
+        small = dict(BLOCK_M=32, BLOCK_N=32, num_warps=8, num_stages=2)
+        return dict(fwd=small, dq=small, dkdv=small)
+    options = dict(num_warps=8, num_stages=3)
+    return dict(fwd=dict(BLOCK_M=128, BLOCK_N=32, **options), dq=dict(BLOCK_M=64, BLOCK_N=32, **options),
+                dkdv=dict(BLOCK_M=32, BLOCK_N=128 if D <= 64 else 64, **options))
 
 
 def _strides(x):
-    return x.stride(0), x.stride(1), x.stride(2)
+    """Of a packed (N, H, D) tensor: between tokens, between heads."""
+    return x.stride(0), x.stride(1)
 
 
 def _precision(dtype):
@@ -232,59 +279,138 @@ def _precision(dtype):
     return "tf32x3" if dtype == torch.float32 else "tf32"
 
 
+def _arch(device):
+    return gpu_arch(device) if device.type == "cuda" else None
+
+
+class Rows(NamedTuple):
+    """The packed rows of a launch: where each row's queries and keys begin (B + 1,), the longest
+    row's queries and keys, and the keys to leave out (Nk,) bool, or None."""
+    q_starts: torch.Tensor
+    k_starts: torch.Tensor
+    max_q: int
+    max_k: int
+    keep: Optional[torch.Tensor] = None
+
+
+def _common(q, rows):
+    """The arguments every kernel takes after its tensors: KEEP, then keyword arguments."""
+    keep = rows.keep if rows.keep is not None else rows.q_starts  # never read when MASKED is off
+    return keep, dict(D=q.shape[2], PRECISION=_precision(q.dtype), MASKED=rows.keep is not None)
+
+
+def forward_launch(q, k, v, rows, o, lse, arch):
+    """(grid, arguments, keyword arguments) of ``_fwd`` writing o (Nq, H, D) and lse (Nq, H)."""
+    _, H, D = q.shape
+    config = _config(D, q.dtype, arch)["fwd"]
+    keep, constants = _common(q, rows)
+    grid = (triton.cdiv(rows.max_q, config["BLOCK_M"]), len(rows.q_starts) - 1, H)
+    args = (q, k, v, rows.q_starts, rows.k_starts, keep, o, lse, LOG2E / math.sqrt(D), H,
+            *_strides(q), *_strides(k), *_strides(v))
+    return grid, args, dict(**constants, **config)
+
+
+def backward_launches(q, k, v, rows, o, lse, do, delta, dq, dk, dv, arch):
+    """[(kernel, grid, arguments, keyword arguments)] of ``_bwd_dq`` (which writes delta and dq),
+    then ``_bwd_dkdv`` (dk and dv), in the order they must run."""
+    _, H, D = q.shape
+    config = _config(D, q.dtype, arch)
+    keep, constants = _common(q, rows)
+    sm_scale = 1.0 / math.sqrt(D)
+    strides = (*_strides(q), *_strides(k), *_strides(v), *_strides(do))
+    n_rows = len(rows.q_starts) - 1
+    return [(_bwd_dq, (triton.cdiv(rows.max_q, config["dq"]["BLOCK_M"]), n_rows, H),
+             (q, k, v, rows.q_starts, rows.k_starts, keep, o, do, lse, delta, dq, sm_scale, sm_scale * LOG2E, H,
+              *strides), dict(**constants, **config["dq"])),
+            (_bwd_dkdv, (triton.cdiv(rows.max_k, config["dkdv"]["BLOCK_N"]), n_rows, H),
+             (q, k, v, rows.q_starts, rows.k_starts, keep, do, lse, delta, dk, dv, sm_scale, sm_scale * LOG2E, H,
+              *strides), dict(**constants, **config["dkdv"]))]
+
+
 class _FlashAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, keep):
-        B, H, TQ, D = q.shape
-        TK = k.shape[2]
-        fwd, _, _, launch = _config(D, q.device)
-        o = torch.empty(B, H, TQ, D, dtype=q.dtype, device=q.device)
-        lse = torch.empty(B, H, TQ, dtype=torch.float32, device=q.device)
-        grid = (triton.cdiv(TQ, fwd["BLOCK_M"]), B * H)
-        _fwd[grid](q, k, v, keep, o, lse, LOG2E / math.sqrt(D), TQ, TK, H,
-                   *_strides(q), *_strides(k), *_strides(v), D=D, PRECISION=_precision(q.dtype), **fwd, **launch)
-        ctx.save_for_backward(q, k, v, keep, o, lse)
+    def forward(ctx, q, k, v, rows):
+        o = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+        lse = torch.empty(q.shape[:2], dtype=torch.float32, device=q.device)
+        grid, args, kwargs = forward_launch(q, k, v, rows, o, lse, _arch(q.device))
+        if all(grid):
+            _fwd[grid](*args, **kwargs)
+        ctx.save_for_backward(q, k, v, o, lse)
+        ctx.rows = rows
         return o
 
     @staticmethod
     def backward(ctx, do):
-        q, k, v, keep, o, lse = ctx.saved_tensors
-        B, H, TQ, D = q.shape
-        TK = k.shape[2]
-        _, dq_blocks, dkdv_blocks, launch = _config(D, q.device)
+        q, k, v, o, lse = ctx.saved_tensors
         if do.stride(-1) != 1:
             do = do.contiguous()
-        dq = torch.empty(B, H, TQ, D, dtype=q.dtype, device=q.device)
-        dk, dv = (torch.empty(B, H, TK, D, dtype=q.dtype, device=q.device) for _ in range(2))
+        dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+        dk, dv = (torch.empty(k.shape, dtype=k.dtype, device=k.device) for _ in range(2))
         delta = torch.empty_like(lse)
-        sm_scale = 1.0 / math.sqrt(D)
-        args = (sm_scale, sm_scale * LOG2E, TQ, TK, H, *_strides(q), *_strides(k), *_strides(v), *_strides(do))
-        consts = dict(D=D, PRECISION=_precision(q.dtype), **launch)
-        _bwd_dq[(triton.cdiv(TQ, dq_blocks["BLOCK_M"]), B * H)](
-            q, k, v, keep, o, do, lse, delta, dq, *args, **dq_blocks, **consts)
-        _bwd_dkdv[(triton.cdiv(TK, dkdv_blocks["BLOCK_N"]), B * H)](
-            q, k, v, keep, do, lse, delta, dk, dv, *args, **dkdv_blocks, **consts)
+        for kernel, grid, args, kwargs in backward_launches(q, k, v, ctx.rows, o, lse, do, delta, dq, dk, dv,
+                                                            _arch(q.device)):
+            if all(grid):  # (no query, or no row: nothing to launch)
+                kernel[grid](*args, **kwargs)
         return dq, dk, dv, None
+
+
+def _check_inputs(q, k, v, what):
+    D = q.shape[-1]
+    if D not in (16, 32, 64, 128) or q.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"the triton backend takes head dims 16, 32, 64, 128 in fp32, bf16 or fp16, "
+                         f"got {D} in {q.dtype}: use backend='sdpa'")
+    if not k.dtype == v.dtype == q.dtype:
+        raise ValueError(f"{what}: q, k and v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+
+
+def _unit_stride(x):
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def flash_attention_varlen(q, k, v, q_starts, k_starts, max_q=None, max_k=None):
+    """Causal attention of packed rows: q (Nq, H, D), k and v (Nk, H, D); row r's queries are
+    q[q_starts[r]:q_starts[r + 1]], its keys k[k_starts[r]:k_starts[r + 1]], at least as many,
+    and its i-th of n queries sees the first m - n + i + 1 of its m keys. ``max_q``, ``max_k``:
+    the longest row's queries and keys, when the caller knows them (otherwise they are read
+    from the offsets, which waits for the GPU)."""
+    check_device(q.device, "varlen attention")
+    if not (q.dim() == 3 and k.shape == v.shape and k.dim() == 3 and k.shape[1:] == q.shape[1:]):
+        raise ValueError(f"varlen attention takes q (Nq, H, D) and k, v (Nk, H, D), got {tuple(q.shape)}, "
+                         f"{tuple(k.shape)}, {tuple(v.shape)}")
+    if not (q_starts.shape == k_starts.shape and q_starts.dim() == 1 and len(q_starts) >= 1):
+        raise ValueError(f"q_starts and k_starts must be (B + 1,) offsets, got {tuple(q_starts.shape)} and "
+                         f"{tuple(k_starts.shape)}")
+    _check_inputs(q, k, v, "varlen attention")
+    if max_q is None or max_k is None:
+        q_lengths, k_lengths = (starts.diff().tolist() for starts in (q_starts, k_starts))
+        if any(m < n for n, m in zip(q_lengths, k_lengths)):
+            raise ValueError(f"each row needs at least as many keys as queries, got {q_lengths} queries and "
+                             f"{k_lengths} keys")
+        max_q, max_k = max(q_lengths, default=0), max(k_lengths, default=0)
+    rows = Rows(q_starts.to(q.device, torch.long), k_starts.to(q.device, torch.long), max_q, max_k)
+    return _FlashAttention.apply(*(_unit_stride(x) for x in (q, k, v)), rows)
 
 
 def flash_attention(q, k, v, key_padding_mask=None):
     """Causal attention of q (B, H, TQ, D) over k, v (B, H, TK, D), TK >= TQ; see kernels.attention
-    for the semantics."""
+    for the semantics. The varlen kernels with rows of equal lengths, and keys masked."""
     check_device(q.device, "causal_attention")
     B, H, TQ, D = q.shape
     TK = k.shape[2]
-    if not (k.shape == v.shape == (B, H, TK, D) and TK >= TQ and k.dtype == v.dtype == q.dtype):
-        raise ValueError(f"q (B, H, TQ, D) and k, v (B, H, TK >= TQ, D) must share one dtype, got "
-                         f"{tuple(q.shape)} {q.dtype}, {tuple(k.shape)} {k.dtype}, {tuple(v.shape)} {v.dtype}")
-    if D not in (16, 32, 64, 128) or q.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        raise ValueError(f"the triton backend takes head dims 16, 32, 64, 128 in fp32, bf16 or fp16, "
-                         f"got {D} in {q.dtype}: use backend='sdpa'")
-    if key_padding_mask is None:
-        keep = torch.ones(B, TK, dtype=torch.bool, device=q.device)
-    elif key_padding_mask.shape != (B, TK) or key_padding_mask.dtype != torch.bool:
-        raise ValueError(f"key_padding_mask must be a ({B}, {TK}) bool tensor, got "
-                         f"{tuple(key_padding_mask.shape)} {key_padding_mask.dtype}")
-    else:
-        keep = key_padding_mask.contiguous()
-    q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
-    return _FlashAttention.apply(q, k, v, keep)
+    if not (k.shape == v.shape == (B, H, TK, D) and TK >= TQ):
+        raise ValueError(f"q (B, H, TQ, D) and k, v (B, H, TK >= TQ, D) expected, got "
+                         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    _check_inputs(q, k, v, "causal_attention")
+    keep = None
+    if key_padding_mask is not None:
+        if key_padding_mask.shape != (B, TK) or key_padding_mask.dtype != torch.bool:
+            raise ValueError(f"key_padding_mask must be a ({B}, {TK}) bool tensor, got "
+                             f"{tuple(key_padding_mask.shape)} {key_padding_mask.dtype}")
+        keep = key_padding_mask.reshape(B * TK)
+    offsets = torch.arange(B + 1, device=q.device)
+    rows = Rows(offsets * TQ, offsets * TK, TQ, TK, keep)
+
+    def packed(x):  # (B, H, T, D) -> (B * T, H, D): a view for the (B, T, H, D) layout of a model
+        return _unit_stride(x.transpose(1, 2).reshape(B * x.shape[2], H, D))
+    o = _FlashAttention.apply(packed(q), packed(k), packed(v), rows)
+    return o.view(B, TQ, H, D).transpose(1, 2)

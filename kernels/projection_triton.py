@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_common import check_device, dot
+from kernels.triton_common import check_device, dot, gpu_arch
 
 _BIG = tl.constexpr(2**31 - 1)
 
@@ -53,12 +53,16 @@ def _score_tile(Q, E, inv_qn, offs_m, offs_v, M, v_hi, D, stride_qp, stride_qm, 
 def _fold(s, offs_v, best_s, best_i, KP: tl.constexpr):
     """Fold a tile of scores into each query column's running top-KP.
 
-    KP rounds each take the best remaining tile entry of every column (lowest row on a
-    tie) and let it replace the worst kept entry if it beats it. Rows arrive in
-    increasing order, so an equal score never displaces a kept entry, and of equal
-    kept scores the highest row is the one to go.
+    Each round takes the best remaining tile entry of every column (lowest row on a tie)
+    and lets it replace the worst kept entry if it beats it. Rows arrive in increasing
+    order, so an equal score never displaces a kept entry, and of equal kept scores the
+    highest row is the one to go. A column needs no more rounds than it has entries that
+    beat its worst kept one; after the first tiles that is rarely more than one, so the
+    loop runs only as many rounds as the neediest column of the tile.
     """
-    for _ in tl.static_range(KP):
+    worst = tl.min(best_s, axis=0)
+    rounds = tl.minimum(tl.max(tl.sum((s > worst[None, :]).to(tl.int32), axis=0), axis=0), KP)
+    for _ in range(rounds):
         top = tl.max(s, axis=0)
         at = tl.min(tl.where(s == top[None, :], offs_v[:, None], _BIG), axis=0)
         s = tl.where(offs_v[:, None] == at[None, :], float("-inf"), s)
@@ -106,25 +110,33 @@ def _split_bf16(q):
     return torch.stack(parts)
 
 
-def _config(M, d, device):
-    """Block sizes, launch options and how many programs to aim for."""
-    if device.type != "cuda":  # interpreter: small tiles so that tests cover every edge cheaply
-        return dict(BLOCK_M=min(64, max(16, triton.next_power_of_2(M))), BLOCK_V=64, BLOCK_D=32), {}, 3
+# (BLOCK_V, BLOCK_D, stages) by block of queries, for bf16 rows and for fp32 and fp16 rows,
+# chosen with ``python -m kernels.gpu_compile``: none spills registers on sm_80 or sm_90,
+# with or without the arguments' 16-byte alignment. fp32 and fp16 rows take smaller tiles:
+# tf32x3 splits both operands of each product in two, in registers.
+_BLOCKS = {"bf16": {16: (128, 32, 4), 32: (128, 32, 4), 64: (64, 32, 4), 128: (64, 16, 4)},
+           "tf32x3": {16: (128, 32, 3), 32: (128, 32, 3), 64: (64, 16, 3), 128: (64, 16, 3)}}
+
+
+def _config(M, dtype, arch):
+    """Block sizes and launch options for M queries against rows of ``dtype`` on a GPU of compute
+    capability ``arch`` (None: the interpreter). The tile is (BLOCK_V rows, BLOCK_M queries)."""
     block_m = min(128, max(16, triton.next_power_of_2(M)))
-    launch = dict(num_warps=4 if block_m <= 64 else 8, num_stages=3 if block_m <= 64 else 2)
-    programs = 4 * torch.cuda.get_device_properties(device).multi_processor_count
-    return dict(BLOCK_M=block_m, BLOCK_V=128, BLOCK_D=64), launch, programs
+    if arch is None:  # interpreter: small tiles so that tests cover every edge cheaply
+        return dict(BLOCK_M=min(64, block_m), BLOCK_V=64, BLOCK_D=32), {}
+    block_v, block_d, stages = _BLOCKS["bf16" if dtype == torch.bfloat16 else "tf32x3"][block_m]
+    return dict(BLOCK_M=block_m, BLOCK_V=block_v, BLOCK_D=block_d), dict(num_warps=8, num_stages=stages)
 
 
-def candidates(q, E, kp, metric, inv_qn):
-    """Per query, the top-kp (scores, int64 indices) of each vocabulary slice: (M, splits * kp) each."""
-    check_device(q.device, "nearest_tokens")
+def launch(q, E, kp, metric, inv_qn, arch, programs):
+    """(grid, arguments, keyword arguments) of ``_nearest_kernel`` for these inputs, its two
+    outputs (splits, M, kp) among the arguments; ``programs``: how many to aim for."""
     (M, d), V = q.shape, E.shape[0]
     if E.dtype == torch.bfloat16:
         qp, q_parts, precision = _split_bf16(q), 3, "tf32"  # bf16 dots: the precision is unused
     else:
         qp, q_parts, precision = q[None], 1, "tf32x3"
-    blocks, launch, programs = _config(M, d, q.device)
+    blocks, options = _config(M, E.dtype, arch)
     m_blocks = triton.cdiv(M, blocks["BLOCK_M"])
     tiles = triton.cdiv(V, blocks["BLOCK_V"])
     tiles_per_split = triton.cdiv(tiles, min(tiles, max(1, programs // m_blocks)))
@@ -132,8 +144,21 @@ def candidates(q, E, kp, metric, inv_qn):
 
     out_s = torch.empty(splits, M, kp, dtype=torch.float32, device=q.device)
     out_i = torch.empty(splits, M, kp, dtype=torch.int32, device=q.device)
-    _nearest_kernel[(m_blocks, splits)](
-        qp, E, inv_qn if inv_qn is not None else q, out_s, out_i, M, V, d, tiles_per_split * blocks["BLOCK_V"],
-        qp.stride(0), qp.stride(1), E.stride(0),
-        METRIC=metric, Q_PARTS=q_parts, PRECISION=precision, KP=kp, **blocks, **launch)
+    args = (qp, E, inv_qn if inv_qn is not None else q, out_s, out_i, M, V, d, tiles_per_split * blocks["BLOCK_V"],
+            qp.stride(0), qp.stride(1), E.stride(0))
+    return (m_blocks, splits), args, dict(METRIC=metric, Q_PARTS=q_parts, PRECISION=precision, KP=kp,
+                                          **blocks, **options)
+
+
+def candidates(q, E, kp, metric, inv_qn):
+    """Per query, the top-kp (scores, int64 indices) of each vocabulary slice: (M, splits * kp) each."""
+    check_device(q.device, "nearest_tokens")
+    if q.is_cuda:
+        arch, programs = gpu_arch(q.device), 4 * torch.cuda.get_device_properties(q.device).multi_processor_count
+    else:
+        arch, programs = None, 3
+    grid, args, kwargs = launch(q, E, kp, metric, inv_qn, arch, programs)
+    _nearest_kernel[grid](*args, **kwargs)
+    out_s, out_i = args[3], args[4]
+    M = q.shape[0]
     return out_s.transpose(0, 1).reshape(M, -1), out_i.transpose(0, 1).reshape(M, -1)

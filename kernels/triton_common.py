@@ -1,6 +1,7 @@
 """What the Triton kernels share. Imported only on the Triton path, never at package import."""
 import os
 
+import torch
 import triton
 import triton.language as tl
 
@@ -20,7 +21,16 @@ def check_device(device, what):
 def dot(a, b, acc, PRECISION: tl.constexpr):
     """``acc + a @ b`` (``a @ b`` if acc is None), accumulated in fp32."""
     if INTERPRET:
-        # the interpreter multiplies bf16 operands as raw 16-bit integers
-        a = a.to(tl.float32)
-        b = b.to(tl.float32)
+        # The interpreter multiplies bf16 operands as raw 16-bit integers, and its fp32 product
+        # (BLAS) rounds a row differently depending on where it falls in the block. Summing
+        # the products in one order for every element gives equal rows equal results, as
+        # the tensor cores do.
+        product = tl.sum(a.to(tl.float32)[:, :, None] * b.to(tl.float32)[None, :, :], axis=1)
+        return product if acc is None else acc + product
     return tl.dot(a, b, acc, input_precision=PRECISION)
+
+
+def gpu_arch(device):
+    """Compute capability of a CUDA device as one number (80 for an A100, 90 for an H100)."""
+    major, minor = torch.cuda.get_device_capability(device)
+    return 10 * major + minor

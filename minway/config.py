@@ -15,7 +15,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 @dataclass(frozen=True)
 class RunConfig:
-    task: str
+    task: str | dict               # a task of the paper by name, or a task file's definition (minway.task_file)
     target: str
     model: str = "gpt2-large"
     gamma: float = 0.01
@@ -69,7 +69,7 @@ class RunConfig:
 
     def setup_key(self):
         """Runs with equal keys share one model and data set (and can train in one batch)."""
-        return (self.model, get_task(self.task).name, self.data_dir, self.k, self.seed if self.k else None,
+        return (self.model, get_task(self.task), self.data_dir, self.k, self.seed if self.k else None,
                 self.label_map, self.max_eval, self.device, self.dtype, self.attention)
 
     def schedule_key(self):

@@ -6,6 +6,10 @@ Layouts read (``text<TAB>label`` with a header line, label an integer; each file
     <data-dir>/<task>/{train,test}.tsv                    full splits
     <data-dir>/k-shot/<task>/<k>-<seed>/{train,test}.tsv  LM-BFF k-shot splits
 
+A task of a task file names its own files, in that format or as JSON lines (``.jsonl``,
+``{"text": ..., "label": 0}`` a line), relative to the data directory, which is then the task
+file's own unless ``--data-dir`` names another (``minway.task_file``).
+
 The data directory is ``--data-dir``, else ``$MINWAY_DATA``, else the five tasks
 that ship with minway (``minway/resources/data``), then the download cache. A
 task found in none of them is downloaded from the Hugging Face Hub into the cache
@@ -15,6 +19,7 @@ says what to do.
 """
 import csv
 import gzip
+import json
 import os
 import random
 from dataclasses import dataclass
@@ -79,6 +84,35 @@ def read_tsv(path, n_classes):
     return examples
 
 
+def read_jsonl(path, n_classes):
+    examples = []
+    with open(path, encoding="utf-8") as f:
+        for line, text in enumerate(f, start=1):
+            if not text.strip():
+                continue
+            try:
+                row = json.loads(text)
+            except json.JSONDecodeError:
+                row = None
+            if not isinstance(row, dict) or not isinstance(row.get("text"), str) or not row["text"].strip() or \
+                    type(row.get("label")) is not int or not 0 <= row["label"] < n_classes:
+                raise MinwayError(f"{path}:{line} is not a JSON object with a non-empty \"text\" and a \"label\" "
+                                  f"in 0..{n_classes - 1}")
+            examples.append(Example(row["text"], row["label"]))
+    if not examples:
+        raise MinwayError(f"{path} has no examples")
+    return examples
+
+
+def read_task_data(task: Task, split, data_dir):
+    """A split of a task file's task, read from the file the task names for it."""
+    path = Path(data_dir or ".") / (task.train_file if split == "train" else task.test_file)
+    if not path.is_file():
+        raise MinwayError(f"no {path}, the {split} file of task {task.name}: pass --data-dir with the directory "
+                          f"that holds its data files")
+    return read_jsonl(path, task.n_classes) if path.suffix == ".jsonl" else read_tsv(path, task.n_classes)
+
+
 def find_split(task: Task, split, data_dir=None, k_shot=None):
     """Path of a split; ``k_shot=(k, seed)`` picks the LM-BFF k-shot layout."""
     relative = Path(task.name) / f"{split}.tsv"
@@ -101,6 +135,8 @@ def find_split(task: Task, split, data_dir=None, k_shot=None):
 
 
 def load_split(task: Task, split, data_dir=None, k_shot=None):
+    if task.train_file:
+        return read_task_data(task, split, data_dir)
     return read_tsv(find_split(task, split, data_dir, k_shot), task.n_classes)
 
 

@@ -8,6 +8,11 @@
 * hard-prompt accuracy: the projection itself, as tokens, used as the prompt. The
   gap to the continuous accuracy is the waywardness made visible;
 * c-dist to the target, and the target tokens no d-projection can produce.
+
+A prompt from elsewhere (a PEFT adapter) may come without a target or a task: it then
+gets the measures that need neither, and those of the one it has. Its length need not be
+its target's: position matches and c-dist, which compare position by position, are then
+left out.
 """
 from collections import Counter
 
@@ -21,9 +26,13 @@ from minway.reachability import UNREACHABLE, reachability
 
 
 def projection_report(prompt, target_ids, tokenizer, embeddings, metric):
+    """The projection under ``metric``, scored against the target unless ``target_ids`` is None."""
     nearest = d_proj(prompt, embeddings, metric, k=2)
     ids = nearest.indices[:, 0].tolist()
-    text, target_text = tokenizer.decode(ids), tokenizer.decode(target_ids)
+    text = tokenizer.decode(ids)
+    if target_ids is None:
+        return {"ids": ids, "text": text, "mean_margin": float(nearest.margin.mean())}
+    target_text = tokenizer.decode(target_ids)
     status = reachability(target_ids, embeddings, metric)
     reachable_ids = [t for t, s in zip(target_ids, status) if s != UNREACHABLE]
     return {
@@ -32,7 +41,7 @@ def projection_report(prompt, target_ids, tokenizer, embeddings, metric):
         "f1": prompt_f1(text, target_text, lemmatize=True),
         "f1_no_lemma": prompt_f1(text, target_text, lemmatize=False),
         "f1_released_code": released_f1(text, target_text),
-        "position_match": position_match_rate(ids, target_ids),
+        "position_match": position_match_rate(ids, target_ids) if len(ids) == len(target_ids) else None,
         "mean_margin": float(nearest.margin.mean()),
         "unreachable_target_tokens": sorted({t for t, s in zip(target_ids, status) if s == UNREACHABLE}),
         "reachability_counts": dict(Counter(status)),
@@ -45,20 +54,21 @@ def projection_report(prompt, target_ids, tokenizer, embeddings, metric):
 @torch.no_grad()
 def measure(model, tokenizer, options, prompt, target_ids, test_inputs, test_labels, metric="dot",
             batch_size=32, progress=False, hard_prompt=True):
-    """``options``: the tokens each label's output puts after an input (``minway.tasks.Options.outputs``)."""
+    """``options``: the tokens each label's output puts after an input (``minway.tasks.Options.outputs``).
+    ``target_ids`` None: no measure against a target; ``test_inputs`` None: no accuracy."""
     prompt = prompt.detach().float()
-    predictions, _ = predict(model, prompt, test_inputs, options, batch_size, progress, desc="test (continuous)")
-    embeddings = model.wte.weight
-    results = {
-        "accuracy": accuracy(predictions.tolist(), test_labels),
-        "c_dist": float(c_dist(prompt, c_proj(model, target_ids))),
-        "n_test": len(test_labels),
-        "metric": metric,
-        "projections": {m: projection_report(prompt, target_ids, tokenizer, embeddings, m) for m in METRICS},
-    }
+    results = {"metric": metric}
+    if test_inputs is not None:
+        predictions, _ = predict(model, prompt, test_inputs, options, batch_size, progress, desc="test (continuous)")
+        results.update(accuracy=accuracy(predictions.tolist(), test_labels), n_test=len(test_labels))
+    if target_ids is not None and len(target_ids) == len(prompt):
+        results["c_dist"] = float(c_dist(prompt, c_proj(model, target_ids)))
+    results["projections"] = {m: projection_report(prompt, target_ids, tokenizer, model.wte.weight, m)
+                              for m in METRICS}
     main = results["projections"][metric]
-    results["prompt_f1"] = main["f1"]
-    if hard_prompt:
+    if target_ids is not None:
+        results["prompt_f1"] = main["f1"]
+    if hard_prompt and test_inputs is not None:
         hard = c_proj(model, main["ids"])
         hard_predictions, _ = predict(model, hard, test_inputs, options, batch_size, progress, desc="test (hard)")
         results["hard_prompt_accuracy"] = accuracy(hard_predictions.tolist(), test_labels)
@@ -66,24 +76,32 @@ def measure(model, tokenizer, options, prompt, target_ids, test_inputs, test_lab
 
 
 def summary(results, target_text):
-    """A short human-readable account of one run's results."""
+    """A short human-readable account of one run's results (``target_text`` None: of a prompt without target)."""
     main = results["projections"][results["metric"]]
-    lines = [
-        f"task accuracy (continuous prompt): {100 * results['accuracy']:.1f}%  on {results['n_test']} test examples",
-    ]
+    lines = []
+    if "accuracy" in results:
+        lines.append(f"task accuracy (continuous prompt): {100 * results['accuracy']:.1f}%  on {results['n_test']} "
+                     f"test examples")
     label_map = results.get("config", {}).get("label_map")
     if label_map:
         lines.append(f"labels permuted by --label-map {','.join(map(str, label_map))}: accuracy counts the "
                      f"permuted labels as correct")
     if "hard_prompt_accuracy" in results:
         lines.append(f"hard-prompt accuracy (d-proj as text): {100 * results['hard_prompt_accuracy']:.1f}%")
-    lines.append(f"c-dist to target: {results['c_dist']:.4f}")
+    if "c_dist" in results:
+        lines.append(f"c-dist to target: {results['c_dist']:.4f}")
+    if target_text is None:
+        for m, report in results["projections"].items():
+            lines.append(f"projected [{m}{' (main)' if m == results['metric'] else ''}]: {report['text']!r}  "
+                         f"(mean margin {report['mean_margin']:.4f})")
+        return "\n".join(lines)
     for m, report in results["projections"].items():  # F1 from 0 to 1, as in results.json and the progress bar
         ceiling = f", ceiling {report['f1_ceiling']:.2f}" if report["unreachable_target_tokens"] else ""
+        matched = "" if report["position_match"] is None else \
+            f", positions matched {100 * report['position_match']:.1f}%"
         lines.append(f"prompt F1 [{m}{' (main)' if m == results['metric'] else ''}]: {report['f1']:.2f} "
                      f"(no lemmas {report['f1_no_lemma']:.2f}, the released code's "
-                     f"{report['f1_released_code']:.2f}), positions matched "
-                     f"{100 * report['position_match']:.1f}%{ceiling}")
+                     f"{report['f1_released_code']:.2f}){matched}{ceiling}")
     if main["unreachable_target_tokens"]:
         lines.append(f"target tokens unreachable under {results['metric']}: {main['unreachable_target_tokens']} "
                      f"(no gamma can project to them)")

@@ -24,10 +24,6 @@ class Packed(NamedTuple):
     key_index: torch.Tensor   # (sum of key_lengths,) which token of the pass each key belongs to
     positions: torch.Tensor   # (N,) each token's position in its sequence (for the position embedding)
 
-    @property
-    def n_tokens(self):
-        return sum(self.lengths)
-
     def last(self, counts):
         """The layout of the last ``counts[r]`` tokens of each row as the queries (their keys are the
         row's keys), and the index of those tokens in the pass."""

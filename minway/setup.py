@@ -8,7 +8,7 @@ from minway.config import DTYPES, RunConfig
 from minway.data import load_split, sample_per_class
 from minway.errors import MinwayError
 from minway.prompt import METRICS
-from minway.tasks import encode_options, get_task
+from minway.tasks import encode_inputs, encode_options, get_task
 from minway.tokenizer import load_checkpoint_tokenizer
 from weights import load_gpt2, resolve_checkpoint
 
@@ -47,9 +47,7 @@ class Setup:
         self.test_inputs, self.test_labels = self.encode_inputs(test), [label_map[e.label] for e in test]
 
     def encode_inputs(self, examples):
-        """Each text cut to the task's input length, then the tokens all options share."""
-        texts = self.tokenizer.encode_batch([e.text for e in examples])
-        return [ids[:self.task.max_input_tokens] + self.common for ids in texts]
+        return encode_inputs(self.task, self.tokenizer, [e.text for e in examples], self.common)
 
     def target_ids(self, config: RunConfig):
         """The target's token ids, checked: not empty, and short enough for the model's context."""

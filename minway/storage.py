@@ -49,7 +49,8 @@ def open_run_dir(config, out, resume, force):
         if resume:
             return run_dir, json.loads((run_dir / "results.json").read_text())
         raise MinwayError(f"{run_dir} already holds a finished run: pass --force to train it again")
-    if run_dir.exists() and not (resume or force):
+    # a run stopped before its first checkpoint (bad data, say) has nothing to resume: it starts again
+    if (run_dir / "checkpoint.safetensors").exists() and not (resume or force):
         raise MinwayError(f"{run_dir} holds an unfinished run: pass --resume to continue it or --force to restart")
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.json", json.dumps(asdict(config), indent=2) + "\n")

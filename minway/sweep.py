@@ -75,7 +75,7 @@ def expand(grid: Grid, prompts_dir, run_fields=None):
             for group in grid.groups:
                 targets = group_targets(prompts_dir, group, task)[:grid.targets_limit]
                 if not targets:
-                    raise MinwayError(f"target group {group} holds no target for task {task}")
+                    raise MinwayError(f"target group {group} holds no target for task {get_task(task).name}")
                 for name, text in targets:
                     for seed in grid.seeds:
                         twin = RunConfig(task=task, target=text, model=model, gamma=0.0, seed=seed,

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from minway.errors import MinwayError
 from minway.storage import atomic_write_text
+from minway.tasks import get_task
 
 
 def is_finished(run, out):
@@ -22,8 +23,9 @@ class SweepState:
             done = is_finished(run, out)
             error = None if done else old_errors.get(run.run_id)
             self.data["runs"].append({
-                "run_id": run.run_id, "twin": run.twin_id, "group": run.group, "task": run.config.task,
-                "model": run.config.model, "target_name": run.config.target_name, "gamma": run.config.gamma,
+                "run_id": run.run_id, "twin": run.twin_id, "group": run.group,
+                "task": get_task(run.config.task).name, "model": run.config.model,
+                "target_name": run.config.target_name, "gamma": run.config.gamma,
                 "seed": run.config.seed, "status": "done" if done else "failed" if error else "pending",
                 "error": error})
         self.entry = {r["run_id"]: r for r in self.data["runs"]}

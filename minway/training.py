@@ -99,7 +99,7 @@ def _train_group(todo, start, setup, progress):
         atomic_write_text(path, "".join(line + "\n" for line in read_log(path, start)))
         logs.append(open(path, "a"))
 
-    desc = f"{base.task} gamma={base.gamma:g}" if K == 1 else f"{K} prompts"
+    desc = f"{setup.task.name} gamma={base.gamma:g}" if K == 1 else f"{K} prompts"
     # leave=None: the bar stays when it is the only one, and goes when it runs below a sweep's
     bar = tqdm(range(start, base.steps), initial=start, total=base.steps, desc=desc, disable=not progress,
                dynamic_ncols=True, leave=None)

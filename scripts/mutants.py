@@ -67,9 +67,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # Core module -> the test files that exercise it, in the order they run: the fastest and most
 # specific first, so that a killed mutant is usually stopped within seconds. Together they run
 # every line of the module that the whole suite runs (checked with coverage.py, test file by
-# test file, again for the modules of the packed model); no test runs GPT2Config.from_json,
-# Packed.n_tokens or kernels.attention.attention_at. The sweep and Ray tests, which run most
-# of the core again, are left out.
+# test file, again for the modules of the packed model); no test runs GPT2Config.from_json.
+# The sweep and Ray tests, which run most of the core again, are left out.
 TESTS = {
     "minway/model.py": ["tests/test_model.py", "tests/test_objective.py", "tests/test_dropout.py",
                         "tests/test_classify.py"],

@@ -5,6 +5,7 @@ Import the fixtures a test module needs (``from fixtures import tiny_checkpoint 
 Each is built once per test session whichever modules import it.
 """
 import gzip
+import importlib
 import locale
 import os
 import subprocess
@@ -16,6 +17,7 @@ import torch
 
 from conftest import ROOT
 from minway import resources
+from minway.cli import run_cli
 from minway.model import GPT2, GPT2Config, init_weights
 from weights.random_checkpoint import write_random_checkpoint
 
@@ -123,3 +125,12 @@ def assert_one_line_error(result, *fragments):
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
     return lines[0]
+
+
+def run_cli_in_process(script, args, monkeypatch, capsys):
+    """What ``python script args`` does, through the same run_cli, without starting a process."""
+    monkeypatch.setattr(sys, "argv", [script, *map(str, args)])
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(importlib.import_module(script.removesuffix(".py")).main)
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess([script, *args], exit_.value.code, captured.out, captured.err)

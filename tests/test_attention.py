@@ -1,4 +1,5 @@
-"""The sdpa and triton attention backends against the naive one, forward and backward.
+"""The sdpa and triton attention backends against the naive one, forward and backward;
+the Triton kernel on packed rows of different lengths against each row on its own.
 
 The Triton kernels run in the interpreter on CPU tensors: small shapes whose lengths are
 not multiples of the block sizes (16 and 32 there), right-padded sequences and a
@@ -7,7 +8,7 @@ sequence that is all padding.
 import pytest
 import torch
 
-from kernels.attention import causal_attention, default_backend
+from kernels.attention import causal_attention, default_backend, varlen_attention
 
 B, H = 2, 3
 
@@ -119,17 +120,152 @@ def test_queries_after_a_cached_prefix_are_the_last_rows_of_full_attention(backe
 
 @pytest.mark.parametrize("TQ,TK", [(130, 200), (1, 129), (150, 150), (40, 300)])
 def test_triton_with_the_gpu_block_sizes(monkeypatch, TQ, TK):
-    """The interpreter with the block sizes a GPU gets (128 x 64, 128 x 32, 32 x 128)."""
+    """The interpreter with the block sizes a GPU gets for 16-bit heads of 64 (forward 128 x 32,
+    dq 64 x 32, dkdv 32 x 128), on fp32 inputs so that the comparison stays exact."""
     from kernels import flash_attention
-    gpu_config = flash_attention._config(64, torch.device("cuda"))
-    monkeypatch.setattr(flash_attention, "_config", lambda D, device: gpu_config)
+    gpu_config = flash_attention._config(64, torch.bfloat16, 90)
+    monkeypatch.setattr(flash_attention, "_config", lambda D, dtype, arch: gpu_config)
     check_against_full_attention("triton", TQ, TK, masked=True, D=64)
+
+
+def prefix_sweep_failures(TQs, prefixes, D):
+    """(TQ, prefix, error) of every case where queries after ``prefix`` cached keys differ from
+    the last TQ rows of full attention (naive, fp64), one sequence, no padding."""
+    failures = []
+    for TQ in TQs:
+        for prefix in prefixes:
+            TK = TQ + prefix
+            g = torch.Generator().manual_seed(TK)
+            q_all, k, v, do_all = (torch.randn(1, 1, TK, D, generator=g) for _ in range(4))
+            q, do = q_all[:, :, prefix:], do_all[:, :, prefix:]
+            do_full = torch.cat([torch.zeros_like(do_all[:, :, :prefix]), do], dim=2)
+            full_out, full_dq, full_dk, full_dv = run("naive", q_all, k, v, do_full, None, dtype=torch.float64)
+            want = (full_out[:, :, prefix:], full_dq[:, :, prefix:], full_dk, full_dv)
+            error = max(max_errors(run("triton", q, k, v, do, None), want))
+            if error > 1e-5:
+                failures.append((TQ, prefix, error))
+    return failures
+
+
+def diagonal_period(config):
+    """The forward and dq kernels mask the key blocks (of BLOCK_N) that straddle the diagonal,
+    dkdv the query blocks (of its BLOCK_M): which blocks those are repeats with this period of
+    the prefix length."""
+    return max(config["fwd"]["BLOCK_N"], config["dq"]["BLOCK_N"], config["dkdv"]["BLOCK_M"])
+
+
+def test_every_prefix_length_across_a_block():
+    """Every prefix length from 0 to one period + 1, at the interpreter's block sizes."""
+    from kernels import flash_attention
+    period = diagonal_period(flash_attention._config(16, torch.float32, None))
+    assert prefix_sweep_failures((1, 5, 20), range(period + 2), D=16) == []
+
+
+def test_every_prefix_length_across_a_block_at_gpu_block_sizes(monkeypatch):
+    """The same sweep with the block sizes a GPU gets for GPT-2's heads (64) in bf16."""
+    from kernels import flash_attention
+    gpu_config = flash_attention._config(64, torch.bfloat16, 90)
+    monkeypatch.setattr(flash_attention, "_config", lambda D, dtype, arch: gpu_config)
+    assert prefix_sweep_failures((1, 20), range(diagonal_period(gpu_config) + 2), D=64) == []
 
 
 def test_fewer_keys_than_queries_is_an_error():
     q, k = torch.zeros(1, 1, 5, 16), torch.zeros(1, 1, 4, 16)
     with pytest.raises(ValueError, match="5 queries need at least as many keys, got 4"):
         causal_attention(q, k, k)
+
+
+def naive_rows(q, k, v, lengths, key_lengths):
+    """Packed rows one at a time, in fp64: the i-th of a row's n queries sees the first
+    m - n + i + 1 of its m keys."""
+    out = []
+    for qr, kr, vr in zip(q.double().split(lengths), k.double().split(key_lengths), v.double().split(key_lengths)):
+        n, m = len(qr), len(kr)
+        scores = torch.einsum("qhd,khd->hqk", qr, kr) / qr.shape[-1] ** 0.5
+        allowed = torch.ones(n, m, dtype=torch.bool).tril(m - n)
+        weights = scores.masked_fill(~allowed, float("-inf")).softmax(-1)
+        out.append(torch.einsum("hqk,khd->qhd", weights, vr))
+    return torch.cat(out)
+
+
+def packed_rows(lengths, key_lengths, D, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    q, do = (torch.randn(sum(lengths), H, D, generator=g).to(dtype) for _ in range(2))
+    k, v = (torch.randn(sum(key_lengths), H, D, generator=g).to(dtype) for _ in range(2))
+    return q, k, v, do
+
+
+def check_varlen(lengths, key_lengths, D, dtype, seed=0, backend="triton"):
+    """varlen_attention, output and gradients, against each row on its own."""
+    q, k, v, do = packed_rows(lengths, key_lengths, D, dtype, seed)
+    q, k, v = (x.requires_grad_() for x in (q, k, v))
+    out = varlen_attention(q, k, v, lengths, key_lengths, backend=backend)
+    got = (out, *torch.autograd.grad(out, (q, k, v), do))
+    exact_inputs = [x.detach().double().requires_grad_() for x in (q, k, v)]
+    exact = naive_rows(*exact_inputs, lengths, key_lengths)
+    want = (exact, *torch.autograd.grad(exact, exact_inputs, do.double()))
+    errors = max_errors(got, want)
+    if dtype == torch.float32:
+        tolerances = [1e-5] * 4
+    else:  # a few units of rounding of the largest value, as in test_triton_matches_naive
+        tolerances = [4 * torch.finfo(dtype).eps * w.abs().max().item() + 1e-4 for w in want]
+    assert all(e <= t for e, t in zip(errors, tolerances)), (errors, tolerances)
+    assert all(g.dtype == dtype and g.shape == w.shape for g, w in zip(got, want))
+
+
+# rows of 1 to more than one query block (32 in the interpreter), some after a prefix of keys
+VARLEN_QUERIES = [1, 2, 17, 33, 40, 5, 1]
+VARLEN_KEYS = [1, 16, 17, 36, 71, 19, 30]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_triton_varlen_matches_each_row_alone(dtype):
+    check_varlen(VARLEN_QUERIES, VARLEN_KEYS, 16, dtype)
+
+
+@pytest.mark.parametrize("backend", ["naive", "sdpa"])
+def test_varlen_in_padded_buckets_matches_each_row_alone(backend):
+    from kernels.attention import _buckets
+    assert _buckets(VARLEN_QUERIES) == [[0, 6], [1], [2], [3, 4], [5]]  # by queries: 1, 2, 17-32, 33-64, 5-8
+    check_varlen(VARLEN_QUERIES, VARLEN_KEYS, 16, torch.float32, backend=backend)
+
+
+def test_triton_varlen_with_the_gpu_block_sizes(monkeypatch):
+    """The block sizes a GPU gets for 16-bit heads of 64 (forward 128 x 32, dq 64 x 32, dkdv
+    32 x 128), on fp32 inputs so that the comparison stays exact: rows across a query block."""
+    from kernels import flash_attention
+    gpu_config = flash_attention._config(64, torch.bfloat16, 90)
+    monkeypatch.setattr(flash_attention, "_config", lambda D, dtype, arch: gpu_config)
+    check_varlen([130, 1, 64, 20], [144, 15, 64, 150], 64, torch.float32)
+
+
+def test_triton_varlen_pads_nothing(monkeypatch):
+    """The Triton backend takes the packed rows as they are: the padding helper is never called."""
+    from kernels import attention
+
+    def refuse(*args):
+        raise AssertionError("padded")
+    monkeypatch.setattr(attention, "_scatter", refuse)
+    q, k, v, _ = packed_rows([3, 1], [5, 1], 16, torch.float32, seed=1)
+    out = varlen_attention(q, k, v, [3, 1], [5, 1], backend="triton")
+    torch.testing.assert_close(out.double(), naive_rows(q, k, v, [3, 1], [5, 1]), atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["naive", "triton"])
+def test_varlen_rows_with_fewer_keys_than_queries_are_an_error(backend):
+    q, k, v, _ = packed_rows([3, 4], [5, 2], 16, torch.float32, seed=2)
+    with pytest.raises(ValueError, match="at least as many keys as queries"):
+        varlen_attention(q, k, v, [3, 4], [5, 2], backend=backend)
+
+
+def test_triton_varlen_reads_the_longest_row_from_the_offsets():
+    """Without max lengths from the caller the kernel reads them from the offsets, and checks them."""
+    from kernels.flash_attention import flash_attention_varlen
+    q, k, v, _ = packed_rows([3, 1], [5, 1], 16, torch.float32, seed=3)
+    out = flash_attention_varlen(q, k, v, torch.tensor([0, 3, 4]), torch.tensor([0, 5, 6]))
+    torch.testing.assert_close(out.double(), naive_rows(q, k, v, [3, 1], [5, 1]), atol=1e-6, rtol=1e-6)
+    with pytest.raises(ValueError, match="at least as many keys as queries"):
+        flash_attention_varlen(q, k[:5], v[:5], torch.tensor([0, 3, 4]), torch.tensor([0, 5, 5]))
 
 
 def test_default_backend_on_cpu_is_sdpa():

@@ -32,7 +32,8 @@ def test_help_is_read_before_torch_and_shows_the_defaults(script):
     text = help_without_torch(script)
     assert "usage:" in text and text.rstrip().endswith("torch imported: False")
     parser_defaults = {"train.py": ["(default: gpt2-large)", "(default: 0.01)", "(default: 2000)", "(default: dot)"],
-                       "eval.py": ["(default: auto)", "(default: the one the run was trained on)"],
+                       "eval.py": ["(default: auto)",
+                                   "(default: the one the run was trained on; for an adapter, its base model)"],
                        "sweep.py": ["(default: main)", "(default: 2000)", "(default: runs)"]}[script]
     for fragment in parser_defaults:
         assert fragment in " ".join(text.split()), fragment
@@ -41,7 +42,8 @@ def test_help_is_read_before_torch_and_shows_the_defaults(script):
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_every_option_that_takes_a_value_says_its_default(script):
     parser = importlib.import_module(script.removesuffix(".py")).build_parser()
-    alternatives = {"target", "target_file", "target_name"}  # train.py needs one of them: none has a default
+    # train.py needs one of each: none has a default
+    alternatives = {"target", "target_file", "target_name", "task", "task_file"}
     for action in parser._actions:
         # not the flags, which are off by default, nor the options that must be given
         if action.option_strings and action.nargs != 0 and not action.required and action.dest not in alternatives:
@@ -70,7 +72,7 @@ def test_the_choices_are_the_implementations():
 
 @pytest.mark.parametrize("script, args, fragment", [
     ("train.py", ["--task", "sst2", "--steps", "x"], "argument --steps: invalid int value: 'x'"),
-    ("train.py", ["--steps", "3"], "the following arguments are required: --task"),
+    ("train.py", ["--steps", "3"], "one of the arguments --task --task-file is required"),
     ("eval.py", [], "the following arguments are required: run"),
     ("sweep.py", ["--preset", "nope"], "argument --preset: invalid choice: 'nope'"),
 ])

@@ -97,6 +97,46 @@ def test_duplicate_rows_go_to_the_lowest_index(metric, backend, small_chunks):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("metric", ["dot", "l2"])
+@pytest.mark.parametrize("V", [60, 517])
+def test_many_ties_at_the_kth_score_go_to_the_lowest_indices(V, metric, backend, small_chunks):
+    """Entries in {-1, 0, 1} and d = 4: a few dozen distinct rows, so many rows tie at each score,
+    often more at the k-th best than top-k can return. V = 60 lies in one chunk of the torch
+    path and one tile of the kernel's; V = 517 spans many of both (and several vocabulary
+    slices of the kernel)."""
+    g = torch.Generator().manual_seed(V)
+    q = torch.randint(-1, 2, (40, 4), generator=g).float()
+    E = torch.randint(-1, 2, (V, 4), generator=g).float()
+    for k in (1, 3, 8):
+        got = nearest_tokens(q, E, k=k, metric=metric, backend=backend)
+        ref_i, ref_s, ref_margin, _ = reference(q, E, k, metric)
+        assert torch.equal(got.indices, ref_i), k
+        assert torch.equal(got.scores.double(), ref_s) and torch.equal(got.margin.double(), ref_margin)
+
+
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_equal_rows_score_equal_wherever_they_fall(dtype, metric):
+    """Copies of a few rows at every position of a tile, in other tiles and in other vocabulary
+    slices of the kernel, among random rows whose scores are rounded: each copy must score
+    exactly as its original, so that the lowest index wins."""
+    g = torch.Generator().manual_seed(7)
+    E = torch.randn(517, 40, generator=g).to(dtype)
+    originals = torch.tensor([3, 65, 130])
+    copies = torch.arange(1, 517, 9)  # every residue modulo the tile of 64
+    E[copies] = E[originals].repeat(len(copies) // 3 + 1, 1)[:len(copies)]
+    q = torch.randn(24, 40, generator=g)
+    q[:3] = 4 * E[originals].float()  # a copy is then the best match
+    for backend in BACKENDS:
+        got = nearest_tokens(q, E, k=8, metric=metric, backend=backend)
+        for row, original in enumerate(originals.tolist()):
+            same = [original] + [c for i, c in enumerate(copies.tolist()) if i % 3 == row]
+            expected = sorted(same)[:8]
+            assert got.indices[row].tolist() == expected, (backend, row)
+            assert torch.all(got.scores[row] == got.scores[row, 0]), (backend, row)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_zero_vectors_have_cosine_zero(backend):
     g = torch.Generator().manual_seed(1)
     q, E = torch.randn(3, 24, generator=g), torch.randn(300, 24, generator=g)

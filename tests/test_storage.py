@@ -146,7 +146,10 @@ def test_read_log_drops_later_steps_and_a_line_cut_by_a_kill(tmp_path):
 def test_open_run_dir_refuses_to_clobber(tmp_path):
     run_dir, finished = storage.open_run_dir(CONFIG, tmp_path, resume=False, force=False)
     assert finished is None and json.loads((run_dir / "config.json").read_text())["seed"] == 3
-    with pytest.raises(MinwayError, match="--resume"):
+    # stopped before its first checkpoint (its data unreadable, say): nothing to resume, so it starts again
+    assert storage.open_run_dir(CONFIG, tmp_path, resume=False, force=False) == (run_dir, None)
+    storage.save_checkpoint(run_dir / "checkpoint.safetensors", torch.zeros(2, 4), {}, 1)
+    with pytest.raises(MinwayError, match="holds an unfinished run: pass --resume"):
         storage.open_run_dir(CONFIG, tmp_path, resume=False, force=False)
     (run_dir / "results.json").write_text(json.dumps({"accuracy": 0.5}))
     with pytest.raises(MinwayError, match="--force"):

@@ -20,10 +20,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from conftest import ROOT
-from fixtures import assert_one_line_error, first_rows, offline_env, run_script, write_tsv
+from fixtures import assert_one_line_error, first_rows, offline_env, run_cli_in_process, run_script, write_tsv
 from fixtures import short_context_checkpoint, tiny_checkpoint, tiny_data  # noqa: F401  (pytest fixtures)
 from minway import training
-from minway.cli import run_cli
 from minway.config import RunConfig
 from minway.errors import MinwayError
 from minway.metrics import prompt_f1
@@ -431,15 +430,6 @@ def error_runs(tiny_checkpoint, tiny_data, tmp_path_factory):
 ])
 def test_one_line_errors_of_the_scripts(error_runs, case, fragments):
     assert_one_line_error(error_runs[0][case], *fragments)
-
-
-def run_cli_in_process(script, args, monkeypatch, capsys):
-    """What ``python script args`` does, through the same run_cli, without starting a process."""
-    monkeypatch.setattr(sys, "argv", [script, *map(str, args)])
-    with pytest.raises(SystemExit) as exit_:
-        run_cli(importlib.import_module(script.removesuffix(".py")).main)
-    captured = capsys.readouterr()
-    return subprocess.CompletedProcess([script, *args], exit_.value.code, captured.out, captured.err)
 
 
 @pytest.mark.parametrize("case, options, fragments", [

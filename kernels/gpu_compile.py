@@ -1,0 +1,246 @@
+"""Compile every kernel configuration the CUDA path can choose, for GPUs that are not here.
+
+    python -m kernels.gpu_compile [--arch 80 90] [--jobs N] [--json FILE]
+
+Triton compiles for a target named by hand (``GPUTarget``): no GPU or driver is needed. Each
+configuration is what a launch on that GPU would compile: the kernels' own launch functions
+(``projection_triton.launch``, ``flash_attention.forward_launch`` and ``backward_launches``)
+give the arguments for CPU tensors shaped as in GPT-2, and Triton's own binder specialises
+them as it does at a launch. Of each compiled kernel it records the shared memory (Triton's
+dynamic amount plus ptxas' static one), registers, stack frame and spill bytes (from the
+``ptxas -v`` log of Triton's own ptxas run).
+
+Exits non-zero when a configuration fails to compile, needs more shared memory than the
+architecture gives one block, or spills registers although it is one of the ``hot``
+configurations (those training and evaluation run). Needs TRITON_INTERPRET unset or 0.
+"""
+import argparse
+import io
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import redirect_stdout
+from multiprocessing import get_context
+
+import torch
+
+# Largest shared memory one block may opt in to (cudaDevAttrMaxSharedMemoryPerBlockOptin): A100, H100.
+SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+# Representative shapes: gpt2-large (d = 1280, 20 heads of 64), GPT-2's vocabulary, batch 8
+# of 64 text tokens after a 14-token prompt; M = 14 is one prompt, 1024 a batch of them.
+VOCAB, WIDTH, BATCH, HEADS, TOKENS, PROMPT = 50257, 1280, 8, 20, 64, 14
+PROJECTION_M = (14, 32, 64, 1024)  # one of each block size _config picks
+PROJECTION_KP = (2, 4, 8)  # k = 1..2, 3..4, 5..8
+HEAD_DIMS = (16, 32, 64, 128)
+# packed: the model's call, rows end to end, each text row after its prompt's keys, no mask;
+# padded: a (B, H, T, D) batch of views into one projection, with a key padding mask
+ATTENTION_LAYOUTS = ("packed", "padded")
+
+
+def configurations(archs):
+    """Every configuration as a plain dict. ``hot``: what training and evaluation run, where a spill
+    fails the check: the projection of bf16 and fp32 rows at top-k slots 2 (minway asks for
+    k <= 2), attention at GPT-2's head dim in 16 bits."""
+    configs = []
+    for arch in archs:
+        for M in PROJECTION_M:
+            for storage in ("fp32", "bf16", "fp16"):
+                for metric in ("dot", "l2", "cos"):
+                    for kp in PROJECTION_KP:
+                        hot = storage != "fp16" and kp == 2
+                        configs.append(dict(kernel="projection", arch=arch, M=M, dtype=storage, metric=metric,
+                                            kp=kp, hot=hot))
+        for D in HEAD_DIMS:
+            for dtype in DTYPES:
+                for layout in ATTENTION_LAYOUTS:
+                    for kernel in ("fwd", "dq", "dkdv"):
+                        hot = D == 64 and dtype != "fp32"
+                        configs.append(dict(kernel=kernel, arch=arch, D=D, dtype=dtype, layout=layout, hot=hot))
+    return configs
+
+
+def name(config):
+    if config["kernel"] == "projection":
+        return f"projection M={config['M']} {config['dtype']} {config['metric']} kp={config['kp']}"
+    return f"attention {config['kernel']} D={config['D']} {config['dtype']} {config['layout']}"
+
+
+def _projection_launch(config):
+    from kernels import projection_triton
+
+    M, kp = config["M"], config["kp"]
+    q = torch.empty(M, WIDTH)
+    E = torch.empty(VOCAB, WIDTH, dtype=DTYPES[config["dtype"]])
+    inv_qn = torch.empty(M) if config["metric"] == "cos" else None
+    programs = 4 * 132  # an H100's SMs; only the vocabulary's split depends on it
+    _, args, kwargs = projection_triton.launch(q, E, kp, config["metric"], inv_qn, config["arch"], programs)
+    return projection_triton._nearest_kernel, args, kwargs
+
+
+def _attention_launch(config):
+    """Inputs laid out as their callers make them. packed: q, k, v contiguous (N, H, D), the keys of
+    each row its prompt's then its own, as ``GPT2`` gathers them; padded: q, k, v and the output
+    gradient views into (B * T, 3C) and (B * T, C) tensors, as ``flash_attention`` packs them."""
+    from kernels import flash_attention
+
+    D, dtype = config["D"], DTYPES[config["dtype"]]
+    C = HEADS * D
+    offsets = torch.arange(BATCH + 1)
+    if config["layout"] == "packed":
+        q, do = (torch.empty(BATCH * TOKENS, HEADS, D, dtype=dtype) for _ in range(2))
+        k, v = (torch.empty(BATCH * (PROMPT + TOKENS), HEADS, D, dtype=dtype) for _ in range(2))
+        rows = flash_attention.Rows(offsets * TOKENS, offsets * (PROMPT + TOKENS), TOKENS, PROMPT + TOKENS)
+    else:
+        q, k, v = (x.view(-1, HEADS, D) for x in torch.empty(BATCH * TOKENS, 3 * C, dtype=dtype).split(C, dim=1))
+        do = torch.empty(BATCH * TOKENS, C, dtype=dtype).view(-1, HEADS, D)
+        rows = flash_attention.Rows(offsets * TOKENS, offsets * TOKENS, TOKENS, TOKENS,
+                                    torch.ones(BATCH * TOKENS, dtype=torch.bool))
+    o = torch.empty(q.shape, dtype=dtype)
+    lse, delta = torch.empty(q.shape[:2]), torch.empty(q.shape[:2])
+    if config["kernel"] == "fwd":
+        _, args, kwargs = flash_attention.forward_launch(q, k, v, rows, o, lse, config["arch"])
+        return flash_attention._fwd, args, kwargs
+    dq, dk, dv = torch.empty_like(o), torch.empty_like(k), torch.empty_like(v)
+    launches = flash_attention.backward_launches(q, k, v, rows, o, lse, do, delta, dq, dk, dv, config["arch"])
+    kernel, _, args, kwargs = launches[0 if config["kernel"] == "dq" else 1]
+    return kernel, args, kwargs
+
+
+def compile_one(config):
+    """Compile one configuration; the config with its measurements (or its error) added. With
+    ``unaligned`` set in it, without the divisibility Triton finds in the arguments at a launch
+    (16-byte aligned pointers, integers that are multiples of 16), as for inputs of odd sizes."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from triton.compiler.compiler import make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    warnings.filterwarnings("ignore", message="TRITON_DEFAULT_FP_FUSION")  # a note on Triton 3.10's default
+    start = time.perf_counter()
+    result = dict(config, name=name(config), shared_limit=SHARED_LIMIT[config["arch"]])
+    try:
+        kernel, args, kwargs = (_projection_launch if config["kernel"] == "projection" else _attention_launch)(config)
+        target = GPUTarget("cuda", config["arch"], 32)
+        backend = make_backend(target)
+        # what JITFunction.run does before it compiles: bind, specialise, pack
+        bound, specialization, options = create_function_from_signature(kernel.signature, kernel.params,
+                                                                         backend)(*args, **kwargs)
+        options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound, specialization, options)
+        if config.get("unaligned"):
+            attrs = {}
+        log = io.StringIO()
+        with redirect_stdout(log):  # TRITON_DUMP_PTXAS_LOG prints ptxas' -v report
+            compiled = triton.compile(ASTSource(kernel, signature, constexprs, attrs), target=target,
+                                      options=options.__dict__)
+        result.update(_ptxas_report(log.getvalue()), dynamic_shared=compiled.metadata.shared,
+                      num_warps=compiled.metadata.num_warps, num_stages=compiled.metadata.num_stages,
+                      blocks={k: v for k, v in kwargs.items() if k.startswith("BLOCK")})
+        result["shared"] = result["dynamic_shared"] + result["static_shared"]
+    except Exception as error:  # a failure to compile is a finding, not a crash of the check
+        result["error"] = f"{type(error).__name__}: {error}".strip()[:2000]
+    result["seconds"] = time.perf_counter() - start
+    result["problems"] = problems(result)
+    return result
+
+
+def _ptxas_report(log):
+    numbers = {}
+    for key, pattern in (("registers", r"Used (\d+) registers"), ("static_shared", r"(\d+) bytes smem"),
+                         ("stack", r"(\d+) bytes stack frame"), ("spill_stores", r"(\d+) bytes spill stores"),
+                         ("spill_loads", r"(\d+) bytes spill loads")):
+        found = re.search(pattern, log)
+        numbers[key] = int(found.group(1)) if found else 0
+        if key == "registers" and not found:
+            raise RuntimeError(f"no ptxas report in Triton's output: {log[-500:]!r}")
+    return numbers
+
+
+def problems(result):
+    """What makes a configuration fail the check, in words (empty: it passes)."""
+    if "error" in result:
+        return ["does not compile"]
+    found = []
+    if result["shared"] > result["shared_limit"]:
+        found.append(f"{result['shared'] / 1024:.0f} KiB shared > {result['shared_limit'] // 1024} KiB")
+    if result["hot"] and (result["spill_stores"] or result["spill_loads"]):
+        found.append(f"hot configuration spills {result['spill_stores']} B")
+    return found
+
+
+def compile_all(configs, jobs, cache_dir=None, report=print):
+    """Compile each configuration, ``jobs`` at a time, calling ``report`` with each result as it
+    comes; the results, in order. The kernels go to ``cache_dir`` (default: a fresh cache,
+    removed after), where launches with the same arguments find them."""
+    # compile even what the cache holds (configurations may coincide), so that ptxas reports
+    os.environ.update(TRITON_ALWAYS_COMPILE="1", TRITON_DUMP_PTXAS_LOG="1")
+    with tempfile.TemporaryDirectory() as fresh:
+        os.environ["TRITON_CACHE_DIR"] = cache_dir or fresh
+        results = []
+        if jobs == 1:
+            for config in configs:
+                results.append(compile_one(config))
+                report(results[-1])
+            return results
+        with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
+            for result in pool.map(compile_one, configs):
+                results.append(result)
+                report(result)
+        return results
+
+
+HEADER = (f"{'arch':>4} {'configuration':44} {'warps':>5} {'stages':>6} {'shared KiB':>10} {'regs':>4} "
+          f"{'stack':>5} {'spill st':>8} {'spill ld':>8} {'s':>5}  problems")
+
+
+def row(r):
+    if "error" in r:
+        return f"{r['arch']:>4}  {r['name']:43} {'':46} {r['seconds']:5.1f}  {r['error'].splitlines()[0][:80]}"
+    mark = "*" if r["hot"] else " "
+    return (f"{r['arch']:>4} {mark}{r['name']:43} {r['num_warps']:>5} {r['num_stages']:>6} "
+            f"{r['shared'] / 1024:>10.1f} {r['registers']:>4} {r['stack']:>5} {r['spill_stores']:>8} "
+            f"{r['spill_loads']:>8} {r['seconds']:5.1f}  {'; '.join(r['problems'])}")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", type=int, nargs="+", default=[80, 90], choices=sorted(SHARED_LIMIT))
+    p.add_argument("--match", nargs="+", help="only the configurations whose name contains one of these")
+    p.add_argument("--jobs", type=int, default=os.cpu_count(), help="compiles at a time")
+    p.add_argument("--cache-dir", help="Triton cache to fill, for launches to come (default: a fresh one, "
+                                       "removed after)")
+    p.add_argument("--unaligned", action="store_true",
+                   help="compile without the divisibility of the arguments (as for odd sizes); spills then fail nothing")
+    p.add_argument("--json", help="write every configuration's figures here")
+    args = p.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes"):
+        raise SystemExit("error: unset TRITON_INTERPRET (or set it to 0): the interpreter compiles nothing")
+    import triton
+
+    configs = [dict(c, unaligned=args.unaligned, hot=c["hot"] and not args.unaligned) for c in configurations(args.arch)
+               if not args.match or any(m in name(c) for m in args.match)]
+    start = time.perf_counter()
+    print(HEADER, flush=True)
+    results = compile_all(configs, args.jobs, args.cache_dir, report=lambda r: print(row(r), flush=True))
+    seconds = time.perf_counter() - start
+    failed = [r for r in results if r["problems"]]
+    spilling = [r for r in results if r.get("spill_stores")]
+    print(f"triton {triton.__version__}: {len(results)} configurations in {seconds:.0f} s with {args.jobs} jobs; "
+          f"{len(failed)} failed; {len(spilling)} spill registers ({sum(r['hot'] for r in spilling)} of them hot); "
+          "* marks the hot ones")
+    if args.json:
+        from minway.storage import atomic_write_text
+        atomic_write_text(args.json, json.dumps({"triton": triton.__version__, "seconds": seconds, "jobs": args.jobs,
+                                                 "results": results}, indent=1))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
