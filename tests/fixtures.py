@@ -6,6 +6,7 @@ Each is built once per test session whichever modules import it.
 """
 import gzip
 import importlib
+import locale
 import os
 import subprocess
 import sys
@@ -33,6 +34,18 @@ def _once(key, tmp_path_factory, build):
     if key not in _built:
         _built[key] = build(tmp_path_factory.mktemp(key))
     return _built[key]
+
+
+@pytest.fixture
+def ascii_locale():
+    """ASCII as the locale's text encoding, as on a machine without a UTF-8 locale."""
+    if sys.flags.utf8_mode:
+        pytest.skip("Python's UTF-8 mode is on (PYTHONUTF8=1): the locale's encoding is not used")
+    before = locale.setlocale(locale.LC_CTYPE)
+    locale.setlocale(locale.LC_CTYPE, "C")
+    assert locale.getpreferredencoding(False) != "UTF-8"
+    yield
+    locale.setlocale(locale.LC_CTYPE, before)
 
 
 def write_tsv(path, rows):

@@ -325,3 +325,8 @@ def test_eval_needs_the_base_model_when_the_adapter_does_not_name_it(tmp_path, m
 def test_target_and_task_are_for_adapters(tmp_path, monkeypatch, capsys):
     result = run_cli_in_process("eval.py", [tmp_path / "a-run", "--task", "sst2"], monkeypatch, capsys)
     assert_one_line_error(result, "are for a PEFT adapter")
+
+
+def test_the_export_command_must_be_named(monkeypatch, capsys):
+    result = run_cli_in_process("minway.adapters", [], monkeypatch, capsys)
+    assert_one_line_error(result, "command")

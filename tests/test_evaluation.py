@@ -2,7 +2,7 @@
 import pytest
 
 from fixtures import tiny_checkpoint  # noqa: F401  (pytest fixture)
-from minway.evaluation import projection_report
+from minway.evaluation import projection_report, summary
 from minway.prompt import c_proj
 from minway.tokenizer import load_tokenizer
 from weights import load_gpt2
@@ -20,3 +20,44 @@ def test_f1_lemmatises_and_f1_no_lemma_does_not(tiny_checkpoint, metric):  # noq
     assert report["f1_no_lemma"] == pytest.approx(1 / 3)         # only "home" is the same word
     assert report["f1_released_code"] == pytest.approx(1 / 3)
     assert report["position_match"] == pytest.approx(1 / 3)
+    assert report["marked"] == "[Children] [went] [-Child] [-go] home"  # the projection, marked against the target
+
+
+def report(f1, unreachable=(), ceiling=1.0, marked="Is this movie good?"):
+    return {"f1": f1, "f1_no_lemma": f1 / 2, "f1_released_code": f1 / 4, "position_match": f1,
+            "unreachable_target_tokens": list(unreachable), "f1_ceiling": ceiling, "marked": marked}
+
+
+def test_summary_of_a_plain_run():
+    results = {"accuracy": 0.75, "n_test": 12, "metric": "l2", "c_dist": 0.25,
+               "projections": {"dot": report(0.5, [42], 0.8, "Is [it] movie good?"), "l2": report(1.0)}}
+    assert summary(results, "Is this  movie\n good?").splitlines() == [
+        "task accuracy (continuous prompt): 75.0%  on 12 test examples",
+        "c-dist to target: 0.2500",
+        "prompt F1 [dot]: 0.50 (no lemmas 0.25, the released code's 0.12), positions matched 50.0%, ceiling 0.80",
+        "prompt F1 [l2 (main)]: 1.00 (no lemmas 0.50, the released code's 0.25), positions matched 100.0%",
+        "target   : Is this movie good?",
+        "projected: Is this movie good?   ([x] differs, [-x] missing)",
+    ]
+
+
+@pytest.mark.parametrize("drop, shown", [(6.25, "6.2%"), (None, "n/a")])
+def test_summary_with_hard_prompt_permuted_labels_unreachable_tokens_and_the_twin(drop, shown):
+    results = {"accuracy": 0.75, "n_test": 12, "metric": "dot", "c_dist": 0.25, "hard_prompt_accuracy": 0.5,
+               "config": {"label_map": [1, 0]}, "prompt_f1": 0.5,
+               "compare": {"accuracy_unconstrained": 0.8, "accuracy_constrained": 0.75, "relative_drop": drop,
+                           "f1_unconstrained": 0.375},
+               "projections": {"dot": report(0.5, [42], 0.8, "Is [it] movie good?")}}
+    assert summary(results, "Is this movie good?").splitlines() == [
+        "task accuracy (continuous prompt): 75.0%  on 12 test examples",
+        "labels permuted by --label-map 1,0: accuracy counts the permuted labels as correct",
+        "hard-prompt accuracy (d-proj as text): 50.0%",
+        "c-dist to target: 0.2500",
+        "prompt F1 [dot (main)]: 0.50 (no lemmas 0.25, the released code's 0.12), positions matched 50.0%, "
+        "ceiling 0.80",
+        "target tokens unreachable under dot: [42] (no gamma can project to them)",
+        "target   : Is this movie good?",
+        "projected: Is [it] movie good?   ([x] differs, [-x] missing)",
+        f"unconstrained vs constrained: Acc(p*c) 80.0 -> Acc(p~c) 75.0, relative drop {shown}; "
+        "prompt F1 0.38 -> 0.50",
+    ]

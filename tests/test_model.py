@@ -31,6 +31,9 @@ CONFIGS = {
     "24x3-heads1": dict(n_embd=24, n_layer=3, n_head=1, n_positions=48, initializer_range=0.1),
     "48x2-heads3-gpt2-init": dict(n_embd=48, n_layer=2, n_head=3, n_positions=64, initializer_range=0.02),
     "64x2-heads4-wide-init": dict(n_embd=64, n_layer=2, n_head=4, n_positions=128, initializer_range=0.2),
+    # an epsilon of the order of the activations' variance: each LayerNorm must take the config's
+    "40x1-heads5-eps": dict(n_embd=40, n_layer=1, n_head=5, n_positions=32, initializer_range=0.1,
+                            layer_norm_epsilon=0.05),
 }
 
 
@@ -316,6 +319,11 @@ def test_a_row_continued_past_the_context_raises(pair):
     with torch.no_grad():
         with pytest.raises(ValueError, match="context"):
             model(torch.zeros(n - 2 + 3, dtype=torch.long), packed=pack([n - 2, 3], [(), [(0, n - 2)]]))
+
+
+def test_the_default_config_is_gpt2_small():
+    assert GPT2Config() == SIZES["gpt2"]
+    assert (GPT2Config().vocab_size, GPT2Config().n_positions, GPT2Config().layer_norm_epsilon) == (50257, 1024, 1e-5)
 
 
 @pytest.mark.parametrize("size, count", [("gpt2", 124_439_808), ("gpt2-medium", 354_823_168),

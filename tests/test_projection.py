@@ -159,6 +159,7 @@ def test_zero_vectors_have_cosine_zero(backend):
     (dict(k=0), "k must be an int from 1 to 8"),
     (dict(k=9), "k must be an int from 1 to 8"),
     (dict(k=3, embeddings=torch.zeros(2, 4)), "fewer than max(k, 2) = 3"),
+    (dict(k=1, embeddings=torch.zeros(1, 4)), "fewer than max(k, 2) = 2"),  # no runner-up for the margin
     (dict(metric="euclid"), "unknown metric 'euclid': use one of dot, l2, cos"),
     (dict(backend="cuda"), "unknown backend 'cuda': use one of auto, triton, torch"),
 ])

@@ -95,3 +95,10 @@ def test_f1_ceiling_from_an_unreachable_target_word():
     assert l2["unreachable_target_tokens"] == [fish] and l2["f1_ceiling"] == pytest.approx(0.8)
     # a target whose every token is reachable has no ceiling below 1
     assert projection_report(E[[cat, dog]], [cat, dog], tokenizer, E, "dot")["f1_ceiling"] == 1.0
+
+
+def test_a_point_inside_is_declared_inside_within_the_tolerance_of_its_own_norm():
+    # Gilbert's iterates only approach a point strictly inside a triangle (here far from the
+    # origin, all coordinates negative): it is inside once the gap is below 1e-5 of its squared norm
+    E = torch.tensor([[-100.0, -100.0], [-100.0, -20.0], [-20.0, -100.0], [-70.0, -60.0]])
+    assert reachability([0, 1, 2, 3], E, "dot") == [REACHABLE] * 3 + [UNREACHABLE]

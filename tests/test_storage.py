@@ -59,6 +59,13 @@ def test_atomic_save_dying_before_rename_keeps_old_tensors(tmp_path, monkeypatch
     assert leftovers(tmp_path) == []
 
 
+def test_a_write_refused_before_the_file_exists_raises_its_own_error(tmp_path):
+    # safetensors refuses a non-contiguous tensor before it creates the file: no temporary file to delete
+    with pytest.raises(ValueError, match="non contiguous"):
+        atomic_save({"prompt": torch.arange(6.0).reshape(2, 3).T}, tmp_path / "checkpoint.safetensors", {})
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_checkpoint_round_trip(tmp_path):
     g = torch.Generator().manual_seed(0)
     prompt = torch.randn(5, 8, generator=g)

@@ -6,7 +6,7 @@ import types
 
 import pytest
 
-from fixtures import SHIPPED_DATA, TOKENIZER_DIR, first_rows, tiny_checkpoint, write_tsv  # noqa: F401
+from fixtures import SHIPPED_DATA, TOKENIZER_DIR, ascii_locale, first_rows, tiny_checkpoint, write_tsv  # noqa: F401
 from minway import data
 from minway.data import Example, find_split, load_split, read_tsv, sample_per_class
 from minway.errors import MinwayError
@@ -171,6 +171,14 @@ def test_read_tsv_errors_are_one_line(tmp_path, content, where):
     assert str(path) in message and where in message
 
 
+def test_data_files_are_utf8_whatever_the_locale(tmp_path, ascii_locale):  # noqa: F811
+    rows = [("un café très réussi", 1), ("naïve", 0)]
+    plain = write_tsv(tmp_path / "a.tsv", rows)
+    packed = tmp_path / "a.tsv.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    assert read_tsv(plain, 2) == read_tsv(packed, 2) == [Example(*row) for row in rows]
+
+
 def test_read_tsv_without_examples(tmp_path):
     path = tmp_path / "empty.tsv"
     path.write_text("text\tlabel\n")
@@ -314,6 +322,15 @@ def test_download_writes_tsv_with_our_labels(clean_env, monkeypatch, task, datas
     assert load_split(t, "test") == [Example(*expected[0])]
     assert calls == [dataset_id]  # found on disk the second time
     assert not list((data.download_dir() / task).glob("*.tmp"))
+
+
+def test_a_download_is_written_in_utf8_whatever_the_locale(clean_env, monkeypatch, ascii_locale):  # noqa: F811
+    monkeypatch.delenv("MINWAY_OFFLINE")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    split = {"text": ["un café très réussi"], "label": [1], "label_text": ["positive"]}
+    fake_datasets(monkeypatch, {"SetFit/sst2": {"train": split, "test": split}}, [])
+    assert load_split(get_task("sst2"), "train") == [Example("un café très réussi", 1)]
+    assert (data.download_dir() / "sst2" / "train.tsv").read_text(encoding="utf-8").endswith("réussi\t1\n")
 
 
 def test_failed_download_is_the_missing_data_error(clean_env, monkeypatch):

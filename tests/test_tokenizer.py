@@ -3,7 +3,7 @@ import json
 import pytest
 
 from fixtures import TOKENIZER_DIR as GPT2_DIR
-from fixtures import shipped_lines
+from fixtures import ascii_locale, shipped_lines  # noqa: F401  (pytest fixture)
 from minway.errors import MinwayError
 from minway.tasks import TASKS
 from minway.tokenizer import EOT, gpt2_byte_alphabet, load_tokenizer
@@ -14,6 +14,16 @@ def test_check_sentence_from_the_data_readme():
     assert tokenizer.encode("Hello world, it's a test.") == [15496, 995, 11, 340, 338, 257, 1332, 13]
     assert tokenizer.eot_id == 50256
     assert tokenizer.n_vocab == 50257
+
+
+def test_the_bpe_files_are_utf8_whatever_the_locale(tmp_path, ascii_locale):  # noqa: F811
+    # merges.txt is full of non-ASCII characters (GPT-2's byte alphabet writes a space as "Ġ")
+    assert load_tokenizer(GPT2_DIR).encode("Hello world, it's a test.") == [15496, 995, 11, 340, 338, 257, 1332, 13]
+    # and so is a vocab.json written without escapes, as transformers writes it
+    write_tiny_tokenizer(tmp_path, [("Ġ", "h")])
+    vocab = json.loads((tmp_path / "vocab.json").read_text(encoding="utf-8"))
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    assert load_tokenizer(tmp_path).encode(" h") == [256]
 
 
 def test_endoftext_in_text_is_ordinary_text():
@@ -86,10 +96,15 @@ def test_missing_file_names_it(tmp_path):
         load_tokenizer(tmp_path / "nowhere")
 
 
-def test_malformed_vocab_names_it(tmp_path):
+@pytest.mark.parametrize("text, message", [
+    ("{not json", "vocab.json is not valid JSON"),
+    ('["a", "b"]', "must map token strings to integer ids"),
+    ('{"a": 0, "b": "1"}', "must map token strings to integer ids"),
+])
+def test_malformed_vocab_names_it(tmp_path, text, message):
     write_tiny_tokenizer(tmp_path, [("h", "e")])
-    (tmp_path / "vocab.json").write_text("{not json", encoding="utf-8")
-    with pytest.raises(MinwayError, match="vocab.json is not valid JSON"):
+    (tmp_path / "vocab.json").write_text(text, encoding="utf-8")
+    with pytest.raises(MinwayError, match=message):
         load_tokenizer(tmp_path)
 
 
@@ -99,3 +114,24 @@ def test_mismatched_merges_are_reported(tmp_path):
     with pytest.raises(MinwayError, match="come from different tokenizers") as error:
         load_tokenizer(tmp_path)
     assert "\n" not in str(error.value)
+
+
+def test_a_malformed_merge_line_is_named_by_its_line_number(tmp_path):
+    write_tiny_tokenizer(tmp_path, [("h", "e"), ("l", "l")])
+    (tmp_path / "merges.txt").write_text("#version: 0.2\nh e\nl l extra\n", encoding="utf-8")
+    with pytest.raises(MinwayError, match=r"merges.txt line 3 is 'l l extra', not two tokens"):
+        load_tokenizer(tmp_path)
+
+
+@pytest.mark.parametrize("misplace", [
+    lambda vocab: vocab.update(a=vocab["he"], he=vocab["a"]),  # the byte "a" at id 256, the merge at 97
+    # no byte "a": the merge at its id 97, end-of-text at 256 (the ids still 0..256, each once)
+    lambda vocab: vocab.update({"he": vocab.pop("a"), EOT: 256}),
+])
+def test_single_bytes_must_have_the_ids_below_256(tmp_path, misplace):
+    write_tiny_tokenizer(tmp_path, [("h", "e")])
+    vocab = json.loads((tmp_path / "vocab.json").read_text(encoding="utf-8"))
+    misplace(vocab)
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    with pytest.raises(MinwayError, match="does not give ids 0-255 to the 256 single bytes"):
+        load_tokenizer(tmp_path)

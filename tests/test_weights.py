@@ -40,6 +40,11 @@ def reference(source):
     return load_gpt2(source).state_dict()
 
 
+@pytest.mark.parametrize("attention", ["naive", "sdpa"])
+def test_the_model_loads_with_the_attention_asked_for(source, attention):
+    assert {block.attn.backend for block in load_gpt2(source, attention=attention).h} == {attention}
+
+
 def rewrite(directory, edit):
     """Apply edit(tensors) to model.safetensors in place."""
     tensors = load_file(directory / "model.safetensors")
@@ -329,9 +334,11 @@ def test_resolve_directory_that_is_not_a_checkpoint(isolated, tmp_path):
     assert "\n" not in str(error.value)
 
 
-def test_resolve_missing_path(isolated, tmp_path):
+@pytest.mark.parametrize("relative", [False, True])
+def test_resolve_missing_path(isolated, tmp_path, relative):
+    path = "./nope" if relative else str(tmp_path / "nope")  # a path, not a name: never looked up
     with pytest.raises(MinwayError, match=r"checkpoint directory .*nope does not exist") as error:
-        resolve_checkpoint(str(tmp_path / "nope"))
+        resolve_checkpoint(path)
     assert "\n" not in str(error.value)
 
 
@@ -410,8 +417,14 @@ def test_resolve_downloads_into_weights_dir(isolated, monkeypatch, source):
     assert resolve_checkpoint("gpt2-medium") == path and len(calls) == 1  # found locally the second time
 
 
-def _no_download(*args, **kwargs):
-    raise AssertionError("snapshot_download called although downloading is impossible or disallowed")
+@pytest.fixture
+def downloads(monkeypatch):
+    """The repos snapshot_download is asked for (recorded, not refused: download() would swallow
+    an error of it and give the same message)."""
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+    calls = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo_id, **kwargs: calls.append(repo_id))
+    return calls
 
 
 def assert_how_to_get_weights(error, name="gpt2"):
@@ -422,12 +435,14 @@ def assert_how_to_get_weights(error, name="gpt2"):
     assert f"python -m weights.random_checkpoint random-gpt2 --embedding-norm {GPT2_EMBEDDING_NORM}`" in message
 
 
-def test_offline_error_says_how_to_get_the_weights(isolated, monkeypatch):
-    huggingface_hub = pytest.importorskip("huggingface_hub")
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", _no_download)
+@pytest.mark.parametrize("variable", ["HF_HUB_OFFLINE", "MINWAY_OFFLINE"])
+def test_offline_error_says_how_to_get_the_weights(isolated, monkeypatch, downloads, variable):
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv(variable, "1")  # either one alone keeps minway offline
     with pytest.raises(MinwayError, match=r"no checkpoint 'gpt2'.*could not be downloaded") as error:
         resolve_checkpoint("gpt2")
     assert_how_to_get_weights(error)
+    assert downloads == []
 
 
 @pytest.mark.parametrize("name", ["gpt2", "someone/tiny-gpt2"])
@@ -439,13 +454,12 @@ def test_following_the_error_message_makes_the_name_resolve(isolated, source, na
     assert resolve_checkpoint(name).resolve() == Path(target).resolve()
 
 
-def test_download_not_allowed(isolated, monkeypatch):
-    huggingface_hub = pytest.importorskip("huggingface_hub")
+def test_download_not_allowed(isolated, monkeypatch, downloads):
     monkeypatch.delenv("HF_HUB_OFFLINE")
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", _no_download)
     with pytest.raises(MinwayError, match=r"no checkpoint 'gpt2-xl'") as error:
         resolve_checkpoint("gpt2-xl", allow_download=False)
     assert_how_to_get_weights(error, "gpt2-xl")
+    assert downloads == []
 
 
 def test_failing_download_gives_the_same_error(isolated, monkeypatch):

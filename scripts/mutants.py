@@ -1,0 +1,740 @@
+"""Mutation testing of minway's core: plant one-line bugs, run the tests that should catch them.
+
+A mutant is one small edit of one expression that sits on one line of a core module:
+
+    compare   < <=, > >=, == !=, in / not in, is / is not, each to its twin
+    arith     + -, * /, // /, & |, << >> (also in += and the like), each to its twin
+    boolop    and <-> or
+    unary     a dropped `not`, unary minus or `~`
+    constant  an integer n (|n| <= 1024) -> n + 1 or n - 1;  True <-> False
+    slice     a slice bound b -> b + 1 or b - 1
+    call      a keyword argument dropped, a number as last argument dropped (x.sum(1) -> x.sum()),
+              two neighbouring simple arguments swapped (range(0, V) -> range(V, 0))
+    name      min <-> max, any <-> all, argmin <-> argmax, clamp_min <-> clamp_max, floor <-> ceil
+
+Nothing is planted in strings, docstrings, f-strings, the arguments of `raise` and the message
+of `assert` (error texts), type annotations, decorators, imports, or calls that only display
+(print, warnings.warn, a progress bar's write and set_postfix, tqdm's keyword arguments), and
+no device= is dropped (on the CPU the suite runs on, that changes nothing).
+
+A mutant replaces the exact source span of one node (``lineno``, ``col_offset``,
+``end_col_offset``) and nothing else: the rest of the file stays byte-identical. It is kept
+only if the edited file compiles and parses to the original tree with just that node changed.
+
+Sampling is deterministic: each module's lines that can be mutated are cut into ``--budget``
+runs of consecutive lines, and one mutant is drawn from each run with a generator seeded by
+``--seed`` and the module's path. A mutant's id, ``<module>:<line>:<k>`` (the k-th possible
+mutation of that line), depends on the source alone, so ``--id`` reruns any mutant of a listing.
+
+Each mutant is tested in a private copy of the checkout (the files git knows, copied once
+into a temporary directory), with the module's own test files
+(``TESTS`` below, the fastest and most specific first), ``pytest -x``: the first failure
+ends the run. The unmutated code first passes the same tests once (the baseline), which also
+times them: a mutant whose tests run past ``--timeout-factor`` times the baseline is stopped
+and counted as killed (a timeout), shown apart.
+
+    python scripts/mutants.py                       # the default campaign, into mutants/
+    python scripts/mutants.py --list                # the mutants it would plant
+    python scripts/mutants.py --modules minway/metrics.py minway/tasks.py --budget 10
+    python scripts/mutants.py --id minway/metrics.py:46:2    # rerun one mutant (a survivor)
+
+Results: ``<out>/results.json`` (every mutant: id, module, line, operator, original and mutated
+line, status, seconds, the first failing test) and ``<out>/summary.md`` (kill rate overall and
+per module, the survivors with their diffs).
+"""
+import argparse
+import ast
+import copy
+import json
+import os
+import queue
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Core module -> the test files that exercise it, in the order they run: the fastest and most
+# specific first, so that a killed mutant is usually stopped within seconds. Together they run
+# every line of the module that the whole suite runs (checked with coverage.py, test file by
+# test file, again for the modules of the packed model); no test runs GPT2Config.from_json.
+# The sweep and Ray tests, which run most of the core again, are left out.
+TESTS = {
+    "minway/model.py": ["tests/test_model.py", "tests/test_objective.py", "tests/test_dropout.py",
+                        "tests/test_classify.py"],
+    "minway/packing.py": ["tests/test_packing.py", "tests/test_model.py", "tests/test_objective.py",
+                          "tests/test_classify.py", "tests/test_dropout.py"],
+    "minway/dropout.py": ["tests/test_dropout.py"],
+    "minway/batch.py": ["tests/test_objective.py", "tests/test_dropout.py", "tests/test_classify.py"],
+    "minway/classify.py": ["tests/test_classify.py", "tests/test_objective.py"],
+    "minway/objective.py": ["tests/test_objective.py"],
+    "minway/prompt.py": ["tests/test_prompt.py", "tests/test_objective.py", "tests/test_evaluation.py",
+                         "tests/test_reachability.py"],
+    "minway/metrics.py": ["tests/test_metrics.py", "tests/test_evaluation.py", "tests/test_reachability.py"],
+    "minway/evaluation.py": ["tests/test_evaluation.py", "tests/test_reachability.py", "tests/test_storage.py",
+                             "tests/test_train_cli.py"],
+    "minway/training.py": ["tests/test_training.py", "tests/test_train_cli.py", "tests/test_multi_prompt.py"],
+    "minway/storage.py": ["tests/test_storage.py", "tests/test_train_cli.py"],
+    "minway/tasks.py": ["tests/test_tasks_data.py", "tests/test_classify.py", "tests/test_task_file.py"],
+    "minway/task_file.py": ["tests/test_task_file.py"],
+    "minway/data.py": ["tests/test_tasks_data.py", "tests/test_task_file.py"],
+    "minway/tokenizer.py": ["tests/test_tokenizer.py", "tests/test_resources.py"],
+    "minway/reachability.py": ["tests/test_reachability.py"],
+    "minway/config.py": ["tests/test_config.py", "tests/test_storage.py", "tests/test_tasks_data.py",
+                         "tests/test_train_cli.py"],
+    "kernels/attention.py": ["tests/test_attention.py", "tests/test_model.py", "tests/test_dropout.py"],
+    "kernels/flash_attention.py": ["tests/test_attention.py", "tests/test_objective.py", "tests/test_model.py"],
+    "kernels/projection.py": ["tests/test_projection.py", "tests/test_reachability.py"],
+    "kernels/projection_triton.py": ["tests/test_projection.py"],
+    "minway/adapters.py": ["tests/test_adapters.py"],
+    "weights/checkpoint.py": ["tests/test_weights.py"],
+    "weights/resolve.py": ["tests/test_weights.py"],
+}
+PYTEST = ["-m", "pytest", "-x", "-q", "-p", "no:cacheprovider"]
+
+MAX_CONSTANT = 1024
+COMPARE_TWINS = {ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt, ast.Eq: ast.NotEq,
+                 ast.NotEq: ast.Eq, ast.In: ast.NotIn, ast.NotIn: ast.In, ast.Is: ast.IsNot, ast.IsNot: ast.Is}
+COMPARE_SYMBOLS = {ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">=", ast.Eq: "==", ast.NotEq: "!=",
+                   ast.In: "in", ast.NotIn: "not in", ast.Is: "is", ast.IsNot: "is not"}
+ARITH_TWINS = {ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Div, ast.Div: ast.Mult, ast.FloorDiv: ast.Div,
+               ast.BitAnd: ast.BitOr, ast.BitOr: ast.BitAnd, ast.LShift: ast.RShift, ast.RShift: ast.LShift}
+ARITH_SYMBOLS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.FloorDiv: "//", ast.BitAnd: "&",
+                 ast.BitOr: "|", ast.LShift: "<<", ast.RShift: ">>"}
+UNARY_SYMBOLS = {ast.Not: "not", ast.USub: "-", ast.Invert: "~"}
+NAME_TWINS = {"min": "max", "max": "min", "any": "all", "all": "any"}
+ATTRIBUTE_TWINS = {**NAME_TWINS, "argmin": "argmax", "argmax": "argmin", "clamp_min": "clamp_max",
+                   "clamp_max": "clamp_min", "floor": "ceil", "ceil": "floor"}
+DISPLAY_CALLS = {"print", "warnings.warn", "bar.write", "bar.set_postfix"}  # their arguments are only shown
+DISPLAY_KEYWORDS = {"desc"}  # a progress bar's title
+# Dropping device= changes nothing on the CPU the suite runs on (everything is there already):
+# such a mutant could only survive, so none is made.
+KEPT_KEYWORDS = {"device"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Where a module can be mutated
+
+
+@dataclass
+class Site:
+    """One possible mutation: the span of ``node`` becomes ``text``, which parses as ``replacement``."""
+    node: ast.AST
+    operator: str
+    replacement: ast.AST
+    text: str
+
+
+class Source:
+    """A module's text, its tree, and the source of single-line nodes (offsets are UTF-8 bytes)."""
+
+    def __init__(self, text, path="<source>"):
+        self.text, self.path = text, path
+        self.lines = text.encode().splitlines(keepends=True)
+        self.tree = ast.parse(text)
+        self.parents = {}
+        for parent in ast.walk(self.tree):
+            for name, value in ast.iter_fields(parent):
+                for index, child in enumerate(value if isinstance(value, list) else [value]):
+                    if isinstance(child, ast.AST):
+                        self.parents[child] = (parent, name, index if isinstance(value, list) else None)
+
+    def segment(self, node):
+        return self.lines[node.lineno - 1][node.col_offset:node.end_col_offset].decode()
+
+    def between(self, a, b):
+        """The text from the end of node ``a`` to the start of node ``b`` on their line."""
+        return self.lines[a.lineno - 1][a.end_col_offset:b.col_offset].decode()
+
+    def after_start(self, node, child):
+        """The text of ``node`` before its child ``child``."""
+        return self.lines[node.lineno - 1][node.col_offset:child.col_offset].decode()
+
+    def offset_in(self, node, child):
+        """Character offsets of ``child``'s span within ``segment(node)``."""
+        line = self.lines[node.lineno - 1]
+        start = len(line[node.col_offset:child.col_offset].decode())
+        return start, start + len(self.segment(child))
+
+    def mutated(self, site):
+        """The whole text with ``site`` applied, or None if it does not compile to the intended tree."""
+        node = site.node
+        line = self.lines[node.lineno - 1]
+        new_line = line[:node.col_offset] + site.text.encode() + line[node.end_col_offset:]
+        text = b"".join(self.lines[:node.lineno - 1] + [new_line] + self.lines[node.lineno:]).decode()
+        try:
+            compile(text, self.path, "exec")
+            tree = ast.parse(text)
+        except (SyntaxError, ValueError):
+            return None
+        return text if ast.dump(tree) == self._dump_with(node, site.replacement) else None
+
+    def _dump_with(self, node, replacement):
+        parent, name, index = self.parents[node]
+        if index is None:
+            setattr(parent, name, replacement)
+        else:
+            getattr(parent, name)[index] = replacement
+        try:
+            return ast.dump(self.tree)
+        finally:
+            if index is None:
+                setattr(parent, name, node)
+            else:
+                getattr(parent, name)[index] = node
+
+
+def _frozen_children(node):
+    """Children of ``node`` under which nothing is mutated (messages, annotations, display)."""
+    if isinstance(node, ast.Raise):
+        return [node.exc, node.cause]
+    if isinstance(node, ast.Assert):
+        return [node.msg]
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        # decorators declare (@dataclass(frozen=True), @triton.jit), they do not compute
+        return [getattr(node, "returns", None), *node.decorator_list]
+    if isinstance(node, ast.arg):
+        return [node.annotation]
+    if isinstance(node, ast.AnnAssign):
+        return [node.annotation]
+    if isinstance(node, ast.Call):
+        name = ast.unparse(node.func)
+        if name in DISPLAY_CALLS:
+            return [node]
+        if name.split(".")[-1] == "tqdm":
+            return list(node.keywords)
+    if isinstance(node, ast.keyword) and node.arg in DISPLAY_KEYWORDS:
+        return [node]
+    return []
+
+
+def _mutable_nodes(tree):
+    """Every node outside the frozen parts: strings, f-strings and the children above."""
+    frozen = set()
+    for node in ast.walk(tree):
+        for child in _frozen_children(node):
+            if child is not None:
+                frozen.update(id(n) for n in ast.walk(child))
+        if isinstance(node, ast.JoinedStr):
+            frozen.update(id(n) for n in ast.walk(node))
+    return [n for n in ast.walk(tree) if id(n) not in frozen]
+
+
+def _is_text(node):
+    return isinstance(node, ast.JoinedStr) or (isinstance(node, ast.Constant) and isinstance(node.value, str))
+
+
+def _replace_symbol(gap, old, new):
+    """``gap`` (the text between two operands: spaces, brackets and the operator) with ``old``
+    replaced by ``new``; None when the gap holds anything else."""
+    bare = gap.replace("(", " ").replace(")", " ")
+    if " ".join(bare.split()) != old:
+        return None
+    start = len(bare) - len(bare.lstrip())
+    end = len(bare.rstrip())
+    return gap[:start] + new + gap[end:]
+
+
+def _with(node, **changes):
+    new = copy.deepcopy(node)
+    for name, value in changes.items():
+        setattr(new, name, value)
+    return new
+
+
+def _compare_sites(src, node):
+    text = src.segment(node)
+    for i, op in enumerate(node.ops):
+        if type(op) not in COMPARE_TWINS:
+            continue
+        left = node.left if i == 0 else node.comparators[i - 1]
+        right = node.comparators[i]
+        twin = COMPARE_TWINS[type(op)]
+        gap = _replace_symbol(src.between(left, right), COMPARE_SYMBOLS[type(op)], COMPARE_SYMBOLS[twin])
+        if gap is None:
+            continue
+        (_, gap_start), (gap_end, _) = src.offset_in(node, left), src.offset_in(node, right)
+        ops = node.ops[:i] + [twin()] + node.ops[i + 1:]
+        yield Site(node, "compare", _with(node, ops=ops), text[:gap_start] + gap + text[gap_end:])
+
+
+def _arith_sites(src, node):
+    if isinstance(node, ast.BinOp):
+        left, right, op = node.left, node.right, node.op
+        if _is_text(left) or _is_text(right):
+            return
+    else:  # AugAssign
+        left, right, op = node.target, node.value, node.op
+        if _is_text(right):
+            return
+    if type(op) not in ARITH_TWINS:
+        return
+    twin = ARITH_TWINS[type(op)]
+    old, new = ARITH_SYMBOLS[type(op)], ARITH_SYMBOLS[twin]
+    if isinstance(node, ast.AugAssign):
+        old, new = old + "=", new + "="
+    gap = _replace_symbol(src.between(left, right), old, new)
+    if gap is None:
+        return
+    text = src.segment(node)
+    (_, gap_start), (gap_end, _) = src.offset_in(node, left), src.offset_in(node, right)
+    yield Site(node, "arith", _with(node, op=twin()), text[:gap_start] + gap + text[gap_end:])
+
+
+def _boolop_sites(src, node):
+    old, new = ("and", "or") if isinstance(node.op, ast.And) else ("or", "and")
+    text, pieces, last = src.segment(node), [], 0
+    for left, right in zip(node.values, node.values[1:]):
+        gap = _replace_symbol(src.between(left, right), old, new)
+        if gap is None:
+            return
+        (_, gap_start), (gap_end, _) = src.offset_in(node, left), src.offset_in(node, right)
+        pieces += [text[last:gap_start], gap]
+        last = gap_end
+    twin = ast.Or() if isinstance(node.op, ast.And) else ast.And()
+    yield Site(node, "boolop", _with(node, op=twin), "".join(pieces) + text[last:])
+
+
+def _unary_sites(src, node):
+    if type(node.op) not in UNARY_SYMBOLS:
+        return
+    prefix = _replace_symbol(src.after_start(node, node.operand), UNARY_SYMBOLS[type(node.op)], "")
+    if prefix is not None:
+        rest = src.segment(node)[src.offset_in(node, node.operand)[0]:]  # the operand and any closing bracket
+        yield Site(node, "unary", copy.deepcopy(node.operand), prefix.lstrip() + rest)
+
+
+def _constant_sites(src, node):
+    value = node.value
+    if isinstance(value, bool):
+        yield Site(node, "constant", ast.Constant(not value), str(not value))
+    elif isinstance(value, int) and abs(value) <= MAX_CONSTANT:
+        for new in (value + 1, value - 1):
+            if new >= 0:  # a negative number is a unary minus on a constant, never one constant
+                yield Site(node, "constant", ast.Constant(new), str(new))
+
+
+def _signed_constant(node):
+    """A number, possibly with a sign: 1, -1, 0.5."""
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        node = node.operand
+    return isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool)
+
+
+def _slice_sites(src, node):
+    for bound in (node.lower, node.upper):
+        # a constant bound is already an off-by-one of the constant operator
+        if bound is None or _signed_constant(bound) or bound.lineno != bound.end_lineno:
+            continue
+        text = src.segment(bound)
+        binds_tighter = isinstance(bound, (ast.Name, ast.Attribute, ast.Call, ast.Subscript, ast.BinOp)) or (
+            isinstance(bound, ast.UnaryOp) and not isinstance(bound.op, ast.Not))
+        if not binds_tighter:
+            text = f"({text})"
+        for op, symbol in ((ast.Add, "+"), (ast.Sub, "-")):
+            yield Site(bound, "slice", ast.BinOp(copy.deepcopy(bound), op(), ast.Constant(1)), f"{text} {symbol} 1")
+
+
+def _is_message(node):
+    return isinstance(node, ast.JoinedStr)
+
+
+def _simple(node):
+    return isinstance(node, (ast.Name, ast.Attribute, ast.Constant, ast.Subscript)) or _signed_constant(node)
+
+
+def _call_sites(src, node):
+    """Drop a keyword argument (not a message); drop a last positional argument that is a number
+    (x.sum(1) -> x.sum()); swap two neighbouring positional arguments that are names, attributes,
+    constants or subscripts (range(0, V) -> range(V, 0)). Other drops mostly make a TypeError."""
+    text = src.segment(node)
+    items = sorted(node.args + node.keywords, key=lambda n: n.col_offset)
+
+    def without(i):
+        item = items[i]
+        if i > 0:
+            start, end = src.offset_in(node, items[i - 1])[1], src.offset_in(node, item)[1]
+        elif len(items) > 1:
+            start, end = src.offset_in(node, item)[0], src.offset_in(node, items[1])[0]
+        else:
+            start, end = src.offset_in(node, item)
+        return text[:start] + text[end:]
+
+    display = ast.unparse(node.func).split(".")[-1] == "tqdm"  # its keywords only show progress
+    for i, item in enumerate(items):
+        if isinstance(item, ast.keyword) and item.arg not in (None, *DISPLAY_KEYWORDS, *KEPT_KEYWORDS) \
+                and not _is_message(item.value) and not display:
+            keywords = [k for k in node.keywords if k is not item]
+            yield Site(node, "call", _with(node, keywords=keywords), without(i))
+    if node.args and _signed_constant(node.args[-1]):
+        yield Site(node, "call", _with(node, args=node.args[:-1]), without(items.index(node.args[-1])))
+    for i, (a, b) in enumerate(zip(node.args, node.args[1:])):
+        if _simple(a) and _simple(b) and src.segment(a) != src.segment(b):
+            (a0, a1), (b0, b1) = src.offset_in(node, a), src.offset_in(node, b)
+            swapped = text[:a0] + text[b0:b1] + text[a1:b0] + text[a0:a1] + text[b1:]
+            args = node.args[:i] + [node.args[i + 1], node.args[i]] + node.args[i + 2:]
+            yield Site(node, "call", _with(node, args=args), swapped)
+
+
+def _name_sites(src, node):
+    if isinstance(node, ast.Name) and node.id in NAME_TWINS:
+        yield Site(node, "name", _with(node, id=NAME_TWINS[node.id]), NAME_TWINS[node.id])
+    elif isinstance(node, ast.Attribute) and node.attr in ATTRIBUTE_TWINS:
+        text, twin = src.segment(node), ATTRIBUTE_TWINS[node.attr]
+        if text.endswith(node.attr):
+            yield Site(node, "name", _with(node, attr=twin), text[:-len(node.attr)] + twin)
+
+
+SITE_FINDERS = [
+    (ast.Compare, _compare_sites),
+    ((ast.BinOp, ast.AugAssign), _arith_sites),
+    (ast.BoolOp, _boolop_sites),
+    (ast.UnaryOp, _unary_sites),
+    (ast.Constant, _constant_sites),
+    (ast.Slice, _slice_sites),
+    (ast.Call, _call_sites),
+    ((ast.Name, ast.Attribute), _name_sites),
+]
+
+
+def sites(src):
+    """Every possible mutation of a module, in source order."""
+    found = []
+    for node in _mutable_nodes(src.tree):
+        if not hasattr(node, "lineno") or node.lineno != node.end_lineno:
+            continue
+        for kind, finder in SITE_FINDERS:
+            if isinstance(node, kind):
+                found += finder(src, node)
+    # a slice site's node is the bound, which may span lines even when the Slice does not
+    found = [s for s in found if s.node.lineno == s.node.end_lineno]
+    found.sort(key=lambda s: (s.node.lineno, s.node.col_offset))  # stable: ties keep the walk's order
+    return found
+
+
+# ---------------------------------------------------------------------------------------------
+# Mutants: sampled sites, applied
+
+
+@dataclass
+class Mutant:
+    id: str
+    module: str
+    line: int
+    span: tuple               # (start, end) of the edited node on its line, in UTF-8 bytes
+    operator: str
+    original: str
+    mutated: str
+    status: str = "pending"   # killed, timeout, survived, or error (the tests could not run)
+    seconds: float = 0.0
+    failed: str = ""          # the first failing test, or the tail of pytest's output
+    source: str = field(default="", repr=False)  # the whole mutated module
+
+    def diff(self):
+        return f"{self.id} [{self.operator}]\n- {self.original.strip()}\n+ {self.mutated.strip()}"
+
+
+def module_mutants(module, text):
+    """{id: (site index, Mutant or None)} for every site of a module; a Mutant is made on demand."""
+    src = Source(text, module)
+    per_line = {}
+    for site in sites(src):
+        per_line.setdefault(site.node.lineno, []).append(site)
+    return src, per_line
+
+
+def realize(module, src, line, k, site):
+    text = src.mutated(site)
+    if text is None:
+        return None
+    return Mutant(id=f"{module}:{line}:{k}", module=module, line=line,
+                  span=(site.node.col_offset, site.node.end_col_offset), operator=site.operator,
+                  original=src.lines[line - 1].decode().rstrip("\n"),
+                  mutated=text.splitlines()[line - 1], source=text)
+
+
+def sample(module, text, budget, seed):
+    """Up to ``budget`` mutants spread over the module's lines: one from each of ``budget`` runs
+    of consecutive mutable lines, drawn with a generator seeded by ``seed`` and the module."""
+    src, per_line = module_mutants(module, text)
+    lines = sorted(per_line)
+    rng = random.Random(f"{seed}:{module}")
+    chosen = []
+    for run in _runs(lines, budget):
+        run = list(run)
+        rng.shuffle(run)
+        mutant = None
+        for line in run:
+            # operators first, then their sites: a line full of calls still gets its comparison mutated
+            operators = sorted({site.operator for site in per_line[line]})
+            rng.shuffle(operators)
+            order = []
+            for operator in operators:
+                mine = [(k, site) for k, site in enumerate(per_line[line]) if site.operator == operator]
+                rng.shuffle(mine)
+                order += mine
+            for k, site in order:
+                mutant = realize(module, src, line, k, site)
+                if mutant:
+                    break
+            if mutant:
+                break
+        if mutant:
+            chosen.append(mutant)
+    return chosen
+
+
+def _runs(items, n):
+    """``items`` cut into ``n`` runs of consecutive items whose lengths differ by at most one."""
+    n = min(n, len(items))
+    size, extra = divmod(len(items), n) if n else (0, 0)
+    runs, start = [], 0
+    for i in range(n):
+        stop = start + size + (i < extra)
+        runs.append(items[start:stop])
+        start = stop
+    return runs
+
+
+def by_id(mutant_id, root=ROOT):
+    module, line, k = mutant_id.rsplit(":", 2)
+    src, per_line = module_mutants(module, (root / module).read_text())
+    candidates = per_line.get(int(line), [])
+    if not 0 <= int(k) < len(candidates):
+        raise SystemExit(f"{mutant_id}: line {line} of {module} has {len(candidates)} possible mutations")
+    mutant = realize(module, src, int(line), int(k), candidates[int(k)])
+    if mutant is None:
+        raise SystemExit(f"{mutant_id} does not compile to the intended tree: nothing to run")
+    return mutant
+
+
+# ---------------------------------------------------------------------------------------------
+# Running the tests in private copies of the checkout
+
+
+def checkout_files(root=ROOT):
+    """The files git knows (tracked, and untracked ones it does not ignore), as they are now."""
+    listing = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=root,
+                             check=True, capture_output=True).stdout.decode()
+    return [name for name in listing.split("\0") if name and (root / name).is_file()]
+
+
+def make_copy(files, root=ROOT):
+    """A private copy of the checkout in a temporary directory."""
+    base = Path(tempfile.mkdtemp(prefix="minway-mutants-"))
+    copy_root = base / root.name
+    for name in files:
+        (copy_root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(root / name, copy_root / name)
+    return copy_root
+
+
+def test_env(jobs):
+    env = dict(os.environ)
+    # no .pyc: a mutant of the same size written within the same second would otherwise
+    # run the cached bytecode of the one before
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    if jobs > 1:
+        env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def run_pytest(copy_root, files, timeout, env, extra=()):
+    """(status, seconds, first failure or tail of the output)."""
+    started = time.monotonic()
+    process = subprocess.Popen([sys.executable, *PYTEST, *extra, *files], cwd=copy_root, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)  # pytest and any script it started
+        process.communicate()
+        return "timeout", time.monotonic() - started, f"no result after {timeout:.0f} s"
+    seconds = time.monotonic() - started
+    if process.returncode == 0:
+        return "survived", seconds, output.strip().splitlines()[-1]  # "N passed, M skipped in ..."
+    failures = re.findall(r"^(?:FAILED|ERROR) (\S+)", output, re.M)
+    detail = failures[0] if failures else "\n".join(output.strip().splitlines()[-5:])
+    # 4 and 5 (a usage error, no test collected) say the command is wrong, not the code; the
+    # others are failures: 1 tests failed, 2 collection broke (an import), < 0 the process crashed
+    return ("error" if process.returncode in (4, 5) else "killed"), seconds, detail
+
+
+def baseline(copy_root, modules, env):
+    """Run every test file of ``modules`` once on the unmutated code; seconds per file."""
+    files = list(dict.fromkeys(f for m in modules for f in TESTS[m]))
+    report = copy_root / "baseline.xml"
+    status, seconds, detail = run_pytest(copy_root, files, None, env, [f"--junitxml={report}"])
+    if status != "survived":
+        raise SystemExit(f"the unmutated code fails its tests ({detail}): fix that first")
+    per_file = dict.fromkeys(files, 0.0)
+    for case in ET.parse(report).getroot().iter("testcase"):
+        per_file["/".join(case.get("classname").split(".")[:2]) + ".py"] += float(case.get("time", 0))
+    report.unlink()
+    return per_file, seconds, detail
+
+
+def check_copy_is_imported(copy_root, env):
+    """The tests must import the copy's modules, not an installed minway (an editable install
+    points at another checkout)."""
+    where = subprocess.run([sys.executable, "-c", "import minway, kernels, weights; "
+                            "print(minway.__file__, kernels.__file__, weights.__file__)"],
+                           cwd=copy_root, env=env, capture_output=True, text=True, check=True).stdout.split()
+    if not all(Path(w).resolve().is_relative_to(copy_root.resolve()) for w in where):
+        raise SystemExit(f"the tests would import {where}, not the copy in {copy_root}")
+
+
+def run_campaign(mutants, modules, jobs, timeout_factor, out, meta):
+    from tqdm import tqdm
+
+    files = checkout_files()
+    copies = [make_copy(files) for _ in range(jobs)]
+    env = test_env(jobs)
+    try:
+        check_copy_is_imported(copies[0], env)
+        print(f"baseline: the unmutated code on the tests of {len(modules)} module(s)...", file=sys.stderr)
+        per_file, seconds, outcome = baseline(copies[0], modules, env)
+        meta.update(baseline_seconds=round(seconds, 1), baseline=outcome)
+        print(f"baseline: {outcome}", file=sys.stderr)
+        timeouts = {m: 60 + timeout_factor * sum(per_file[f] for f in TESTS[m]) for m in modules}
+        free = queue.Queue()
+        for c in copies:
+            free.put(c)
+
+        def run_one(mutant):
+            copy_root = free.get()
+            path = copy_root / mutant.module
+            original = path.read_bytes()
+            try:
+                path.write_text(mutant.source)
+                mutant.status, mutant.seconds, mutant.failed = run_pytest(
+                    copy_root, TESTS[mutant.module], timeouts[mutant.module], env)
+                mutant.seconds = round(mutant.seconds, 1)
+                if mutant.status == "survived":
+                    mutant.failed = ""
+            finally:
+                path.write_bytes(original)
+                free.put(copy_root)
+            return mutant
+
+        started = time.monotonic()
+        counts = dict.fromkeys(("killed", "timeout", "survived", "error"), 0)
+        with ThreadPoolExecutor(jobs) as pool, tqdm(total=len(mutants), desc="mutants", dynamic_ncols=True) as bar:
+            for done in as_completed([pool.submit(run_one, m) for m in mutants]):
+                mutant = done.result()
+                counts[mutant.status] += 1
+                bar.set_postfix(counts)
+                bar.update()
+                if mutant.status == "survived":
+                    bar.write("survived: " + mutant.diff().replace("\n", "\n    "))
+                meta["wall_seconds"] = round(time.monotonic() - started, 1)
+                write_results(out, mutants, meta)
+    finally:
+        for c in copies:
+            shutil.rmtree(c.parent, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reporting
+
+
+def rate(mutants):
+    counted = [m for m in mutants if m.status in ("killed", "timeout", "survived")]
+    caught = sum(m.status != "survived" for m in counted)
+    return caught, len(counted)
+
+
+def summary(mutants, meta):
+    done = [m for m in mutants if m.status != "pending"]
+    caught, counted = rate(done)
+    status = {s: sum(m.status == s for m in done) for s in ("killed", "timeout", "survived", "error")}
+    lines = [f"# Mutation testing: {meta['date']}, commit {meta['commit']}", "",
+             f"{len(done)} mutants ({_chosen(meta)}): "
+             f"{status['killed']} killed, {status['timeout']} timed out, {status['survived']} survived, "
+             f"{status['error']} errors; kill rate {_percent(caught, counted)} "
+             f"(killed and timed out / all but errors); {meta.get('wall_seconds', 0) / 60:.1f} min with "
+             f"{meta['jobs']} job(s), baseline {meta.get('baseline_seconds', 0) / 60:.1f} min more.", "",
+             "| module | mutants | caught | survived | kill rate |", "|---|---|---|---|---|"]
+    for module in dict.fromkeys(m.module for m in done):
+        mine = [m for m in done if m.module == module]
+        caught, counted = rate(mine)
+        lines.append(f"| {module} | {len(mine)} | {caught} | {counted - caught} | {_percent(caught, counted)} |")
+    for title, kept in (("Survivors", "survived"), ("Timeouts", "timeout"), ("Errors", "error")):
+        chosen = [m for m in done if m.status == kept]
+        if chosen:
+            lines += ["", f"## {title}", "", "```"]
+            lines += [m.diff() + (f"\n  ({m.failed})" if m.failed else "") + "\n" for m in chosen]
+            lines.append("```")
+    return "\n".join(lines) + "\n"
+
+
+def _chosen(meta):
+    return "chosen by --id" if meta["seed"] is None else f"seed {meta['seed']}, budget {meta['budget']} per module"
+
+
+def _percent(part, whole):
+    return f"{100 * part / whole:.1f}% ({part}/{whole})" if whole else "n/a"
+
+
+def write_results(out, mutants, meta):
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [{k: v for k, v in asdict(m).items() if k != "source"} for m in mutants]
+    (out / "results.json").write_text(json.dumps({**meta, "mutants": rows}, indent=1) + "\n")
+    (out / "summary.md").write_text(summary(mutants, meta))
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--modules", nargs="+", default=list(TESTS), metavar="PATH",
+                        help="core modules to mutate (default: all of them)")
+    parser.add_argument("--budget", type=int, default=6, help="mutants per module (default 6)")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    parser.add_argument("--list", action="store_true", help="list the mutants and run nothing")
+    parser.add_argument("--id", nargs="+", metavar="ID", help="run these mutants (ids from a listing) only")
+    parser.add_argument("--jobs", type=int, default=2,
+                        help="mutants run at once, each in its own copy with one torch thread (default 2)")
+    parser.add_argument("--timeout-factor", type=float, default=3.0,
+                        help="a mutant's tests may take this many times their baseline time, plus 60 s")
+    parser.add_argument("--out", type=Path, default=ROOT / "mutants", help="results directory (default mutants/)")
+    args = parser.parse_args(argv)
+    unknown = [m for m in args.modules if m not in TESTS]
+    if unknown:
+        parser.error(f"not a core module: {', '.join(unknown)}; choose from {', '.join(TESTS)}")
+
+    if args.id:
+        mutants = [by_id(i) for i in args.id]
+    else:
+        mutants = [m for module in args.modules for m in sample(module, (ROOT / module).read_text(), args.budget,
+                                                                 args.seed)]
+    if args.list:
+        for m in mutants:
+            print(m.diff().replace("\n", "\n    "))
+        print(f"{len(mutants)} mutants", file=sys.stderr)
+        return
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
+                           text=True).stdout.strip()
+    meta = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "commit": commit + ("+changes" if dirty else ""),
+            "seed": None if args.id else args.seed, "budget": None if args.id else args.budget, "jobs": args.jobs}
+    run_campaign(mutants, list(dict.fromkeys(m.module for m in mutants)), args.jobs, args.timeout_factor,
+                 args.out, meta)
+    print(summary(mutants, meta))
+
+
+if __name__ == "__main__":
+    main()

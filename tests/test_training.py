@@ -1,0 +1,44 @@
+"""Training in process (minway.training): the dropout masks of each step, the unconstrained twin of ``compare``."""
+from dataclasses import replace
+
+from fixtures import tiny_checkpoint, tiny_data  # noqa: F401  (pytest fixtures)
+from minway import training
+from minway.config import RunConfig
+
+
+def tiny_config(checkpoint, data_dir, **changes):
+    fields = dict(task="sst2", target="Is this movie good?", model=str(checkpoint), data_dir=str(data_dir),
+                  device="cpu", steps=2, batch_size=2, max_eval=4)
+    return RunConfig(**{**fields, **changes})
+
+
+def test_each_step_draws_its_masks_from_the_runs_seed_and_the_step(tiny_checkpoint, tiny_data, tmp_path,  # noqa: F811
+                                                                   monkeypatch):
+    drawn, step_generator = [], training.step_generator
+
+    def recording(seed, step, device):
+        drawn.append((seed, step))
+        return step_generator(seed, step, device)
+    monkeypatch.setattr(training, "step_generator", recording)
+    training.train(tiny_config(tiny_checkpoint, tiny_data, seed=7, steps=3), tmp_path, progress=False)
+    assert drawn == [(7, 0), (7, 1), (7, 2)]
+
+
+def test_compare_trains_the_twin_at_gamma_zero_once_and_reuses_it(tiny_checkpoint, tiny_data, tmp_path,  # noqa: F811
+                                                                   monkeypatch):
+    trained = []  # the gammas of each group of prompts trained
+    train_group = training._train_group
+
+    def recording(todo, *args):
+        trained.append([config.gamma for config, _ in todo])
+        return train_group(todo, *args)
+    monkeypatch.setattr(training, "_train_group", recording)
+    config = tiny_config(tiny_checkpoint, tiny_data, gamma=0.5)
+    # with a progress bar, as the command line runs it
+    first = training.compare(config, tmp_path, progress=True)
+    assert trained == [[0.0], [0.5]]
+    assert first["compare"]["unconstrained_run"] == replace(config, gamma=0.0).run_id()
+    trained.clear()
+    second = training.compare(replace(config, gamma=0.25), tmp_path, progress=True)
+    assert trained == [[0.25]]  # the twin is finished: it is read back, not trained again
+    assert second["compare"]["accuracy_unconstrained"] == first["compare"]["accuracy_unconstrained"]
