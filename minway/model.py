@@ -24,7 +24,6 @@ GPT-2 was trained with dropout at four places: the input embeddings, the attenti
 probabilities, and the outputs of the attention and MLP branches. The model runs without
 it unless a ``dropout`` is given (``minway.dropout``: prompt training, as the released code).
 """
-import json
 import math
 from dataclasses import asdict, dataclass, fields
 from typing import NamedTuple
@@ -49,10 +48,6 @@ class GPT2Config:
     @classmethod
     def from_dict(cls, values):
         return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
-
-    @classmethod
-    def from_json(cls, path):
-        return cls.from_dict(json.loads(open(path).read()))
 
     def to_dict(self):
         return asdict(self)
@@ -81,7 +76,9 @@ class CausalSelfAttention(nn.Module):
         k, v = F.linear(x, self.c_attn.weight[C:], self.c_attn.bias[C:]).split(C, dim=-1)
         layout, at = queries or (packed, slice(None))
         q = F.linear(x[at], self.c_attn.weight[:C], self.c_attn.bias[:C])
-        keys, values = (self._heads(t)[packed.key_index] for t in (k, v))
+        keys, values = self._heads(k), self._heads(v)
+        if packed.key_lengths != packed.lengths:  # some rows continue others: gather each row's keys
+            keys, values = keys[packed.key_index], values[packed.key_index]
         probabilities_dropout = None if dropout is None else dropout.for_probabilities(layout)
         y = varlen_attention(self._heads(q), keys, values, layout.lengths, layout.key_lengths, self.backend,
                              probabilities_dropout)

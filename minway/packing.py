@@ -20,7 +20,6 @@ class Packed(NamedTuple):
     lengths: list[int]        # tokens of each row in this pass
     key_lengths: list[int]    # keys of each row: its prefix's, then its own
     starts: torch.Tensor      # (B + 1,) row r's tokens are starts[r]:starts[r + 1] of the pass
-    key_starts: torch.Tensor  # (B + 1,) the same, for the rows' keys, laid end to end
     key_index: torch.Tensor   # (sum of key_lengths,) which token of the pass each key belongs to
     positions: torch.Tensor   # (N,) each token's position in its sequence (for the position embedding)
 
@@ -50,8 +49,8 @@ def pack(lengths, prefixes=None, device="cpu"):
         positions += range(before, before + n)
         key_lengths.append(before + n)
     as_long = {"dtype": torch.long, "device": device}
-    return Packed(list(lengths), key_lengths, _cumulative(lengths, device), _cumulative(key_lengths, device),
-                  torch.tensor(key_index, **as_long), torch.tensor(positions, **as_long))
+    return Packed(list(lengths), key_lengths, _cumulative(lengths, device), torch.tensor(key_index, **as_long),
+                  torch.tensor(positions, **as_long))
 
 
 def _cumulative(counts, device):

@@ -5,7 +5,7 @@ from minway.packing import pack
 def test_rows_that_start_their_sequences():
     layout = pack([2, 3])
     assert layout.lengths == [2, 3] and layout.key_lengths == [2, 3]
-    assert layout.starts.tolist() == [0, 2, 5] and layout.key_starts.tolist() == [0, 2, 5]
+    assert layout.starts.tolist() == [0, 2, 5]
     assert layout.key_index.tolist() == [0, 1, 2, 3, 4]
     assert layout.positions.tolist() == [0, 1, 0, 1, 2]
 
@@ -15,7 +15,7 @@ def test_rows_that_continue_other_rows():
     # that continues the whole prompt, then the input
     layout = pack([3, 2, 1], [(), [(0, 2)], [(0, 3), (1, 2)]])
     assert layout.lengths == [3, 2, 1] and layout.key_lengths == [3, 4, 6]
-    assert layout.starts.tolist() == [0, 3, 5, 6] and layout.key_starts.tolist() == [0, 3, 7, 13]
+    assert layout.starts.tolist() == [0, 3, 5, 6]
     assert layout.key_index.tolist() == [0, 1, 2] + [0, 1, 3, 4] + [0, 1, 2, 3, 4, 5]
     assert layout.positions.tolist() == [0, 1, 2] + [2, 3] + [5]
 
