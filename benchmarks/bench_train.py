@@ -291,7 +291,8 @@ def main():
         atomic_write_text(Path(ARGS.json), json.dumps(record, indent=1) + "\n")
     if not ARGS.no_save:
         from common import save
-        save(f"train-{ARGS.size}-{ARGS.dtype}", device, record)
+        save(f"train-{ARGS.size}-{ARGS.dtype}" + (f"-dropout{ARGS.dropout:g}" if ARGS.dropout != 0.1 else ""), device,
+             record)
 
 
 if __name__ == "__main__":
