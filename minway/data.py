@@ -22,9 +22,13 @@ from pathlib import Path
 
 from minway import resources
 from minway.errors import MinwayError
+from minway.files import atomic_write_text
 from minway.tasks import Task
 
 SHIPPED_DATA = resources.DATA
+# csv's default limit of a field, 128 KiB, is less than some long documents; past this one a text is a mistake
+MAX_FIELD = 16 * 2 ** 20
+csv.field_size_limit(MAX_FIELD)
 
 # Hub copies of the tasks: (dataset id, text column, label column or None, {source label name: our label}).
 HUB_SOURCES = {
@@ -61,10 +65,16 @@ def read_tsv(path, n_classes):
     examples = []
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", newline="", encoding="utf-8") as f:
+        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         try:
-            rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+            rows = list(reader)
         except (gzip.BadGzipFile, EOFError) as e:
             raise MinwayError(f"{path} is not a complete gzip file ({e})") from None
+        except UnicodeDecodeError as e:
+            raise MinwayError(f"{path} is not UTF-8 text ({e}): save it as UTF-8") from None
+        except csv.Error as e:
+            raise MinwayError(f"{path}:{reader.line_num + 1} cannot be read ({e}; a text may have at most "
+                              f"{MAX_FIELD // 2 ** 20} MiB)") from None
     header = rows[0] if rows else None
     if header is None or [h.strip().lower() for h in header[:2]] != ["text", "label"]:
         raise MinwayError(f"{path} must start with the header line 'text<TAB>label'")
@@ -133,10 +143,7 @@ def download(task: Task, root):
     for split in ("train", "test"):
         rows = dataset[split]
         labels = rows[label_column or "label"]
-        with open(target / f"{split}.tsv.tmp", "w", encoding="utf-8") as f:
-            f.write("text\tlabel\n")
-            for text, label in zip(rows[text_column], labels):
-                if text.strip():  # read_tsv refuses empty texts
-                    f.write(f"{' '.join(text.split())}\t{label_map[label]}\n")
-        os.replace(target / f"{split}.tsv.tmp", target / f"{split}.tsv")
+        lines = [f"{' '.join(text.split())}\t{label_map[label]}\n"
+                 for text, label in zip(rows[text_column], labels) if text.strip()]  # read_tsv refuses empty texts
+        atomic_write_text(target / f"{split}.tsv", "text\tlabel\n" + "".join(lines))
     return True

@@ -28,9 +28,11 @@ from tqdm.auto import tqdm
 
 from minway.config import RunConfig
 from minway.errors import MinwayError
+from minway.files import DirectoryLock
+from minway.identity import check_identity, identity_of
 from minway.presets import GROUP_FILES, Grid
 from minway.setup import Setup
-from minway.storage import atomic_write_text
+from minway.storage import atomic_write_text, read_results
 from minway.targets import read_prompts_file
 from minway.tasks import canonical_name, get_task
 from minway.training import train, train_many
@@ -104,7 +106,17 @@ def make_chunks(runs, prompts_per_batch):
 
 
 def is_finished(run, out):
-    return (Path(out) / run.run_id / "results.json").exists()
+    """Whether the run has finished on the data and weights it would use now (checked from files: no
+    model is loaded). A run finished on other files, or whose files cannot be checked, is to be trained,
+    and training then says why it cannot be."""
+    run_dir = Path(out) / run.run_id
+    if not (run_dir / "results.json").exists():
+        return False
+    try:
+        check_identity(run_dir, read_results(run_dir).get("identity"), identity_of(run.config))
+    except MinwayError:
+        return False
+    return True
 
 
 def print_plan(runs, out, chunks):
@@ -265,6 +277,12 @@ def run_sweep(runs, out, sweep_dir, prompts_per_batch=8, ray_address=None, max_r
               progress=True):
     """Train every unfinished run of the plan; the final SweepState. The progress bar counts runs;
     below it, locally, a bar follows the steps of the chunk in training."""
+    Path(sweep_dir).mkdir(parents=True, exist_ok=True)
+    with DirectoryLock(sweep_dir):
+        return _run_sweep(runs, out, sweep_dir, prompts_per_batch, ray_address, max_retries, settings, progress)
+
+
+def _run_sweep(runs, out, sweep_dir, prompts_per_batch, ray_address, max_retries, settings, progress):
     state = SweepState(sweep_dir, runs, out, settings or {})
     state.save()
     todo = [run for run in runs if state.entry[run.run_id]["status"] != "done"]

@@ -66,6 +66,8 @@ def resolve_target(text=None, file=None, name=None, prompts_file=None):
             text = Path(file).read_text(encoding="utf-8").strip("\n")
         except FileNotFoundError:
             raise MinwayError(f"target file {file} does not exist") from None
+        except UnicodeDecodeError as e:
+            raise MinwayError(f"target file {file} is not UTF-8 text ({e}): give a text file") from None
     if name is not None:
         text = find_named_target(name, prompts_file)
     if not text.strip():
