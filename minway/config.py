@@ -63,7 +63,8 @@ class RunConfig:
     def run_id(self):
         """Readable and unique: what identifies the result, plus a hash of everything else."""
         digest = hashlib.sha1(json.dumps(self.result_defining(), sort_keys=True).encode()).hexdigest()[:8]
-        name = slug(self.target_name) if self.target_name else re.sub(r"[^A-Za-z0-9]+", "-", self.target).strip("-")[:24]
+        name = slug(self.target_name) if self.target_name else \
+            re.sub(r"[^A-Za-z0-9]+", "-", self.target).strip("-")[:24]
         model = slug(Path(self.model).name)
         return f"{get_task(self.task).name}-{model}-{name}-g{self.gamma:g}-s{self.seed}-{digest}"
 

@@ -34,8 +34,8 @@ def identity(task, data_dir, checkpoint_dir):
     """{"data": fingerprint, "checkpoint": fingerprint} of the files a run of ``task`` would use."""
     task = get_task(task)
     paths = [find_split(task, split, data_dir) for split in ("train", "test")]
-    return {"data": _cached(data_fingerprint, *paths), "checkpoint": _cached(checkpoint_fingerprint,
-                                                                               *_checkpoint_files(checkpoint_dir))}
+    return {"data": _cached(data_fingerprint, *paths),
+            "checkpoint": _cached(checkpoint_fingerprint, *_checkpoint_files(checkpoint_dir))}
 
 
 def identity_of(config):

@@ -12,11 +12,13 @@ rows: the examples of a training step (K prompts x batch size, at most the train
 longest row (prompt + input + output tokens), O its output tokens, H the heads. An evaluation
 batch scores C options of S tokens after each input of T tokens (with the prompt): the keys and
 values of every layer are kept for the prompt and input, copied for each option, and joined to
-the options' own; a layer's working memory is for one layer at a time. The constants count what autograd keeps per layer and position (the inputs of the
-layer norms, linear layers and GELU, the dropout masks as floats), the attention's (H, T, T)
-scores, probabilities and masks, and the fp32 copies of the logits (log-probabilities and, in
-training, their gradient). They are set 1.2 to 2.2 times above the peak memory measured on a
-CPU, gpt2-shaped and tiny models, with and without dropout (README, "Memory").
+the options' own; a layer's working memory is for one layer at a time. The constants count
+what autograd keeps per layer and position (the inputs of the layer norms, linear layers and
+GELU, the dropout masks as floats), the attention's (H, T, T) scores, probabilities and masks,
+and the fp32 copies of the logits (log-probabilities and, in training, their gradient). Their
+estimates were 1.2 to 2.2 times the peak memory measured on a CPU (gpt2-shaped and tiny
+models, training with and without dropout, evaluation; README, "A run's identity, locks and
+errors").
 """
 import re
 from pathlib import Path

@@ -35,8 +35,9 @@ def real(name, value, low, high=math.inf, low_open=False, high_open=False):
     too_low = value <= low if low_open else value < low
     too_high = value >= high if high_open else value > high
     if too_low or too_high:
-        bounds = [f"{'>' if low_open else '>='} {low:g}"] + ([f"{'<' if high_open else '<='} {high:g}"]
-                                                               if high < math.inf else [])
+        bounds = [f"{'>' if low_open else '>='} {low:g}"]
+        if high < math.inf:
+            bounds.append(f"{'<' if high_open else '<='} {high:g}")
         raise MinwayError(f"{name} must be {' and '.join(bounds)}, got {value:g}")
     return float(value)
 

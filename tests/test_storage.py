@@ -201,8 +201,8 @@ def test_a_checkpoint_of_other_data_or_weights_is_refused(tmp_path):
     path = tmp_path / "checkpoint.safetensors"
     save_checkpoint(path, torch.ones(4, 6), {}, 2, IDENTITY)
     for key, what in (("data", "other data"), ("checkpoint", "other weights")):
-        message = assert_one_line_error_naming(path, lambda p: read_checkpoint(p, 5, (4, 6),
-                                                                                {**IDENTITY, key: "changed"}))
+        changed = {**IDENTITY, key: "changed"}
+        message = assert_one_line_error_naming(path, lambda p: read_checkpoint(p, 5, (4, 6), changed))
         assert what in message and "--force" in message
 
 

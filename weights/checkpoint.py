@@ -157,7 +157,7 @@ def load_gpt2(directory, device="cpu", dtype=torch.float32, attention="auto"):
         if not tensor.is_floating_point():
             raise MinwayError(f"tensor {stored[name]} in {file} is {str(tensor.dtype).removeprefix('torch.')}: "
                               f"minway reads floating-point weights only (fp32, fp16, bf16); convert or re-download")
-        if not bool(torch.isfinite(tensor).all()):
+        if not all_finite(tensor):
             raise MinwayError(f"tensor {stored[name]} in {file} holds NaN or infinite values: the checkpoint is "
                               f"corrupt, re-download it")
         if name.endswith(CONV1D_WEIGHTS):
@@ -165,6 +165,12 @@ def load_gpt2(directory, device="cpu", dtype=torch.float32, attention="auto"):
         state[name] = tensor.to(device=device, dtype=dtype).contiguous()
     model.load_state_dict(state, assign=True)
     return model.eval()
+
+
+def all_finite(tensor):
+    """Whether every value is finite. A sum with a NaN or an infinity in it is not finite, so one pass of
+    a sum answers; only a sum that overflowed asks the exact, slower question."""
+    return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
 
 
 def _strip(name):
