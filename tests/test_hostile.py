@@ -92,14 +92,15 @@ def case_inputs(root, checkpoint, data):
     for name, variant in variants.items():
         paths[name] = checkpoint_variant(checkpoint, inputs / name, **variant)
     config = run_config(checkpoint, data)
+    for name in ("good-run", "tampered-run"):
+        (inputs / name).mkdir()
+        save_prompt(inputs / name / "prompt.safetensors", torch.zeros(3, 48), config, [1, 2, 3])
+        paths[name] = inputs / name
     tampered = inputs / "tampered-run"
-    tampered.mkdir()
-    save_prompt(tampered / "prompt.safetensors", torch.zeros(3, 48), config, [1, 2, 3])
     with open(tampered / "prompt.safetensors", "r+b") as f:  # the metadata's "steps": 3 becomes -3, same length
         content = f.read()
         f.seek(0)
         f.write(content.replace(b'\\"steps\\": 3,', b'\\"steps\\":-3,', 1))
-    paths["tampered-run"] = tampered
     (inputs / "a-file").write_text("not a directory")
     paths["a-file"] = inputs / "a-file"
     (inputs / "escaping.json").write_text(json.dumps({"/../../../../tmp/minway-escape": "a name that climbs"}))
@@ -183,7 +184,8 @@ def cases(paths):
         # eval.py
         ("eval: tampered prompt file", ["eval", paths["tampered-run"], "--device", "cpu"],
          "holds an invalid run configuration (--steps must be at least 1, got -3)"),
-        ("eval: unknown device", ["eval", paths["tampered-run"], "--device", "gpu0"], "--device"),
+        ("eval: unknown device", ["eval", paths["good-run"], "--device", "gpu0"], "--device must be auto, cpu"),
+        ("eval: max-eval 0", ["eval", paths["good-run"], "--max-eval", "0"], "--max-eval must be at least 1"),
         # sweep.py
         ("sweep: gamma nan", sweep(gammas="0.01,nan"), "each gamma must be a finite number"),
         ("sweep: out is a file", sweep(out=paths["a-file"], **{"sweep-dir": None}), "is a file, not a directory"),
@@ -248,7 +250,7 @@ def case_names():
     placeholders = {key: Path(key) for key in (
         "ck", "data", "escaping-prompts", "binary-target", "latin1", "huge-field", "binary-config",
         "config-string-layers", "config-negative-width", "config-absurd-layers", "config-too-big", "int8-weights",
-        "nan-weights", "tampered-run", "a-file")}
+        "nan-weights", "good-run", "tampered-run", "a-file")}
     return [name for name, _, _ in cases(placeholders)]
 
 
