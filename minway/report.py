@@ -20,17 +20,16 @@ the report also holds TRUE targets (for example ``--report-with sweeps/main`` on
     python -m minway.report sweeps/true sweeps/main   # the first sweep's report, with the runs of both
 """
 import json
-import sys
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
-from minway.errors import MinwayError
+from minway.cli import Parser, run_cli
 from minway.metrics import relative_drop
 from minway.storage import atomic_write_text
 from minway.presets import GROUP_FILES, MODEL_SIZES, PAPER_TASKS
-from minway.sweep import SweepState
+from minway.sweep_state import SweepState
 
 F1_THRESHOLD = 0.98
 MEASURES = ("acc_unconstrained", "acc_constrained", "relative_drop", "f1", "f1_unconstrained", "length")
@@ -232,13 +231,12 @@ def write_report(sweep_dir, also=()):
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv:
-        raise MinwayError("usage: python -m minway.report SWEEP_DIR [OTHER_SWEEP_DIR ...]")
-    print("written: " + ", ".join(map(str, write_report(argv[0], argv[1:]))))
+    p = Parser(prog="python -m minway.report", description="Rewrite a sweep's report.md and report.json.")
+    p.add_argument("sweep_dir", help="the sweep directory (it holds sweep.json)")
+    p.add_argument("also", nargs="*", help="other sweep directories whose finished runs the tables take in")
+    args = p.parse_args(argv)
+    print("written: " + ", ".join(map(str, write_report(args.sweep_dir, args.also))))
 
 
 if __name__ == "__main__":
-    from minway.cli import run_cli
-
     run_cli(main)

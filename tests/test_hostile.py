@@ -310,7 +310,8 @@ def test_a_name_that_climbs_or_nests_stays_one_directory_inside_out(tiny_checkpo
 
 def test_a_run_is_reused_only_on_the_files_it_was_trained_on(tiny_checkpoint, tiny_data, setup, tmp_path, capsys):
     import train as train_cli
-    from minway.sweep import PlannedRun, is_finished
+    from minway.sweep import PlannedRun
+    from minway.sweep_state import is_finished
 
     data = shutil.copytree(tiny_data, tmp_path / "data")
     args = train_args(tiny_checkpoint, data, out=tmp_path / "out", steps=1)

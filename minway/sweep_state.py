@@ -1,0 +1,62 @@
+"""A sweep's state on disk, ``<sweep-dir>/sweep.json``: the plan and where each run stands
+(done, failed with its error, or pending). The sweep writes it; reports read it."""
+import json
+from pathlib import Path
+
+from minway.errors import MinwayError
+from minway.identity import check_identity, identity_of
+from minway.storage import atomic_write_text, read_results
+
+
+def is_finished(run, out):
+    """Whether the run has finished on the data and weights it would use now (checked from files: no
+    model is loaded). A run finished on other files, or whose files cannot be checked, is to be trained,
+    and training then says why it cannot be."""
+    run_dir = Path(out) / run.run_id
+    if not (run_dir / "results.json").exists():
+        return False
+    try:
+        check_identity(run_dir, read_results(run_dir).get("identity"), identity_of(run.config))
+    except MinwayError:
+        return False
+    return True
+
+
+class SweepState:
+    """``sweep.json``: the plan and where each run stands, rewritten (atomically) after every chunk."""
+
+    def __init__(self, sweep_dir, runs, out, settings):
+        self.path = Path(sweep_dir) / "sweep.json"
+        old_errors = {r["run_id"]: r.get("error") for r in self.read(sweep_dir)["runs"]} if self.path.exists() else {}
+        self.data = {"settings": settings, "out": str(Path(out).resolve()), "runs": []}
+        for run in runs:
+            done = is_finished(run, out)
+            error = None if done else old_errors.get(run.run_id)
+            self.data["runs"].append({
+                "run_id": run.run_id, "twin": run.twin_id, "group": run.group, "task": run.config.task,
+                "model": run.config.model, "target_name": run.config.target_name, "gamma": run.config.gamma,
+                "seed": run.config.seed, "status": "done" if done else "failed" if error else "pending",
+                "error": error})
+        self.entry = {r["run_id"]: r for r in self.data["runs"]}
+
+    @staticmethod
+    def read(sweep_dir):
+        path = Path(sweep_dir) / "sweep.json"
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise MinwayError(f"{path} does not exist: run the sweep first") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise MinwayError(f"{path} is not valid JSON ({e})") from None
+
+    def count(self, status):
+        return sum(r["status"] == status for r in self.data["runs"])
+
+    def record(self, errors):
+        """Mark the runs of a chunk: {run_id: None (done) or the error}."""
+        for run_id, error in errors.items():
+            self.entry[run_id].update(status="failed" if error else "done", error=error)
+
+    def save(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.path, json.dumps(self.data, indent=1) + "\n")
