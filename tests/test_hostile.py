@@ -126,7 +126,7 @@ def prepared_runs(out, checkpoint, data, case):
         elif case == "checkpoint past the last step":
             step = 7
         save_checkpoint(run_dir / "checkpoint.safetensors", prompt, {}, step, stored)
-    elif case == "run in use":
+    elif case.startswith("run in use"):
         run_dir.mkdir(parents=True)
 
 
@@ -181,6 +181,7 @@ def cases(paths):
         ("checkpoint of a broadcastable shape", train("--resume"), "shape (1, 48), but this run's is (8, 48)"),
         ("checkpoint past the last step", train("--resume"), "at step 7, outside this run's 0..3"),
         ("run in use", train("--resume"), f"is in use by process {os.getpid()}"),
+        ("run in use, forced", train("--force"), f"is in use by process {os.getpid()}"),
         # eval.py
         ("eval: tampered prompt file", ["eval", paths["tampered-run"], "--device", "cpu"],
          "holds an invalid run configuration (--steps must be at least 1, got -3)"),
@@ -234,7 +235,7 @@ def table(tiny_checkpoint, tiny_data, tmp_path_factory):  # noqa: F811
             out.mkdir(parents=True)
             (out.parent / "cwd").mkdir()
             prepared_runs(out, tiny_checkpoint, tiny_data, name)
-            if name == "run in use":  # its run directory is locked by this process
+            if name.startswith("run in use"):  # its run directory is locked by this process
                 held.enter_context(DirectoryLock(out / run_config(tiny_checkpoint, tiny_data).run_id()))
         before = snapshot(root, tiny_checkpoint, tiny_data)
         with ThreadPoolExecutor(max_workers=4) as pool:
@@ -273,7 +274,7 @@ def test_hostile_input_is_a_short_error_that_writes_nothing_outside_out(table, n
 def test_a_failed_command_leaves_no_run_directory_behind(table):
     """Stale state: a command that fails in its checks or setup makes no run directory, so that the
     corrected command is not refused for one."""
-    prepared = ("run in use", "finished on other data", "checkpoint of other weights",
+    prepared = ("run in use", "run in use, forced", "finished on other data", "checkpoint of other weights",
                 "checkpoint of a broadcastable shape", "checkpoint past the last step")
     for name in table["cases"]:
         out = case_dir(table["root"], name) / "out"
@@ -385,3 +386,23 @@ def test_memory_beyond_the_device_is_refused_saying_what_fits(setup, tiny_checkp
         setup.require_memory([config])
     setup.require_memory([config], training=False)  # evaluating 4 examples fits
     setup.require_memory([run_config(tiny_checkpoint, tiny_data, batch_size=10, eval_batch_size=4)])
+
+
+def test_a_cuda_device_is_checked_against_the_devices_present(monkeypatch):
+    from minway import setup as setup_module
+
+    monkeypatch.setattr(setup_module.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(setup_module.torch.cuda, "device_count", lambda: 2)
+    assert setup_module.resolve_device("cuda:1") == "cuda:1"
+    with pytest.raises(MinwayError, match=r"--device cuda:2: torch sees 2 CUDA device\(s\), cuda:0 to cuda:1"):
+        setup_module.resolve_device("cuda:2")
+
+
+def test_a_sweep_directory_in_use_is_refused(tmp_path):
+    from minway.sweep import run_sweep
+
+    (tmp_path / "sweep").mkdir()
+    with DirectoryLock(tmp_path / "sweep"):
+        with pytest.raises(MinwayError, match=f"sweep is in use by process {os.getpid()}"):
+            run_sweep([], tmp_path / "runs", tmp_path / "sweep", progress=False)
+    assert run_sweep([], tmp_path / "runs", tmp_path / "sweep", progress=False).count("done") == 0
