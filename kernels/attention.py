@@ -11,8 +11,12 @@ cached prefix come first): query i stands at position Tk - Tq + i and sees the k
 up to there. A query with no key to attend to (a row of a sequence that is all
 padding) gets a zero output and no gradient.
 
-A ``dropout`` of the attention probabilities (``minway.dropout.PromptDropout``, prompt
-training) needs the probabilities themselves: with one, attention takes the naive formula.
+``varlen_attention`` takes rows of different lengths laid end to end (a packed batch),
+each with its own numbers of queries and keys, aligned at the row's end.
+
+A ``dropout`` of the attention probabilities (a function of the (B, H, Tq, Tk)
+probabilities, for prompt training) needs the probabilities themselves: with one,
+attention takes the naive formula.
 """
 import math
 
@@ -40,7 +44,7 @@ def _weighted_values(q, k, v, allowed, dropout=None):
     scores = scores.float().masked_fill(~allowed, float("-inf"))
     weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)
     if dropout is not None:
-        weights = dropout.probabilities(weights)
+        weights = dropout(weights)
     return weights.to(v.dtype) @ v
 
 
@@ -70,6 +74,36 @@ def attention_at(q, k, v, query_positions, key_padding_mask=None, dropout=None):
     nothing = ~allowed.any(-1, keepdim=True)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed | nothing)
     return out.masked_fill(nothing, 0.0)
+
+
+def varlen_attention(q, k, v, lengths, key_lengths, backend="auto", dropout=None):
+    """Causal attention of packed rows: q (sum of lengths, H, D), k and v (sum of key_lengths, H, D),
+    row r's queries and keys one after another; the i-th of a row's n queries, among its m keys,
+    sees the first m - n + i + 1.
+
+    The rows are put in a padded batch for the backends above, each row at the end of its
+    padded row (padding on the left), so that one alignment, Tk - Tq, holds for every row.
+    """
+    Tq, Tk = max(lengths), max(key_lengths)
+    at_q, at_k = _left_padded(lengths, Tq, q.device), _left_padded(key_lengths, Tk, q.device)
+    q_pad, k_pad, v_pad = (_scatter(x, at, len(lengths) * T).view(len(lengths), T, *x.shape[1:]).transpose(1, 2)
+                           for x, at, T in ((q, at_q, Tq), (k, at_k, Tk), (v, at_k, Tk)))
+    key_padding_mask = None
+    if min(key_lengths) < Tk:
+        key_padding_mask = torch.arange(Tk, device=q.device) >= Tk - torch.tensor(key_lengths, device=q.device)[:, None]
+    y = causal_attention(q_pad, k_pad, v_pad, key_padding_mask, backend, dropout)
+    return y.transpose(1, 2).reshape(-1, *q.shape[1:])[at_q]
+
+
+def _left_padded(lengths, width, device):
+    """Where the packed items of rows of ``lengths`` go in rows of ``width``, right-aligned."""
+    return torch.cat([torch.arange(r * width + width - n, (r + 1) * width) for r, n in enumerate(lengths)]).to(device)
+
+
+def _scatter(x, at, size):
+    out = x.new_zeros(size, *x.shape[1:])
+    out[at] = x
+    return out
 
 
 def default_backend(device):

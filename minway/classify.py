@@ -2,20 +2,20 @@
 
 An example is assigned the label whose output (" great ." and end-of-text, after an
 input that ends in " It was") has the lowest mean token loss after the prompt and the
-input; ties go to the lowest label. Each pass continues the keys and values of the one
-before: the prompt, the same for every example, is run once per batch; each input is run
-once on top of it, and its last position predicts the first token of every option; only
-the options' remaining tokens are run on top of that, instead of C full passes.
+input; ties go to the lowest label. One packed pass (``minway.packing``) scores a batch:
+the prompt, the same for every example, is a row run once; each input is a row that
+continues it, and its last token predicts the first token of every option; each option
+with more tokens is a row that continues the prompt and its input.
 """
 import torch
 from tqdm.auto import tqdm
 
-from minway.batch import output_nll, pad, require_tokens
-from minway.model import KeyValues
+from minway.batch import embed_rows, output_nll, require_tokens
+from minway.packing import pack
 
 
 def option_nll_naive(model, prompt, inputs, options):
-    """(B, C) mean token loss of each option, one full pass per (example, option): the reference."""
+    """(B, C) mean token loss of each option, one whole row per (example, option): the reference."""
     C = len(options)
     prompt = prompt.repeat_interleave(C, 0) if prompt.dim() == 3 else prompt
     rows_in = [i for i in inputs for _ in range(C)]
@@ -25,46 +25,48 @@ def option_nll_naive(model, prompt, inputs, options):
 
 @torch.no_grad()
 def option_nll(model, prompt, inputs, options):
-    """(B, C) mean token loss of each option, each input run once."""
+    """(B, C) mean token loss of each option after the prompt ((L, d), or (B, L, d): one per
+    example) and each input, each input run once."""
     if any(len(o) == 0 for o in options):
         raise ValueError("every option needs at least one token")
     require_tokens(inputs)
-    B, C, L = len(inputs), len(options), prompt.shape[-2]
-    device = model.wte.weight.device
+    B, C = len(inputs), len(options)
+    prompts = prompt[None] if prompt.dim() == 2 else prompt
+    L, P = prompts.shape[1], len(prompts)
+    longer = [c for c, option in enumerate(options) if len(option) > 1]
 
-    # Prompt pass: the prompt's keys and values, made once and shared by every example
-    # (a prompt per example, (B, L, d), is run once per example).
-    prompts = model.prefix_cache((prompt if prompt.dim() == 3 else prompt[None]).to(model.wte.weight.dtype))
-    past = [KeyValues(kv.keys.expand(B, -1, -1, -1), kv.values.expand(B, -1, -1, -1)) for kv in prompts]
+    # rows: the prompt(s), the inputs, then every longer option of every example
+    prompt_of = [0] * B if P == 1 else list(range(B))
+    option_rows = [(b, c) for b in range(B) for c in longer]
+    lengths = [L] * P + [len(i) for i in inputs] + [len(options[c]) - 1 for _, c in option_rows]
+    prefixes = ([()] * P + [[(prompt_of[b], L)] for b in range(B)]
+                + [[(prompt_of[b], L), (P + b, len(inputs[b]))] for b, _ in option_rows])
+    embeds = torch.cat([prompts.reshape(-1, prompts.shape[-1]).to(model.wte.weight.dtype),
+                        embed_rows(model, inputs + [options[c][:-1] for _, c in option_rows])])
+    counts = [0] * P + [1] * B + [len(options[c]) - 1 for _, c in option_rows]
+    logits = model(embeds=embeds, packed=pack(lengths, prefixes, device=embeds.device), logit_counts=counts).logits
+    logp = logits.float().log_softmax(-1)
 
-    # Input pass: each input after the prompt; its last position predicts each option's first
-    # token. It needs no padding mask (see minway.batch); the option pass masks the cached
-    # keys of the padding.
-    ids, mask = pad(inputs, 0, device)
-    last = torch.tensor([len(i) - 1 for i in inputs], device=device)
-    out = model(ids, past=past, position_offset=torch.full((B,), L, device=device), use_cache=True,
-                logit_positions=last[:, None])
-    option_ids, option_mask = pad(options, 0, device)
-    nll = -out.logits[:, 0].float().log_softmax(-1)[:, option_ids[:, 0]]
-
-    # Option pass: the C options of every example on top of its cached input.
-    S = option_ids.shape[1]
-    if S > 1:
-        past = [KeyValues(kv.keys.repeat_interleave(C, 0), kv.values.repeat_interleave(C, 0)) for kv in out.present]
-        rows_ids, rows_mask = option_ids.repeat(B, 1), option_mask.repeat(B, 1)
-        input_mask = torch.cat([torch.ones(B, L, dtype=torch.bool, device=device), mask], dim=1)
-        option_out = model(rows_ids[:, :-1], past=past, position_offset=(L + mask.sum(1)).repeat_interleave(C),
-                           key_padding_mask=torch.cat([input_mask.repeat_interleave(C, 0), rows_mask[:, :-1]], dim=1))
-        token_nll = -option_out.logits.float().log_softmax(-1).gather(-1, rows_ids[:, 1:, None]).squeeze(-1)
-        nll += (token_nll * rows_mask[:, 1:]).sum(1).view(B, C)
-    return nll / option_mask.sum(1)
+    device = logp.device
+    nll = -logp[:B][:, torch.tensor([o[0] for o in options], device=device)]
+    if option_rows:
+        rest = torch.tensor([t for _, c in option_rows for t in options[c][1:]], device=device)
+        token_nll = -logp[B:].gather(-1, rest[:, None]).squeeze(-1)
+        b, c = (torch.tensor(x, device=device).repeat_interleave(torch.tensor(counts[P + B:], device=device))
+                for x in zip(*option_rows))
+        nll.index_put_((b, c), token_nll, accumulate=True)
+    return nll / torch.tensor([len(o) for o in options], device=device)
 
 
 @torch.no_grad()
 def predict(model, prompt, inputs, options, batch_size=32, progress=False, desc="eval"):
-    """Predicted label per input (the lowest loss, ties to the lowest label) and the (N, C) option losses."""
-    all_nll = []
+    """Predicted label per input (the lowest loss, ties to the lowest label) and the (N, C) option
+    losses. Inputs are batched shortest first, so that each batch's rows are of like lengths;
+    the results come back in the order of ``inputs``."""
+    order = sorted(range(len(inputs)), key=lambda i: len(inputs[i]))
+    nll = torch.empty(len(inputs), len(options))
     for start in tqdm(range(0, len(inputs), batch_size), desc=desc, disable=not progress, leave=False):
-        all_nll.append(option_nll(model, prompt, inputs[start:start + batch_size], options).cpu())
-    nll = torch.cat(all_nll)
+        batch = order[start:start + batch_size]
+        prompts = prompt if prompt.dim() == 2 else prompt[batch]
+        nll[batch] = option_nll(model, prompts, [inputs[i] for i in batch], options).cpu()
     return nll.argmin(1), nll

@@ -8,19 +8,17 @@ embeddings, a final LayerNorm, and an output head tied to the token embedding:
     h_i     = a_i + MLP(LN_2(a_i))            MLP: Linear(4d), GELU (tanh form), Linear(d)
     logits  = LN_f(h_n) @ wte^T
 
-Two things beyond a plain language model, both needed by prompt tuning:
+What prompt tuning needs beyond a plain language model:
 
 * the input may be embeddings instead of token ids, so that a continuous prompt
   can be put in front of embedded text;
-* the head is applied only where asked (``logit_positions``): a classification
-  loss needs a handful of positions, and the 50257-way head over every position
-  is about a third of the compute of the small model. The last block, too, runs its
-  queries, residual and MLP only there: its outputs elsewhere feed nothing.
-
-Right-padded batches carry a ``key_padding_mask`` (B, T), True on real tokens.
-Keys and values of a prefix can be cached (``prefix_cache``, ``past``) and continued:
-a prompt shared by every row of a batch is run once, not once per row, and several
-continuations of one text are scored without running it again.
+* a batch is packed (``minway.packing``): its rows of different lengths laid end to end,
+  no padding, a row able to continue other rows of the same pass (a prompt that several
+  rows share, run once; an input whose options are then scored);
+* the head is applied only where asked (``logit_counts``: the last few tokens of each
+  row): a classification loss needs a handful of positions, and the 50257-way head over
+  every position is about a third of the compute of the small model. The last block, too,
+  runs its queries, residual and MLP only there: its outputs elsewhere feed nothing.
 
 GPT-2 was trained with dropout at four places: the input embeddings, the attention
 probabilities, and the outputs of the attention and MLP branches. The model runs without
@@ -35,7 +33,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kernels.attention import attention_at, causal_attention
+from kernels.attention import varlen_attention
+from minway.packing import pack
 
 
 @dataclass(frozen=True)
@@ -67,12 +66,6 @@ SIZES = {
 }
 
 
-class KeyValues(NamedTuple):
-    """Cached keys and values of one layer, (B, H, T, D) each."""
-    keys: torch.Tensor
-    values: torch.Tensor
-
-
 class CausalSelfAttention(nn.Module):
     def __init__(self, config):
         super().__init__()
@@ -81,34 +74,22 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)
         self.backend = "auto"
 
-    def forward(self, x, key_padding_mask, past=None, queries=None, dropout=None):
-        """``past``: keys and values of a prefix, put before this segment's own.
-        ``queries`` (B, P): attend from these positions only (every key and value is still made)."""
-        B, T, C = x.shape
-        if queries is None:
-            q, k, v = (self._heads(t) for t in self.c_attn(x).split(C, dim=2))
-        else:
-            k, v = self.keys_values(x)
-            q = self._heads(F.linear(gather_rows(x, queries), self.c_attn.weight[:C], self.c_attn.bias[:C]))
-        if past is not None:
-            k, v = torch.cat([past.keys, k], dim=2), torch.cat([past.values, v], dim=2)
-        if queries is None:
-            y = causal_attention(q, k, v, key_padding_mask, backend=self.backend, dropout=dropout)
-        else:
-            y = attention_at(q, k, v, queries + (k.shape[2] - T), key_padding_mask, dropout=dropout)
-        y = y.transpose(1, 2).reshape(B, -1, C)
-        return drop(self.c_proj(y), dropout), KeyValues(k, v)
-
-    def keys_values(self, x):
-        """The keys and values alone, for a prefix whose own outputs nothing reads."""
+    def forward(self, x, packed, queries=None, dropout=None):
+        """x (N, d): the tokens of a pass, laid out as ``packed`` says. ``queries``: (layout, index)
+        to attend from those tokens only (every key and value is still made)."""
         C = x.shape[-1]
-        k, v = F.linear(x, self.c_attn.weight[C:], self.c_attn.bias[C:]).split(C, dim=2)
-        return KeyValues(self._heads(k), self._heads(v))
+        k, v = F.linear(x, self.c_attn.weight[C:], self.c_attn.bias[C:]).split(C, dim=-1)
+        layout, at = queries or (packed, slice(None))
+        q = F.linear(x[at], self.c_attn.weight[:C], self.c_attn.bias[:C])
+        keys, values = (self._heads(t)[packed.key_index] for t in (k, v))
+        probabilities_dropout = None if dropout is None else dropout.for_probabilities(layout)
+        y = varlen_attention(self._heads(q), keys, values, layout.lengths, layout.key_lengths, self.backend,
+                             probabilities_dropout)
+        return drop(self.c_proj(y.reshape(-1, C)), dropout, layout)
 
     def _heads(self, x):
-        """(B, T, C) -> (B, n_head, T, C / n_head)"""
-        B, T, C = x.shape
-        return x.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        """(N, C) -> (N, n_head, C / n_head)"""
+        return x.reshape(x.shape[0], self.n_head, -1)
 
 
 class MLP(nn.Module):
@@ -129,19 +110,19 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.mlp = MLP(config)
 
-    def forward(self, x, key_padding_mask, past=None, queries=None, dropout=None):
-        attended, present = self.attn(self.ln_1(x), key_padding_mask, past, queries, dropout)
+    def forward(self, x, packed, queries=None, dropout=None):
+        attended = self.attn(self.ln_1(x), packed, queries, dropout)
+        layout = packed
         if queries is not None:
-            x = gather_rows(x, queries)
+            layout, at = queries
+            x = x[at]
         x = x + attended
-        x = x + drop(self.mlp(self.ln_2(x)), dropout)
-        return x, present
+        return x + drop(self.mlp(self.ln_2(x)), dropout, layout)
 
 
 class Output(NamedTuple):
-    logits: torch.Tensor          # (B, T, V), or (B, P, V) at the asked positions
-    hidden: torch.Tensor          # (B, T, d) after the final LayerNorm, or (B, P, d) at the asked positions
-    present: list | None          # KeyValues per layer, when asked with use_cache
+    logits: torch.Tensor          # (N, V), or at the asked tokens only
+    hidden: torch.Tensor          # (N, d) after the final LayerNorm, or at the asked tokens only
 
 
 class GPT2(nn.Module):
@@ -155,11 +136,7 @@ class GPT2(nn.Module):
         self.set_attention(attention)
 
     def set_attention(self, backend):
-        """'naive', 'sdpa', 'triton', or 'auto' (the fastest correct one for the device).
-
-        A forward asked for logits at a few positions runs the last block's attention for
-        those queries only, always with PyTorch's attention (``kernels.attention.attention_at``).
-        """
+        """'naive', 'sdpa', 'triton', or 'auto' (the fastest correct one for the device)."""
         for block in self.h:
             block.attn.backend = backend
 
@@ -174,85 +151,35 @@ class GPT2(nn.Module):
     def head(self, hidden):
         return hidden @ self.wte.weight.T
 
-    def forward(self, ids=None, embeds=None, key_padding_mask=None, logit_positions=None,
-                position_offset=None, past=None, use_cache=False, dropout=None):
-        """Run the model on token ids (B, T) or input embeddings (B, T, d).
+    def forward(self, ids=None, embeds=None, packed=None, logit_counts=None, dropout=None):
+        """Run the model on packed token ids (N,) or input embeddings (N, d).
 
-        logit_positions: (B, P) indices; logits come back only there, (B, P, V).
-        past / position_offset: cached prefix and its lengths (B,); the new tokens
-            continue each row's prefix at position ``position_offset[b]``, and
-            ``key_padding_mask``, if any, then covers the prefix and the new tokens.
+        packed: the rows' layout (``minway.packing.pack``); None: one row of N tokens.
+        logit_counts: logits come back only at the last ``logit_counts[r]`` tokens of each row r.
         dropout: a ``minway.dropout.PromptDropout`` to train with, or None.
         """
         x = self.embed(ids) if embeds is None else embeds
-        B, T, _ = x.shape
-        if (past is None) != (position_offset is None):
-            raise ValueError("a cached continuation needs past and position_offset together")
-        positions = torch.arange(T, device=x.device).expand(B, T)
-        longest = T
-        if position_offset is not None:
-            positions = positions + position_offset[:, None]
-            longest += int(position_offset.max())  # one host sync
-        if longest > self.config.n_positions:
-            raise ValueError(f"sequence of {longest} positions is longer than the model's context of "
-                             f"{self.config.n_positions}")
-        x = drop(x + self.wpe(positions).to(x.dtype), dropout)
+        if x.dim() != 2:
+            raise ValueError(f"the model takes the rows of a batch end to end, ids (N,) or embeddings (N, d), "
+                             f"not {tuple(x.shape[:-1])}: pack them (minway.packing)")
+        packed = packed or pack([x.shape[0]], device=x.device)
+        if max(packed.key_lengths) > self.config.n_positions:
+            raise ValueError(f"sequence of {max(packed.key_lengths)} positions is longer than the model's "
+                             f"context of {self.config.n_positions}")
+        x = drop(x + self.wpe(packed.positions).to(x.dtype), dropout, packed)
 
-        present = []
+        queries = None if logit_counts is None else packed.last(logit_counts)
         for i, block in enumerate(self.h):
-            queries = logit_positions if i == len(self.h) - 1 else None
-            if queries is not None and dropout is not None:
-                dropout = dropout.at_logit_positions()
-            x, kv = block(x, key_padding_mask, None if past is None else past[i], queries, dropout)
-            present.append(kv)
+            x = block(x, packed, queries if i == len(self.h) - 1 else None, dropout)
         hidden = self.ln_f(x)
-        return Output(self.head(hidden), hidden, present if use_cache else None)
-
-    def prefix_cache(self, embeds, dropout=None):
-        """Keys and values of every layer (``past``) for prefixes of input embeddings (B, T, d).
-
-        Rows may be right-padded: a continuation masks the padding with its ``key_padding_mask``.
-        Nothing reads the prefix's own outputs, so the last block makes only its keys and
-        values, and the head does not run.
-        """
-        B, T, _ = embeds.shape
-        if T > self.config.n_positions:
-            raise ValueError(f"prefix of {T} positions is longer than the model's context of "
-                             f"{self.config.n_positions}")
-        x = drop(embeds + self.wpe(torch.arange(T, device=embeds.device)).to(embeds.dtype), dropout)
-        cache = []
-        for block in self.h[:-1]:
-            x, kv = block(x, None, dropout=dropout)
-            cache.append(kv)
-        last = self.h[-1]
-        cache.append(last.attn.keys_values(last.ln_1(x)))
-        return cache
-
-    @torch.no_grad()
-    def generate(self, ids, n_new):
-        """Greedy continuation of one unpadded batch of ids (B, T), with a key/value cache."""
-        out = self(ids, use_cache=True)
-        generated = []
-        for _ in range(n_new):
-            next_id = out.logits[:, -1].argmax(-1, keepdim=True)
-            generated.append(next_id)
-            length = ids.shape[1] + len(generated) - 1
-            mask = torch.ones(ids.shape[0], length + 1, dtype=torch.bool, device=ids.device)
-            offset = torch.full((ids.shape[0],), length, device=ids.device)
-            out = self(next_id, key_padding_mask=mask, position_offset=offset, past=out.present, use_cache=True)
-        return torch.cat(generated, dim=1)
+        return Output(self.head(hidden), hidden)
 
     def num_parameters(self):
         return sum(p.numel() for p in self.parameters())
 
 
-def drop(x, dropout):
-    return x if dropout is None else dropout(x)
-
-
-def gather_rows(x, positions):
-    """x (B, T, d) at positions (B, P) -> (B, P, d)."""
-    return x.gather(1, positions[..., None].expand(-1, -1, x.shape[-1]))
+def drop(x, dropout, packed):
+    return x if dropout is None else dropout(x, packed)
 
 
 def init_weights(model, seed=0):

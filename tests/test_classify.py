@@ -42,8 +42,8 @@ def random_prompt(*shape, seed=0):
 def hand_nll(model, prompt, ids_in, option):
     """Mean -log p(option | prompt, input) from the full logits of one unpadded pass."""
     ids = torch.tensor(ids_in + option)
-    embeds = torch.cat([prompt, model.embed(ids)])[None]
-    logp = model(embeds=embeds).logits[0].log_softmax(-1)
+    embeds = torch.cat([prompt, model.embed(ids)])
+    logp = model(embeds=embeds).logits.log_softmax(-1)
     start = len(prompt) + len(ids_in)
     return -sum(logp[start + j - 1, t] for j, t in enumerate(option)) / len(option)
 

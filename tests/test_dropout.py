@@ -39,7 +39,8 @@ def prompt_vectors(n, length, seed):
 
 
 def recorded_masks(monkeypatch):
-    """Every mask ``PromptDropout`` draws, in order (alone, a prompt's own layout is the batch's)."""
+    """Every mask ``PromptDropout`` draws, as multipliers, in order (with one prompt, its own layout
+    is the batch's: the tokens of all rows end to end, or one row's queries by its keys)."""
     masks, draw = [], PromptDropout._keep
 
     def recording(self, shape, generator):
@@ -50,32 +51,40 @@ def recorded_masks(monkeypatch):
     return masks
 
 
+def row_lengths(L):
+    """Tokens of each row: the prompt, the input, the output but its last token."""
+    return [L + len(i) + len(o) - 1 for i, o in zip(INPUTS, OUTPUTS)]
+
+
 def full_sequence_multipliers(masks, L):
-    """The multipliers of the reference's dropout calls over whole rows (prompt + text), in its
-    order (embeddings, then per block: attention probabilities, attention output, MLP output),
-    stitched from minway's prompt pass and text pass; 1 where minway computes nothing."""
-    per_block = 3
-    prompt_pass, text_pass = masks[:1 + per_block * (N_LAYER - 1)], masks[1 + per_block * (N_LAYER - 1):]
-    assert len(text_pass) == 1 + per_block * N_LAYER
-    B = len(INPUTS)
-    S = L + text_pass[0].shape[1]
-    multipliers = [torch.cat([prompt_pass[0], text_pass[0]], dim=1)]
-    for i in range(N_LAYER - 1):
-        probs = torch.ones(B, N_HEAD, S, S)
-        probs[:, :, :L, :L] = prompt_pass[1 + per_block * i]
-        probs[:, :, L:, :] = text_pass[1 + per_block * i]
-        multipliers.append(probs)
-        for site in (2, 3):
-            multipliers.append(torch.cat([prompt_pass[site + per_block * i], text_pass[site + per_block * i]], dim=1))
-    # the last block runs at the positions predicting the outputs only
-    last_probs, last_attended, last_mlp = text_pass[-3:]
-    probs, attended, mlp = torch.ones(B, N_HEAD, S, S), torch.ones(B, S, N_EMBD), torch.ones(B, S, N_EMBD)
-    for b, (ids_in, ids_out) in enumerate(zip(INPUTS, OUTPUTS)):
-        for j in range(len(ids_out)):
-            row = L + len(ids_in) - 1 + j
-            probs[b, :, row] = last_probs[b, :, j]
-            attended[b, row], mlp[b, row] = last_attended[b, j], last_mlp[b, j]
-    return multipliers + [probs, attended, mlp]
+    """The multipliers of the reference's dropout calls on the right-padded batch, in its order
+    (embeddings, then per block: attention probabilities, attention output, MLP output), from
+    minway's masks of the packed rows; 1 where minway computes nothing (the last block runs at
+    the positions that predict the outputs only)."""
+    B, lengths = len(INPUTS), row_lengths(L)
+    S = max(lengths)
+    queue = list(masks)
+
+    def rows_of(packed_mask, counts):
+        """(B, S, d) from (sum of counts, d): row b's items at the end of its real tokens."""
+        out = torch.ones(B, S, N_EMBD)
+        for b, piece in enumerate(packed_mask.split(counts)):
+            out[b, lengths[b] - len(piece):lengths[b]] = piece
+        return out
+
+    def probabilities(counts):
+        out = torch.ones(B, N_HEAD, S, S)
+        for b, n in enumerate(counts):
+            out[b, :, lengths[b] - n:lengths[b], :lengths[b]] = queue.pop(0)
+        return out
+
+    multipliers = [rows_of(queue.pop(0), lengths)]
+    for i in range(N_LAYER):
+        counts = lengths if i < N_LAYER - 1 else [len(o) for o in OUTPUTS]
+        multipliers.append(probabilities(counts))
+        multipliers += [rows_of(queue.pop(0), counts), rows_of(queue.pop(0), counts)]
+    assert not queue
+    return multipliers
 
 
 def reference_nll(reference, prompt, multipliers, monkeypatch):
@@ -87,12 +96,12 @@ def reference_nll(reference, prompt, multipliers, monkeypatch):
         assert multiplier.shape == x.shape
         return x * multiplier
     monkeypatch.setattr(F, "dropout", replay)
-    L, T = prompt.shape[0], max(len(i) + len(o) for i, o in zip(INPUTS, OUTPUTS))
-    ids = torch.zeros(len(INPUTS), T, dtype=torch.long)
-    mask = torch.zeros(len(INPUTS), L + T, dtype=torch.long)
+    L, lengths = prompt.shape[0], row_lengths(prompt.shape[0])
+    ids = torch.zeros(len(INPUTS), max(lengths) - L, dtype=torch.long)
+    mask = torch.zeros(len(INPUTS), max(lengths), dtype=torch.long)
     for b, (ids_in, ids_out) in enumerate(zip(INPUTS, OUTPUTS)):
-        ids[b, :len(ids_in) + len(ids_out)] = torch.tensor(ids_in + ids_out)
-        mask[b, :L + len(ids_in) + len(ids_out)] = 1
+        ids[b, :lengths[b] - L] = torch.tensor(ids_in + ids_out[:-1])
+        mask[b, :lengths[b]] = 1
     embeds = torch.cat([prompt.expand(len(INPUTS), -1, -1), reference.transformer.wte(ids)], dim=1)
     logits = reference.train()(inputs_embeds=embeds, attention_mask=mask).logits
     monkeypatch.undo()

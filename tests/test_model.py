@@ -3,7 +3,8 @@
 The reference is ``transformers.GPT2LMHeadModel`` with eager attention. Each test
 builds a small random model there, saves it with ``save_pretrained`` (safetensors),
 loads it with minway's ``load_gpt2`` and compares on real tokenized SST-2
-sentences, batched with right padding, in fp32.
+sentences in fp32: the reference runs them as a right-padded batch, minway packed,
+its rows end to end (``minway.packing``).
 """
 import shutil
 
@@ -12,6 +13,7 @@ import torch
 
 from fixtures import TOKENIZER_DIR, first_rows
 from minway.model import SIZES, GPT2, GPT2Config
+from minway.packing import pack
 from weights.checkpoint import load_gpt2
 
 transformers = pytest.importorskip("transformers")
@@ -28,7 +30,6 @@ CONFIGS = {
     "48x1-heads3-ctx24": dict(n_embd=48, n_layer=1, n_head=3, n_positions=24, initializer_range=0.1),
     "24x3-heads1": dict(n_embd=24, n_layer=3, n_head=1, n_positions=48, initializer_range=0.1),
     "48x2-heads3-gpt2-init": dict(n_embd=48, n_layer=2, n_head=3, n_positions=64, initializer_range=0.02),
-    # peaked distributions: varied greedy continuations
     "64x2-heads4-wide-init": dict(n_embd=64, n_layer=2, n_head=4, n_positions=128, initializer_range=0.2),
 }
 
@@ -58,11 +59,16 @@ def right_pad(rows, max_len=None):
     return ids, mask
 
 
-def loss_weights(mask, seed):
-    """Random weights on the logits of real positions: sum(logits * weights) is a loss
-    whose gradients to the input embeddings are of order one."""
-    weights = torch.randn(*mask.shape, 50257, generator=torch.Generator().manual_seed(seed))
-    return weights * mask[..., None] / 50257 ** 0.5
+def packed(rows, max_len=None):
+    """(ids (N,), layout) of the rows, cut to max_len, end to end."""
+    rows = [r[:max_len] for r in rows]
+    return torch.tensor([t for r in rows for t in r]), pack([len(r) for r in rows])
+
+
+def loss_weights(n, seed):
+    """Random weights on the logits of n tokens: sum(logits * weights) is a loss whose
+    gradients to the input embeddings are of order one."""
+    return torch.randn(n, 50257, generator=torch.Generator().manual_seed(seed)) / 50257 ** 0.5
 
 
 _PAIRS = {}
@@ -91,188 +97,140 @@ def pair(tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", CONFIGS)
-def test_logits_match_reference_on_padded_batch(tmp_path_factory, tokenized, name):
+def test_logits_match_reference_on_rows_of_different_lengths(tmp_path_factory, tokenized, name):
     reference, model = make_pair(tmp_path_factory, name)
-    ids, mask = right_pad(tokenized, CONFIGS[name]["n_positions"])
-    assert not mask.all(), "the batch should contain padding"
+    padded, mask = right_pad(tokenized, CONFIGS[name]["n_positions"])
+    assert not mask.all(), "the rows should differ in length"
+    ids, layout = packed(tokenized, CONFIGS[name]["n_positions"])
     with torch.no_grad():
-        ours = model(ids, key_padding_mask=mask).logits
-        theirs = reference(ids, attention_mask=mask.long()).logits
-    assert ours.shape == theirs.shape == (*ids.shape, 50257)
-    assert (ours[mask] - theirs[mask]).abs().max() <= TOL
+        ours = model(ids, packed=layout).logits
+        theirs = reference(padded, attention_mask=mask.long()).logits[mask]
+    assert ours.shape == theirs.shape == (int(mask.sum()), 50257)
+    assert (ours - theirs).abs().max() <= TOL
 
 
-def test_logits_match_reference_without_mask(pair, tokenized):
+def test_one_row_needs_no_layout(pair, tokenized):
     reference, model = pair
-    ids = torch.tensor([tokenized[0]])
+    ids = torch.tensor(tokenized[0])
     with torch.no_grad():
-        assert (model(ids).logits - reference(ids).logits).abs().max() <= TOL
+        assert (model(ids).logits - reference(ids[None]).logits[0]).abs().max() <= TOL
 
 
 @pytest.mark.parametrize("backend", ["naive", "sdpa"])
 def test_logits_match_reference_with_each_torch_backend(tmp_path_factory, tokenized, backend):
     reference, model = make_pair(tmp_path_factory, "40x1-heads5")
-    ids, mask = right_pad(tokenized, 32)
+    padded, mask = right_pad(tokenized, 32)
+    ids, layout = packed(tokenized, 32)
     model.set_attention(backend)
     try:
         with torch.no_grad():
-            ours = model(ids, key_padding_mask=mask).logits
-            theirs = reference(ids, attention_mask=mask.long()).logits
+            ours = model(ids, packed=layout).logits
+            theirs = reference(padded, attention_mask=mask.long()).logits[mask]
     finally:
         model.set_attention("auto")
-    assert (ours[mask] - theirs[mask]).abs().max() <= TOL
+    assert (ours - theirs).abs().max() <= TOL
 
 
-def test_logits_at_chosen_positions_equal_gathered_full_logits(pair, tokenized):
+def last_tokens(layout, counts):
+    """Indices, in the pass, of the last counts[r] tokens of each row."""
+    return torch.cat([torch.arange(int(layout.starts[r + 1]) - n, int(layout.starts[r + 1]))
+                      for r, n in enumerate(counts)])
+
+
+def test_logits_at_the_last_tokens_equal_those_of_the_full_forward(pair, tokenized):
     _, model = pair
-    ids, mask = right_pad(tokenized)
-    last = mask.sum(1) - 1
-    positions = torch.stack([last, torch.zeros_like(last), last // 2], dim=1)  # (B, 3), rows differ
+    ids, layout = packed(tokenized)
+    counts = [3, 1, 0, 2, 5, 1]  # a row without any, rows of different counts
     with torch.no_grad():
-        full = model(ids, key_padding_mask=mask)
-        chosen = model(ids, key_padding_mask=mask, logit_positions=positions)
-    expected = full.logits.gather(1, positions[..., None].expand(-1, -1, full.logits.shape[-1]))
-    assert chosen.logits.shape == (len(ids), 3, 50257)
-    # the last block runs at the chosen positions only: same sums, in another order
-    torch.testing.assert_close(chosen.logits, expected, atol=1e-5, rtol=0)
-    expected_hidden = full.hidden.gather(1, positions[..., None].expand(-1, -1, full.hidden.shape[-1]))
-    torch.testing.assert_close(chosen.hidden, expected_hidden, atol=1e-5, rtol=0)
+        full = model(ids, packed=layout)
+        chosen = model(ids, packed=layout, logit_counts=counts)
+    at = last_tokens(layout, counts)
+    assert chosen.logits.shape == (sum(counts), 50257)
+    # the last block runs at the chosen tokens only: same sums, in another order
+    torch.testing.assert_close(chosen.logits, full.logits[at], atol=1e-5, rtol=0)
+    torch.testing.assert_close(chosen.hidden, full.hidden[at], atol=1e-5, rtol=0)
 
 
-def test_gradients_through_chosen_positions_equal_the_full_forward(pair, tokenized):
+def test_gradients_through_the_last_tokens_equal_the_full_forward(pair, tokenized):
     _, model = pair
-    ids, mask = right_pad(tokenized[:4])
-    last = mask.sum(1) - 1
-    positions = torch.stack([last, last // 2, torch.zeros_like(last)], dim=1)
-    weights = torch.randn(len(ids), 3, 50257, generator=torch.Generator().manual_seed(3)) / 50257 ** 0.5
+    ids, layout = packed(tokenized[:4])
+    counts = [2, 4, 1, 3]
+    at = last_tokens(layout, counts)
+    weights = loss_weights(sum(counts), seed=3)
     embeds = model.embed(ids).detach()
 
     def grad(chosen):
         x = embeds.clone().requires_grad_(True)
         if chosen:
-            logits = model(embeds=x, key_padding_mask=mask, logit_positions=positions).logits
+            logits = model(embeds=x, packed=layout, logit_counts=counts).logits
         else:
-            full = model(embeds=x, key_padding_mask=mask).logits
-            logits = full.gather(1, positions[..., None].expand(-1, -1, full.shape[-1]))
+            logits = model(embeds=x, packed=layout).logits[at]
         (logits * weights).sum().backward()
         return x.grad
 
     expected = grad(chosen=False)
     assert expected.abs().max() > 1e-3
-    torch.testing.assert_close(grad(chosen=True), expected, atol=1e-5, rtol=0)
-
-    mask[1] = False  # a row with no real token: its queries see nothing, and nothing turns into NaN
-    got = grad(chosen=True)
-    assert torch.isfinite(got).all()
-    torch.testing.assert_close(got, grad(chosen=False), atol=1e-5, rtol=0)
+    torch.testing.assert_close(grad(chosen=True), expected, atol=1e-5, rtol=1e-5)
 
 
 def test_input_embeddings_path_equals_ids_path(pair, tokenized):
     _, model = pair
-    ids, mask = right_pad(tokenized)
+    ids, layout = packed(tokenized)
     with torch.no_grad():
-        from_ids = model(ids, key_padding_mask=mask).logits
-        from_embeds = model(embeds=model.embed(ids), key_padding_mask=mask).logits
+        from_ids = model(ids, packed=layout).logits
+        from_embeds = model(embeds=model.embed(ids), packed=layout).logits
     torch.testing.assert_close(from_embeds, from_ids, atol=0, rtol=0)
-
-
-def test_greedy_generation_matches_reference(tmp_path_factory, tokenized):
-    reference, model = make_pair(tmp_path_factory, "64x2-heads4-wide-init")
-    # generate() takes an unpadded batch: the first 6 tokens of two sentences
-    ids = torch.tensor([tokenized[0][:6], tokenized[2][:6]])
-    ours = model.generate(ids, 20)
-    theirs = reference.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                max_new_tokens=20, pad_token_id=EOT)[:, ids.shape[1]:]
-    assert ours.shape == (2, 20)
-    assert all(len(set(row.tolist())) >= 8 for row in ours), "a continuation that repeats one token proves little"
-    assert torch.equal(ours, theirs)
 
 
 def test_gradient_to_input_embeddings_matches_reference(pair, tokenized):
     reference, model = pair
-    ids, mask = right_pad(tokenized)
-    embeds = model.embed(ids).detach()
-    weights = loss_weights(mask, seed=1)
+    padded, mask = right_pad(tokenized)
+    ids, layout = packed(tokenized)
+    weights = loss_weights(len(ids), seed=1)
 
-    ours_in = embeds.clone().requires_grad_(True)
-    (model(embeds=ours_in, key_padding_mask=mask).logits * weights).sum().backward()
-    theirs_in = embeds.clone().requires_grad_(True)
-    (reference(inputs_embeds=theirs_in, attention_mask=mask.long()).logits * weights).sum().backward()
+    ours_in = model.embed(ids).detach().requires_grad_(True)
+    (model(embeds=ours_in, packed=layout).logits * weights).sum().backward()
+    theirs_in = model.embed(padded).detach().requires_grad_(True)
+    (reference(inputs_embeds=theirs_in, attention_mask=mask.long()).logits[mask] * weights).sum().backward()
 
     assert 0.1 < ours_in.grad.abs().max() < 100, "the loss should give gradients of order one"
-    assert (ours_in.grad - theirs_in.grad).abs().max() <= TOL
+    assert (ours_in.grad - theirs_in.grad[mask]).abs().max() <= TOL
     model.zero_grad(set_to_none=True)
     reference.zero_grad(set_to_none=True)
 
 
-def test_key_value_cache_equals_full_forward(pair, tokenized):
+def continuing_rows(tokenized):
+    """Rows that continue others in the same pass, as training and scoring run them: a shared
+    prefix (row 0) continued by rows 1 and 2, and row 3 continuing row 0 and then row 1, as an
+    option continues the prompt and its input. (rows, prefixes, the whole sequence of each row)."""
+    prefix, first, second, option = tokenized[0][:5], tokenized[1][:6], tokenized[2][:3], tokenized[3][:2]
+    rows = [prefix, first, second, option]
+    prefixes = [(), [(0, 5)], [(0, 5)], [(0, 5), (1, 6)]]
+    whole = [prefix, prefix + first, prefix + second, prefix + first + option]
+    return rows, prefixes, whole
+
+
+def test_rows_continuing_other_rows_equal_their_whole_sequences(pair, tokenized):
+    """Logits of each row, and the gradient to the shared prefix's embeddings, equal those of
+    each row's whole sequence run on its own."""
     _, model = pair
-    prefixes = [tokenized[0][:5], tokenized[1][:3], tokenized[2][:7]]           # right-padded to 7
-    continuations = [tokenized[3][:4], tokenized[4][:2], tokenized[5][:3]]      # right-padded to 4
-    prefix_ids, prefix_mask = right_pad(prefixes)
-    new_ids, new_mask = right_pad(continuations)
-    full_ids, full_mask = right_pad([p + c for p, c in zip(prefixes, continuations)])
-    lengths = prefix_mask.sum(1)
-
-    with torch.no_grad():
-        cached = model(prefix_ids, key_padding_mask=prefix_mask, use_cache=True)
-        assert len(cached.present) == model.config.n_layer
-        step = model(new_ids, key_padding_mask=torch.cat([prefix_mask, new_mask], dim=1),
-                     position_offset=lengths, past=cached.present)
-        full = model(full_ids, key_padding_mask=full_mask)
-    assert step.present is None  # only when asked
-    for b, (p, c) in enumerate(zip(prefixes, continuations)):
-        torch.testing.assert_close(step.logits[b, :len(c)], full.logits[b, len(p):len(p) + len(c)],
-                                   atol=TOL, rtol=0)
-        torch.testing.assert_close(cached.logits[b, :len(p)], full.logits[b, :len(p)], atol=TOL, rtol=0)
-
-
-def test_prefix_cache_then_logits_at_positions_equal_the_full_forward(pair, tokenized):
-    """``prefix_cache`` (keys and values only, right-padded prefixes) continued with logits at a
-    few positions: the path of training. Logits and the gradient to the prefix embeddings."""
-    _, model = pair
-    prefixes = [tokenized[0][:5], tokenized[1][:3]]                 # right-padded to 5
-    continuations = [tokenized[2][:6], tokenized[3][:4]]            # right-padded to 6
-    prefix_ids, prefix_mask = right_pad(prefixes)
-    new_ids, new_mask = right_pad(continuations)
-    full_ids, full_mask = right_pad([p + c for p, c in zip(prefixes, continuations)])
-    positions = torch.tensor([[3, 5], [0, 3]])                      # in the continuation
-
-    prefix_embeds = model.embed(prefix_ids).detach().requires_grad_()
-    cache = model.prefix_cache(prefix_embeds)
-    assert len(cache) == model.config.n_layer
-    step = model(new_ids, key_padding_mask=torch.cat([prefix_mask, new_mask], dim=1),
-                 position_offset=prefix_mask.sum(1), past=cache, logit_positions=positions)
-    step.logits.sum().backward()
-
-    full_embeds = model.embed(full_ids).detach().requires_grad_()
-    full = model(embeds=full_embeds, key_padding_mask=full_mask)
-    want = torch.stack([full.logits[b, len(p) + positions[b]] for b, p in enumerate(prefixes)])
-    want.sum().backward()
-    torch.testing.assert_close(step.logits, want, atol=TOL, rtol=0)
-    for b, p in enumerate(prefixes):
-        torch.testing.assert_close(prefix_embeds.grad[b, :len(p)], full_embeds.grad[b, :len(p)], atol=TOL, rtol=1e-5)
-    assert torch.all(prefix_embeds.grad[1, len(prefixes[1]):] == 0)  # the prefix's padding
+    rows, prefixes, whole = continuing_rows(tokenized)
+    layout = pack([len(r) for r in rows], prefixes)
+    assert layout.positions.tolist() == [*range(5), *range(5, 11), *range(5, 8), *range(11, 13)]
+    x = model.embed(torch.tensor([t for r in rows for t in r])).detach().requires_grad_(True)
+    weights = loss_weights(len(x), seed=4).split(layout.lengths)
+    logits = model(embeds=x, packed=layout).logits
+    (logits * torch.cat(weights)).sum().backward()
+    prefix_grad = torch.zeros_like(x[:5])
+    for row, (tokens, sequence) in enumerate(zip(logits.split(layout.lengths), whole)):
+        y = model.embed(torch.tensor(sequence)).detach().requires_grad_(True)
+        own = model(embeds=y).logits[len(sequence) - len(rows[row]):]
+        torch.testing.assert_close(tokens, own, atol=TOL, rtol=0)
+        (own * weights[row]).sum().backward()
+        prefix_grad += y.grad[:5]
+    assert prefix_grad.abs().max() > 0.01
+    torch.testing.assert_close(x.grad[:5], prefix_grad, atol=TOL, rtol=1e-5)
     model.zero_grad(set_to_none=True)
-
-
-def test_key_value_cache_chains_two_steps(pair, tokenized):
-    _, model = pair
-    prefixes = [tokenized[0][:5], tokenized[1][:2]]
-    first, second = [tokenized[2][:3], tokenized[3][:3]], [tokenized[4][:2], tokenized[5][:2]]
-    prefix_ids, prefix_mask = right_pad(prefixes)
-    lengths = prefix_mask.sum(1)
-    ones = torch.ones(2, 3, dtype=torch.bool)
-    with torch.no_grad():
-        out = model(prefix_ids, key_padding_mask=prefix_mask, use_cache=True)
-        out = model(torch.tensor(first), key_padding_mask=torch.cat([prefix_mask, ones], 1),
-                    position_offset=lengths, past=out.present, use_cache=True)
-        out = model(torch.tensor(second), key_padding_mask=torch.cat([prefix_mask, ones, ones[:, :2]], 1),
-                    position_offset=lengths + 3, past=out.present)
-        full_ids, full_mask = right_pad([p + f + s for p, f, s in zip(prefixes, first, second)])
-        full = model(full_ids, key_padding_mask=full_mask)
-    for b, p in enumerate(prefixes):
-        torch.testing.assert_close(out.logits[b], full.logits[b, len(p) + 3:len(p) + 5], atol=TOL, rtol=0)
 
 
 def _attention_backends():
@@ -288,15 +246,20 @@ def _attention_backends():
 
 @pytest.mark.parametrize("backend", _attention_backends())
 def test_attention_backends_agree_on_logits_and_gradients(tmp_path_factory, tokenized, backend):
+    """Rows of different lengths, some continuing others (so that rows have different numbers
+    of queries and keys), every backend against the naive formula."""
     _, model = make_pair(tmp_path_factory, "48x1-heads3-ctx24")
-    ids, mask = right_pad(tokenized[:3], 12)
-    embeds = model.embed(ids).detach()
-    weights = loss_weights(mask, seed=2)
+    rows, prefixes, _ = continuing_rows(tokenized)
+    rows = [rows[0], rows[1], rows[2][:2], rows[3], tokenized[4][:7]]
+    prefixes = prefixes + [()]
+    layout = pack([len(r) for r in rows], prefixes)
+    embeds = model.embed(torch.tensor([t for r in rows for t in r])).detach()
+    weights = loss_weights(len(embeds), seed=2)
 
     def run(name):
         model.set_attention(name)
         x = embeds.clone().requires_grad_(True)
-        logits = model(embeds=x, key_padding_mask=mask).logits
+        logits = model(embeds=x, packed=layout).logits
         (logits * weights).sum().backward()
         model.zero_grad(set_to_none=True)
         return logits.detach(), x.grad
@@ -306,30 +269,8 @@ def test_attention_backends_agree_on_logits_and_gradients(tmp_path_factory, toke
         logits, grad = run(backend)
     finally:
         model.set_attention("auto")
-    assert (logits[mask] - expected_logits[mask]).abs().max() <= TOL
+    assert (logits - expected_logits).abs().max() <= TOL
     assert (grad - expected_grad).abs().max() <= TOL
-
-
-@pytest.mark.parametrize("backend", _attention_backends())
-def test_row_of_only_padding_is_harmless(pair, tokenized, backend):
-    """A batch row with no real token: finite outputs and gradients, other rows unchanged."""
-    _, model = pair
-    ids, mask = right_pad(tokenized[:3], 10)
-    mask[1] = False
-    embeds = model.embed(ids).detach()
-    model.set_attention(backend)
-    try:
-        x = embeds.clone().requires_grad_(True)
-        logits = model(embeds=x, key_padding_mask=mask).logits
-        (logits * loss_weights(mask, seed=3)).sum().backward()
-        with torch.no_grad():
-            alone = model(embeds=embeds[[0, 2]], key_padding_mask=mask[[0, 2]]).logits
-    finally:
-        model.set_attention("auto")
-        model.zero_grad(set_to_none=True)
-    assert torch.isfinite(logits).all() and torch.isfinite(x.grad).all()
-    assert (x.grad[1] == 0).all()
-    assert (logits[[0, 2]][mask[[0, 2]]] - alone[mask[[0, 2]]]).abs().max() <= TOL
 
 
 def test_bf16_weights_run_close_to_fp32(tmp_path_factory, tokenized):
@@ -338,13 +279,19 @@ def test_bf16_weights_run_close_to_fp32(tmp_path_factory, tokenized):
     reference.save_pretrained(directory, safe_serialization=True)
     half = load_gpt2(directory, dtype=torch.bfloat16)
     assert all(p.dtype == torch.bfloat16 for p in half.parameters())
-    ids, mask = right_pad(tokenized)
+    ids, layout = packed(tokenized)
     with torch.no_grad():
-        low = half(ids, key_padding_mask=mask).logits
-        high = model(ids, key_padding_mask=mask).logits
+        low = half(ids, packed=layout).logits
+        high = model(ids, packed=layout).logits
     assert low.dtype == torch.bfloat16 and torch.isfinite(low).all()
-    scale = high[mask].abs().max()
-    assert (low.float()[mask] - high[mask]).abs().max() <= 0.05 * scale
+    assert (low.float() - high).abs().max() <= 0.05 * high.abs().max()
+
+
+def test_a_padded_batch_is_refused(pair, tokenized):
+    _, model = pair
+    padded, _ = right_pad(tokenized)
+    with pytest.raises(ValueError, match="end to end"):
+        model(padded)
 
 
 def test_freeze_leaves_no_trainable_parameter():
@@ -358,19 +305,17 @@ def test_sequence_longer_than_context_raises(pair):
     _, model = pair
     n = model.config.n_positions
     with torch.no_grad():
-        model(torch.zeros(1, n, dtype=torch.long))  # exactly the context is fine
+        model(torch.zeros(n, dtype=torch.long))  # exactly the context is fine
         with pytest.raises(ValueError, match=f"longer than the model's context of {n}"):
-            model(torch.zeros(1, n + 1, dtype=torch.long))
+            model(torch.zeros(n + 1, dtype=torch.long))
 
 
-def test_cached_continuation_past_the_context_raises_value_error(pair):
+def test_a_row_continued_past_the_context_raises(pair):
     _, model = pair
     n = model.config.n_positions
     with torch.no_grad():
-        cached = model(torch.zeros(1, n - 2, dtype=torch.long), use_cache=True)
         with pytest.raises(ValueError, match="context"):
-            model(torch.zeros(1, 3, dtype=torch.long), key_padding_mask=torch.ones(1, n + 1, dtype=torch.bool),
-                  position_offset=torch.tensor([n - 2]), past=cached.present)
+            model(torch.zeros(n - 2 + 3, dtype=torch.long), packed=pack([n - 2, 3], [(), [(0, n - 2)]]))
 
 
 @pytest.mark.parametrize("size, count", [("gpt2", 124_439_808), ("gpt2-medium", 354_823_168),

@@ -3,12 +3,12 @@ import pytest
 import torch
 
 from fixtures import TINY, sharp_model
-from minway.batch import bank_output_nll, output_nll, pad, prompted_embeddings
+from minway.batch import bank_output_nll, embed_rows, mean_nll, output_nll
 from minway.classify import option_nll
 from minway.objective import bank_losses, c_dist, wayward_loss
 from minway.prompt import PromptBank
 
-ROWS = [  # (input ids, output ids): different lengths on both sides, so the batch is padded
+ROWS = [  # (input ids, output ids): different lengths on both sides
     ([464, 3290, 373, 922, 290], [632, 373, 1049, 764]),
     ([40, 588], [632, 373, 7818, 764]),
     ([2061, 318, 262, 3139, 286, 4881, 5633, 1892], [1195, 25, 20147]),
@@ -31,19 +31,20 @@ def test_c_dist_by_hand():
     assert c_dist(batched, target).tolist() == [41.0, 0.0, 3.0]
 
 
-def test_pad():
-    ids, mask = pad([[1, 2, 3], [4]], -100, "cpu")
-    assert ids.tolist() == [[1, 2, 3], [4, -100, -100]]
-    assert mask.tolist() == [[True, True, True], [True, False, False]]
+def test_embed_rows_puts_each_prompt_before_its_row(model):
+    prompts = [torch.randn(3, TINY.n_embd), torch.randn(2, TINY.n_embd)]
+    embeds = embed_rows(model, [[5, 6], [7]], prompts)
+    E = model.wte.weight
+    assert torch.equal(embeds, torch.cat([prompts[0], E[[5, 6]], prompts[1], E[[7]]]))
+    assert torch.equal(embed_rows(model, [[5, 6], [7]]), E[[5, 6, 7]])
 
 
-def test_prompted_embeddings(model):
-    prompt = torch.randn(3, TINY.n_embd)
-    embeds, mask = prompted_embeddings(model, prompt, [[5, 6], [7]])
-    assert embeds.shape == (2, 5, TINY.n_embd)
-    assert torch.equal(embeds[0, :3], prompt) and torch.equal(embeds[1, :3], prompt)
-    assert torch.equal(embeds[0, 3:], model.wte.weight[[5, 6]]) and torch.equal(embeds[1, 3], model.wte.weight[7])
-    assert mask.tolist() == [[True] * 5, [True] * 4 + [False]]
+def test_mean_nll_is_each_rows_mean_over_its_own_tokens():
+    logits = torch.randn(5, 11, generator=torch.Generator().manual_seed(0))
+    outputs = [[1, 2], [3], [4, 5]]
+    logp = logits.log_softmax(-1)
+    expected = [-(logp[0, 1] + logp[1, 2]) / 2, -logp[2, 3], -(logp[3, 4] + logp[4, 5]) / 2]
+    torch.testing.assert_close(mean_nll(logits, outputs), torch.stack(expected))
 
 
 def test_output_nll_equals_the_full_logits_of_the_token_sequence(model):
@@ -55,7 +56,7 @@ def test_output_nll_equals_the_full_logits_of_the_token_sequence(model):
         for ids_in, ids_out in rows])
     for (ids_in, ids_out), got in zip(rows, nll):
         ids = ids_in + ids_out
-        logits = model(torch.tensor([ids])).logits[0]
+        logits = model(torch.tensor(ids)).logits
         assert logits.shape == (len(ids), TINY.vocab_size)
         expected = [-torch.log_softmax(logits[len(ids_in) + j - 1], -1)[t] for j, t in enumerate(ids_out)]
         assert float(got) == pytest.approx(float(sum(expected) / len(expected)), abs=1e-4)
@@ -69,8 +70,8 @@ def test_output_nll_batched_equals_one_row_at_a_time(model):
     torch.testing.assert_close(batched, alone, atol=1e-4, rtol=0)
     # and by hand from the full logits of each unpadded row, through model(embeds=...)
     for b, (ids_in, ids_out) in enumerate(ROWS):
-        embeds = torch.cat([prompt, model.wte.weight[ids_in + ids_out]])[None]
-        logp = model(embeds=embeds).logits[0].log_softmax(-1)
+        embeds = torch.cat([prompt, model.wte.weight[ids_in + ids_out]])
+        logp = model(embeds=embeds).logits.log_softmax(-1)
         start = len(prompt) + len(ids_in)
         expected = -sum(logp[start + j - 1, t] for j, t in enumerate(ids_out)) / len(ids_out)
         assert float(batched[b]) == pytest.approx(float(expected), abs=1e-4)
@@ -131,12 +132,12 @@ def test_bank_losses_are_each_prompts_own_wayward_loss(model):
 
 @pytest.mark.parametrize("backend", ["naive", "sdpa", "triton"])
 @pytest.mark.parametrize("targets, owner", [
-    ([[464, 3290, 373, 922], [40], [2061, 318]], [0, 1, 2, 0]),   # prompts of different lengths: a mask
-    ([[464, 3290, 373], [40, 588, 17]], [1, 0, 1, 0]),            # of one length: no mask at all
+    ([[464, 3290, 373, 922], [40], [2061, 318]], [0, 1, 2, 0]),   # prompts of different lengths
+    ([[464, 3290, 373], [40, 588, 17]], [1, 0, 1, 0]),            # of one length
 ])
 def test_bank_gradients_are_each_prompts_own_gradient(model, backend, targets, owner):
-    """Training runs each prompt once and continues its rows from its cached keys and values;
-    the one-prompt loss runs the whole sequence of every row with the naive attention formula.
+    """Training runs each prompt once, as a row of its own, and continues its rows from it; the
+    one-prompt loss runs the whole sequence of every row with the naive attention formula.
     The gradients agree for every attention backend."""
     owner = torch.tensor(owner)
     inputs, outputs = [i for i, _ in ROWS], [o for _, o in ROWS]
