@@ -68,25 +68,29 @@ class Setup:
 
     def require_memory(self, configs, training=True, model_loaded=True):
         """Refuse, before allocating it, a training step of these prompts together or an evaluation batch
-        that would not fit in the device's free memory; the message says what would."""
-        c, dtype = self.model_config, self.dtype
+        that would not fit in the device's free memory; the message says what would. Every row is
+        taken as long as the longest."""
+        c, dtype, base = self.model_config, self.dtype, configs[0]
         # on a CPU a loaded model's pages may count as free (a mapped file), so it is counted again
         model = memory.model_bytes(c, dtype) if not model_loaded or self.device.type == "cpu" else 0
         prompt = max(len(self.tokenizer.encode(config.target)) for config in configs)
         longest_input = max(map(len, self.train_inputs + self.test_inputs))
-        option_length = max(map(len, self.options))
-        base = configs[0]
+        option_lengths = list(map(len, self.options))
         if training:
-            per_row = memory.training_bytes_per_row(c, dtype, prompt + longest_input + option_length, option_length)
-            rows = len(configs) * min(base.batch_size, len(self.train_inputs))
-            memory.require(model + rows * per_row, self.device, f"a training step of {rows} examples",
-                           lambda budget: self._fits("--batch-size", memory.largest(per_row, budget - model)
-                                                     // len(configs)))
-        per_example = memory.eval_bytes_per_example(c, dtype, prompt + longest_input, len(self.options),
-                                                    option_length)
+            def step(batch):
+                rows = memory.training_rows(len(configs), batch, prompt, longest_input, max(option_lengths),
+                                            base.dropout > 0)
+                return model + memory.pass_bytes(c, dtype, rows, True, base.attention, base.dropout > 0)
+            batch = min(base.batch_size, len(self.train_inputs))
+            memory.require(step(batch), self.device, f"a training step of {len(configs) * batch} examples",
+                           lambda budget: self._fits("--batch-size", memory.largest(step, budget, batch)))
+
+        def evaluation(batch):
+            rows = memory.evaluation_rows(batch, prompt, longest_input, option_lengths)
+            return model + memory.pass_bytes(c, dtype, rows, False, base.attention)
         batch = min(base.eval_batch_size, len(self.test_inputs))
-        memory.require(model + batch * per_example, self.device, f"an evaluation batch of {batch} examples",
-                       lambda budget: self._fits("--eval-batch-size", memory.largest(per_example, budget - model)))
+        memory.require(evaluation(batch), self.device, f"an evaluation batch of {batch} examples",
+                       lambda budget: self._fits("--eval-batch-size", memory.largest(evaluation, budget, batch)))
 
     @staticmethod
     def _fits(flag, largest):

@@ -375,17 +375,66 @@ def test_memory_beyond_the_device_is_refused_saying_what_fits(setup, tiny_checkp
     from minway import memory
 
     config = run_config(tiny_checkpoint, tiny_data, batch_size=40, eval_batch_size=4)
-    model = memory.model_bytes(setup.model_config, setup.dtype)
-    row = memory.training_bytes_per_row(
-        setup.model_config, setup.dtype,
-        len(setup.tokenizer.encode(TARGET)) + max(map(len, setup.train_inputs + setup.test_inputs))
-        + max(map(len, setup.options)), max(map(len, setup.options)))
-    free = (model + 10.5 * row) / memory.HEADROOM
-    monkeypatch.setattr(memory, "free_bytes", lambda device: free)
+    c, dtype = setup.model_config, setup.dtype
+
+    def step(batch):  # every row as long as the longest, as require_memory takes them
+        rows = memory.training_rows(1, batch, len(setup.tokenizer.encode(TARGET)),
+                                    max(map(len, setup.train_inputs + setup.test_inputs)),
+                                    max(map(len, setup.options)), dropout=True)
+        return memory.model_bytes(c, dtype) + memory.pass_bytes(c, dtype, rows, True, dropout=True)
+    monkeypatch.setattr(memory, "free_bytes", lambda device: (step(10) + step(11)) / 2 / memory.HEADROOM)
     with pytest.raises(MinwayError, match=r"a training step of 40 examples needs .* --batch-size 10 fits"):
         setup.require_memory([config])
     setup.require_memory([config], training=False)  # evaluating 4 examples fits
     setup.require_memory([run_config(tiny_checkpoint, tiny_data, batch_size=10, eval_batch_size=4)])
+
+
+class Layouts:
+    """A model that records the packed layout of each pass it is given."""
+
+    def __init__(self, model):
+        self.model, self.seen = model, []
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def __call__(self, *args, packed=None, logit_counts=None, **kwargs):
+        self.seen.append((packed, logit_counts))
+        return self.model(*args, packed=packed, logit_counts=logit_counts, **kwargs)
+
+
+def described(rows):
+    """(rows, tokens, keys, logits, most tokens, most keys) of memory.Rows."""
+    rows = [r for r in rows if r.count]
+    return (sum(r.count for r in rows), sum(r.count * r.tokens for r in rows), sum(r.count * r.keys for r in rows),
+            sum(r.count * r.logits for r in rows), max(r.tokens for r in rows), max(r.keys for r in rows))
+
+
+def recorded(packed, logit_counts):
+    return (len(packed.lengths), packed.n_tokens, sum(packed.key_lengths), sum(logit_counts), max(packed.lengths),
+            max(packed.key_lengths))
+
+
+@pytest.mark.parametrize("dropout", [False, True])
+def test_memory_estimates_describe_the_passes_the_model_is_given(dropout):
+    """The rows memory.py estimates a training step and an evaluation batch by are those of the packed
+    passes that minway.batch and minway.classify build (rows of one length, options of two)."""
+    from fixtures import sharp_model
+    from minway import memory
+    from minway.batch import bank_output_nll
+    from minway.classify import option_nll
+    from minway.dropout import step_generator
+
+    model = Layouts(sharp_model())
+    K, batch, L, n_input, n_output = 3, 4, 5, 7, 3
+    inputs, outputs = [[11 + i] * n_input for i in range(K * batch)], [[20, 21, 22]] * (K * batch)
+    owner = torch.arange(K).repeat_interleave(batch)
+    generators = (0.1, [step_generator(k, 0, "cpu") for k in range(K)]) if dropout else None
+    bank_output_nll(model, torch.randn(K, L, 48), torch.full((K,), L), owner, inputs, outputs, generators)
+    assert recorded(*model.seen[-1]) == described(memory.training_rows(K, batch, L, n_input, n_output, dropout))
+    options = [[30], [31, 32, 33], [34, 35, 36]]
+    option_nll(model, torch.randn(L, 48), inputs[:batch], options)
+    assert recorded(*model.seen[-1]) == described(memory.evaluation_rows(batch, L, n_input, list(map(len, options))))
 
 
 def test_a_cuda_device_is_checked_against_the_devices_present(monkeypatch):
