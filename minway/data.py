@@ -17,6 +17,7 @@ import csv
 import gzip
 import os
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,7 @@ SHIPPED_DATA = resources.DATA
 # csv's default limit of a field, 128 KiB, is less than some long documents; past this one a text is a mistake
 MAX_FIELD = 16 * 2 ** 20
 csv.field_size_limit(MAX_FIELD)
+LABEL = re.compile(r"[0-9]+")  # str.isdigit() also takes digits int() does not read, such as '²'
 
 # Hub copies of the tasks: (dataset id, text column, label column or None, {source label name: our label}).
 HUB_SOURCES = {
@@ -79,7 +81,7 @@ def read_tsv(path, n_classes):
     if header is None or [h.strip().lower() for h in header[:2]] != ["text", "label"]:
         raise MinwayError(f"{path} must start with the header line 'text<TAB>label'")
     for line, row in enumerate(rows[1:], start=2):
-        if len(row) != 2 or not row[1].strip().lstrip("-").isdigit() or not 0 <= int(row[1]) < n_classes:
+        if len(row) != 2 or not LABEL.fullmatch(row[1].strip()) or not 0 <= int(row[1]) < n_classes:
             raise MinwayError(f"{path}:{line} is not 'text<TAB>label' with a label in 0..{n_classes - 1}")
         if not row[0].strip():
             raise MinwayError(f"{path}:{line} has an empty text: remove the line or give it a text")

@@ -8,6 +8,7 @@ mix or nothing. ``DirectoryLock``: one process at a time in a run or sweep direc
 import fcntl
 import os
 import socket
+import stat
 import tempfile
 from pathlib import Path
 
@@ -17,6 +18,21 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 LOCK_FILE = "lock"
+
+
+def regular_file(path, what, limit):
+    """``path`` when it is a regular file of at most ``limit`` bytes, else a MinwayError that calls it
+    ``what``. A directory, a FIFO or a device (/dev/zero) is refused unread: reading one may never end."""
+    path = Path(path)
+    try:
+        mode, size = path.stat().st_mode, path.stat().st_size
+    except FileNotFoundError:
+        raise MinwayError(f"{what} {path} does not exist") from None
+    if not stat.S_ISREG(mode):
+        raise MinwayError(f"{what} {path} is not a regular file: give a text file")
+    if size > limit:
+        raise MinwayError(f"{what} {path} holds {size:,} bytes, more than the {limit:,} it may: give the right file")
+    return path
 
 
 def fsync_directory(directory):

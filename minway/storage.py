@@ -42,9 +42,7 @@ def read_results(run_dir):
         return None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise MinwayError(f"{path} is not valid JSON ({e}): pass --force to train the run again") from None
-    if not isinstance(results, dict):
-        raise MinwayError(f"{path} is not a minway results file: pass --force to train the run again")
-    return results
+    return validation.results(results, path)
 
 
 def reusable_results(config, out, resume, force, identity):
@@ -60,7 +58,8 @@ def reusable_results(config, out, resume, force, identity):
             raise MinwayError(f"{run_dir} already holds a finished run: pass --force to train it again")
         check_identity(run_dir / "results.json", results.get("identity"), identity())
         return results
-    if run_dir.exists() and not resume:
+    # a run stopped before its first checkpoint has nothing to continue: it starts again
+    if (run_dir / "checkpoint.safetensors").exists() and not resume:
         raise MinwayError(f"{run_dir} holds an unfinished run: pass --resume to continue it or --force to restart")
     return None
 

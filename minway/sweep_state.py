@@ -7,6 +7,10 @@ from minway.errors import MinwayError
 from minway.identity import check_identity, identity_of
 from minway.storage import atomic_write_text, read_results
 
+STATUSES = ("done", "failed", "pending")
+# what each run's entry holds, and what the report reads of it
+RUN_FIELDS = ("run_id", "twin", "group", "task", "model", "target_name", "gamma", "seed", "status", "error")
+
 
 def is_finished(run, out):
     """Whether the run has finished on the data and weights it would use now (checked from files: no
@@ -43,11 +47,19 @@ class SweepState:
     def read(sweep_dir):
         path = Path(sweep_dir) / "sweep.json"
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
+            state = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise MinwayError(f"{path} does not exist: run the sweep first") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise MinwayError(f"{path} is not valid JSON ({e})") from None
+            raise MinwayError(f"{path} is not valid JSON ({e}): delete it, and the sweep starts its state "
+                              f"again from the runs in --out") from None
+        runs = state.get("runs") if isinstance(state, dict) else None
+        if not isinstance(state, dict) or not isinstance(state.get("out"), str) or not isinstance(runs, list) \
+                or not all(isinstance(r, dict) and set(RUN_FIELDS) <= set(r) and isinstance(r["run_id"], str)
+                           and r["status"] in STATUSES for r in runs):
+            raise MinwayError(f"{path} is not a sweep state written by minway: delete it, and the sweep starts its "
+                              f"state again from the runs in --out")
+        return state
 
     def count(self, status):
         return sum(r["status"] == status for r in self.data["runs"])

@@ -129,13 +129,10 @@ def _train_group(todo, start, setup, progress):
             loss = bank_losses(model, bank, owner, [setup.train_inputs[i] for i in rows],
                                [setup.train_outputs[i] for i in rows], gammas, dropout)
             total, ce, distance = (x.detach().tolist() for x in loss)
-            bad = [k for k, value in enumerate(total) if not math.isfinite(value)]
-            if bad:  # the weights and the restored prompt were checked finite: training diverged
-                raise MinwayError(f"the loss of {run_dirs[bad[0]].name} became {total[bad[0]]} at step "
-                                  f"{step} (--lr {base.lr:g}, --dtype {base.dtype}); its last good checkpoint "
-                                  f"is kept: lower --lr, or use --dtype fp32")
+            _require_finite(total, "loss", run_dirs, step, start, base)
             loss.total.sum().backward()
-            grad_norms = _clip_each(bank.vectors.grad, base.clip)
+            grad_norms = _clip_each(bank.vectors.grad, base.clip).tolist()
+            _require_finite(grad_norms, "gradient norm", run_dirs, step, start, base)  # before it updates
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
@@ -143,7 +140,7 @@ def _train_group(todo, start, setup, progress):
             for k, config in enumerate(configs):
                 entry = {"step": step, "loss": total[k], "ce": ce[k], "distance": distance[k],
                          "lr": optimizer.param_groups[0]["lr"],
-                         "grad_norm": float(grad_norms[k])}
+                         "grad_norm": grad_norms[k]}
                 if measured:
                     ids = d_proj(bank.prompt(k), model.wte.weight, config.metric).indices[:, 0].tolist()
                     f1[k] = entry["f1"] = prompt_f1(setup.tokenizer.decode(ids), target_texts[k])
@@ -165,6 +162,23 @@ def _train_group(todo, start, setup, progress):
     _save(bank, optimizer, run_dirs, logs, base.steps, range(K), setup.identity)
     return [finish(c, setup, bank.prompt(k).detach(), targets[k], d, progress)
             for k, (c, d) in enumerate(zip(configs, run_dirs))]
+
+
+def _require_finite(values, what, run_dirs, step, start, config):
+    """Stop at a loss or gradient that is not finite, one value per prompt. At the first step of a process
+    nothing has been updated yet, so the cause is in what the run starts from, not in its learning rate."""
+    bad = [k for k, value in enumerate(values) if not math.isfinite(value)]
+    if not bad:
+        return
+    run, value = run_dirs[bad[0]].name, values[bad[0]]
+    if step == start:
+        source = f"its checkpoint, which may be corrupt (delete it to restart), or the weights of {config.model}" \
+            if start else f"the weights of {config.model} (finite, but too large?)"
+        raise MinwayError(f"the {what} of {run} is {value} at step {step}, before any update of the prompt: check "
+                          f"{source}, and --dtype {config.dtype} and --dropout {config.dropout:g}")
+    advice = "lower --lr" + (", or use --dtype fp32" if config.dtype != "fp32" else "")
+    raise MinwayError(f"the {what} of {run} became {value} at step {step} (--lr {config.lr:g}, --dtype "
+                      f"{config.dtype}); its last good checkpoint is kept: {advice}")
 
 
 def _clip_each(grad, max_norm):

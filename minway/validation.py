@@ -16,6 +16,7 @@ DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 # A checkpoint's config.json: (key, smallest, largest). The upper bounds are far above any
 # GPT-2 (gpt2-xl: 48 layers of width 1600); past them a config is a mistake, not a model.
+PROJECTION_NUMBERS = ("f1", "f1_no_lemma", "f1_released_code", "position_match", "f1_ceiling")
 MODEL_SIZES = (("vocab_size", 1, 10 ** 7), ("n_positions", 1, 2 ** 20), ("n_embd", 1, 2 ** 16),
                ("n_layer", 1, 1000), ("n_head", 1, 2 ** 16))
 
@@ -24,7 +25,8 @@ def whole(name, value, low, high=MAX_INT):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise MinwayError(f"{name} must be a whole number, got {value!r}")
     if not low <= value <= high:
-        raise MinwayError(f"{name} must be at least {low}" + (f" and at most {high}" if high < MAX_INT else "")
+        said = high < MAX_INT or value > high
+        raise MinwayError(f"{name} must be at least {low}" + (f" and at most {high}" if said else "")
                           + f", got {value}")
     return int(value)
 
@@ -113,6 +115,45 @@ def model_config(values, path):
         raise MinwayError(f"{path}: {e}: not a GPT-2 config, rewrite or re-download it") from None
     if values["n_embd"] % values["n_head"]:
         raise MinwayError(f"{path}: n_embd {values['n_embd']} is not divisible by n_head {values['n_head']}")
+
+
+def results(values, path):
+    """A finished run's results.json as read back: what the summary, the report and the figures read
+    of it, of the right types."""
+    try:
+        if not isinstance(values, dict):
+            raise MinwayError(f"a JSON {type(values).__name__}, not an object")
+        for name in ("accuracy", "prompt_f1"):
+            real(name, values.get(name), 0, 1)
+        real("c_dist", values.get("c_dist"), 0)
+        whole("n_test", values.get("n_test"), 0)
+        one_of("metric", values.get("metric"), METRICS)
+        text("run_id", values.get("run_id"))
+        ids = values.get("target_ids")
+        if not isinstance(ids, list) or not ids or any(isinstance(i, bool) or not isinstance(i, int) for i in ids):
+            raise MinwayError(f"target_ids must be a list of token ids, got {ids!r}")
+        if not isinstance(values.get("config"), dict) or not isinstance(values.get("projections"), dict) \
+                or values["metric"] not in values["projections"]:
+            raise MinwayError("config and projections must be objects, with a projection under its metric")
+        for metric, projection in values["projections"].items():
+            projection = projection if isinstance(projection, dict) else {}
+            for name in PROJECTION_NUMBERS:
+                real(f"{metric} {name}", projection.get(name), 0, 1)
+            if not isinstance(projection.get("unreachable_target_tokens"), list) \
+                    or not isinstance(projection.get("marked"), str):
+                raise MinwayError(f"the {metric} projection lacks its unreachable tokens or its marked text")
+        if "hard_prompt_accuracy" in values:
+            real("hard_prompt_accuracy", values["hard_prompt_accuracy"], 0, 1)
+        if "compare" in values:
+            compare = values["compare"] if isinstance(values["compare"], dict) else {}
+            for name in ("accuracy_unconstrained", "accuracy_constrained", "f1_unconstrained"):
+                real(f"compare {name}", compare.get(name), 0, 1)
+            if compare.get("relative_drop") is not None:
+                real("compare relative_drop", compare["relative_drop"], -math.inf)
+    except MinwayError as e:
+        raise MinwayError(f"{path} is not a minway results file ({e}): pass --force to train the run "
+                          f"again") from None
+    return values
 
 
 def run_checkpoint(path, step, steps, prompt, adam, shape):

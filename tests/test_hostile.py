@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import ROOT
-from fixtures import first_rows, offline_env, write_tsv
+from fixtures import finished_results, first_rows, offline_env, write_tsv
 from fixtures import tiny_checkpoint, tiny_data  # noqa: F401  (pytest fixtures)
 from minway import training
 from minway.config import RunConfig
@@ -75,6 +75,7 @@ def case_inputs(root, checkpoint, data):
     (inputs / "binary-target.txt").write_bytes(b"\xff\xfe\x00\x81 not text")
     paths["binary-target"] = inputs / "binary-target.txt"
     for name, train_bytes in (("latin1", "text\tlabel\nun caf\xe9 noir\t1\n".encode("latin-1")),
+                              ("superscript-label", "text\tlabel\nun film\t\u00b9\n".encode()),
                               ("huge-field", b"text\tlabel\n" + b"a" * (17 * 2 ** 20) + b"\t1\n")):
         (inputs / name / "sst2").mkdir(parents=True)
         (inputs / name / "sst2" / "train.tsv").write_bytes(train_bytes)
@@ -88,6 +89,7 @@ def case_inputs(root, checkpoint, data):
         "config-too-big": {"config": {"n_layer": 1000, "n_embd": 65536, "n_head": 64}},
         "int8-weights": {"edit": lambda t: t.update({"h.0.mlp.c_fc.weight": t["h.0.mlp.c_fc.weight"].to(torch.int8)})},
         "nan-weights": {"edit": lambda t: t["h.1.attn.c_proj.weight"].view(-1)[7].fill_(float("nan"))},
+        "huge-weights": {"edit": lambda t: t["ln_f.weight"].fill_(1e37)},
     }
     for name, variant in variants.items():
         paths[name] = checkpoint_variant(checkpoint, inputs / name, **variant)
@@ -115,7 +117,10 @@ def prepared_runs(out, checkpoint, data, case):
     current = identity("sst2", str(data), checkpoint)
     if case == "finished on other data":
         run_dir.mkdir(parents=True)
-        (run_dir / "results.json").write_text(json.dumps({"identity": {**current, "data": "other"}}))
+        (run_dir / "results.json").write_text(json.dumps(finished_results(identity={**current, "data": "other"})))
+    elif case == "results edited":
+        run_dir.mkdir(parents=True)
+        (run_dir / "results.json").write_text(json.dumps({**finished_results(identity=current), "accuracy": "high"}))
     elif case.startswith("checkpoint"):
         run_dir.mkdir(parents=True)
         prompt, step, stored = torch.zeros(8, 48), 2, current
@@ -128,6 +133,9 @@ def prepared_runs(out, checkpoint, data, case):
         save_checkpoint(run_dir / "checkpoint.safetensors", prompt, {}, step, stored)
     elif case.startswith("run in use"):
         run_dir.mkdir(parents=True)
+    elif case == "sweep: a state of another shape":
+        (out / "sweep").mkdir()
+        (out / "sweep" / "sweep.json").write_text('{"out": "runs", "runs": ["a", "b"]}')
 
 
 def cases(paths):
@@ -164,6 +172,8 @@ def cases(paths):
         # files that are not what they should be
         ("binary target file", train(target=None, **{"target-file": paths["binary-target"]}), "not UTF-8"),
         ("non-UTF-8 tsv", train(**{"data-dir": paths["latin1"]}), "not UTF-8"),
+        ("a label in superscript digits", train(**{"data-dir": paths["superscript-label"]}), "a label in 0..1"),
+        ("a device as target file", train(target=None, **{"target-file": "/dev/zero"}), "not a regular file"),
         ("tsv field over the limit", train(**{"data-dir": paths["huge-field"]}), "at most 16 MiB"),
         ("binary config.json", train(model=paths["binary-config"]), "not valid JSON"),
         ("config.json layers as text", train(model=paths["config-string-layers"]), "n_layer must be a whole number"),
@@ -171,12 +181,16 @@ def cases(paths):
         ("model file, not directory", train(model=Path(ck) / "model.safetensors"), "is a file: pass the directory"),
         ("int8 weights", train(model=paths["int8-weights"]), "is int8: minway reads floating-point weights"),
         ("NaN weights", train(model=paths["nan-weights"]), "holds NaN or infinite values"),
+        ("finite weights too large", train(model=paths["huge-weights"]), "before any update of the prompt: check the "
+                                                                          "weights"),
         # memory and hangs
         ("absurd layer count", train(model=paths["config-absurd-layers"]), "n_layer must be at least 1 and at most"),
         ("model beyond memory", train(model=paths["config-too-big"]), "of memory but cpu has"),
         ("huge batch", train(**{"batch-size": 10 ** 9, "data-dir": None}), "--batch-size"),
+        ("steps beyond int64", train(steps=2 ** 64), "--steps must be at least 1 and at most 9223372036854775807"),
         # what is already in --out
         ("finished on other data", train(), "comes from training on other data"),
+        ("results edited", train(), "is not a minway results file (accuracy must be a finite number"),
         ("checkpoint of other weights", train("--resume"), "comes from training on other weights"),
         ("checkpoint of a broadcastable shape", train("--resume"), "shape (1, 48), but this run's is (8, 48)"),
         ("checkpoint past the last step", train("--resume"), "at step 7, outside this run's 0..3"),
@@ -191,6 +205,7 @@ def cases(paths):
         ("sweep: gamma nan", sweep(gammas="0.01,nan"), "each gamma must be a finite number"),
         ("sweep: out is a file", sweep(out=paths["a-file"], **{"sweep-dir": None}), "is a file, not a directory"),
         ("sweep: every run fails", sweep(**{"data-dir": paths["latin1"]}), "2 of 2 runs failed"),
+        ("sweep: a state of another shape", sweep(), "is not a sweep state written by minway"),
         # the random checkpoint writer
         ("random: zero width", random_checkpoint("--n-embd", 0), "--n-embd must be at least 1"),
         ("random: heads not dividing", random_checkpoint("--n-embd", 50), "not divisible by --n-head"),
@@ -251,7 +266,7 @@ def case_names():
     placeholders = {key: Path(key) for key in (
         "ck", "data", "escaping-prompts", "binary-target", "latin1", "huge-field", "binary-config",
         "config-string-layers", "config-negative-width", "config-absurd-layers", "config-too-big", "int8-weights",
-        "nan-weights", "good-run", "tampered-run", "a-file")}
+        "nan-weights", "huge-weights", "good-run", "tampered-run", "a-file", "superscript-label")}
     return [name for name, _, _ in cases(placeholders)]
 
 
@@ -274,7 +289,9 @@ def test_hostile_input_is_a_short_error_that_writes_nothing_outside_out(table, n
 def test_a_failed_command_leaves_no_run_directory_behind(table):
     """Stale state: a command that fails in its checks or setup makes no run directory, so that the
     corrected command is not refused for one."""
-    prepared = ("run in use", "run in use, forced", "finished on other data", "checkpoint of other weights",
+    prepared = ("run in use", "run in use, forced", "finished on other data", "results edited",
+                "finite weights too large",  # fails in training, at its first step: a run that starts again
+                "checkpoint of other weights",
                 "checkpoint of a broadcastable shape", "checkpoint past the last step")
     for name in table["cases"]:
         out = case_dir(table["root"], name) / "out"
@@ -338,6 +355,20 @@ def test_a_run_is_reused_only_on_the_files_it_was_trained_on(tiny_checkpoint, ti
                     tmp_path / "out" / run_config(model, data, steps=1).run_id(), dirs_exist_ok=True)
     with pytest.raises(MinwayError, match="other weights"):
         train_cli.main(moved)
+
+
+def test_a_run_stopped_before_its_first_checkpoint_starts_again(tiny_checkpoint, tiny_data, tmp_path):
+    """Stale state: a run that failed or was killed in training before its first checkpoint left its directory
+    (config.json, a log); nothing in it can be continued, so the same command trains it from step 0."""
+    import train as train_cli
+
+    run_dir = tmp_path / "out" / run_config(tiny_checkpoint, tiny_data, steps=2).run_id()
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text("{}")
+    (run_dir / "log.jsonl").write_text('{"step": 0, "loss": NaN}\n{"step": 1, "lo')
+    train_cli.main(train_args(tiny_checkpoint, tiny_data, out=tmp_path / "out", steps=2))
+    assert [json.loads(line)["step"] for line in (run_dir / "log.jsonl").read_text().splitlines()] == [0, 1]
+    assert (run_dir / "results.json").is_file()
 
 
 def test_the_command_corrected_after_a_setup_error_runs(tiny_checkpoint, tiny_data, tmp_path):

@@ -10,6 +10,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from fixtures import finished_results
 from minway import files, storage
 from minway.config import RunConfig
 from minway.errors import MinwayError
@@ -215,6 +216,28 @@ def test_read_log_drops_later_steps_and_a_line_cut_by_a_kill(tmp_path):
     assert read_log(tmp_path / "missing.jsonl", 3) == []
 
 
+@pytest.mark.parametrize("edit, fragment", [
+    (lambda r: r.pop("accuracy"), "accuracy must be a finite number, got None"),
+    (lambda r: r.update(accuracy="0.9"), "accuracy must be a finite number, got '0.9'"),
+    (lambda r: r.update(prompt_f1=1.5), "prompt_f1 must be >= 0 and <= 1, got 1.5"),
+    (lambda r: r.update(target_ids=[1, "2"]), "target_ids must be a list of token ids"),
+    (lambda r: r["projections"].pop("dot"), "a projection under its metric"),
+    (lambda r: r["projections"]["l2"].update(f1=None), "l2 f1 must be a finite number"),
+    (lambda r: r.update(compare={"accuracy_constrained": 0.5}), "compare accuracy_unconstrained must be"),
+    (lambda r: r.clear(), "must be a finite number"),
+])
+def test_a_results_file_of_another_shape_is_refused(tmp_path, edit, fragment):
+    """What the summary and the report read of a finished run is checked when it is read back, so that an
+    edited or foreign results.json is one line, not a traceback."""
+    storage.write_results(tmp_path, finished_results())
+    assert storage.read_results(tmp_path) == finished_results()
+    results = finished_results()
+    edit(results)
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    message = assert_one_line_error_naming(tmp_path / "results.json", lambda path: storage.read_results(path.parent))
+    assert fragment in message and "--force" in message
+
+
 def test_a_run_directory_is_reused_or_refused_but_never_clobbered(tmp_path):
     def reusable(resume=False, force=False, identity=IDENTITY):
         return storage.reusable_results(CONFIG, tmp_path, resume, force, lambda: identity)
@@ -225,16 +248,18 @@ def test_a_run_directory_is_reused_or_refused_but_never_clobbered(tmp_path):
         assert finished is None and json.loads((run_dir / "config.json").read_text())["seed"] == 3
         with pytest.raises(MinwayError, match="in use by process"):
             storage.open_run_dir(CONFIG, tmp_path, True, False, IDENTITY, ExitStack())
+    assert reusable() is None  # stopped before its first checkpoint: nothing to continue, it starts again
+    (run_dir / "checkpoint.safetensors").write_text("old")
     with pytest.raises(MinwayError, match="--resume"):
         reusable()
-    (run_dir / "results.json").write_text(json.dumps({"accuracy": 0.5, "identity": IDENTITY}))
+    results = finished_results(identity=IDENTITY)
+    (run_dir / "results.json").write_text(json.dumps(results))
     with pytest.raises(MinwayError, match="--force"):
         reusable()
-    assert reusable(resume=True) == {"accuracy": 0.5, "identity": IDENTITY}
+    assert reusable(resume=True) == results
     with pytest.raises(MinwayError, match="other data"):
         reusable(resume=True, identity={**IDENTITY, "data": "d2"})
     assert reusable(force=True) is None
-    (run_dir / "checkpoint.safetensors").write_text("old")
     with ExitStack() as locks:  # training again from scratch keeps nothing of the old run
         assert storage.open_run_dir(CONFIG, tmp_path, False, True, IDENTITY, locks)[1] is None
     assert sorted(p.name for p in run_dir.iterdir()) == ["config.json", "lock"]
