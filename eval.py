@@ -107,6 +107,7 @@ def measure_run(args, path):
                                    ("metric", args.metric)) if v is not None}
     config = replace(config, device=args.device, **overrides)
     setup = Setup(config)
+    setup.require_memory([config], training=False)
     if setup.target_ids(config) != target_ids:
         raise MinwayError(f"the tokenizer of {setup.checkpoint_dir} encodes the target differently from the one "
                           f"the prompt was trained with: pass --model with the right checkpoint")

@@ -7,11 +7,13 @@
 
 The target prompts are the paper's, which ship with minway (or --prompts-dir).
 """
+import math
+import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
 from minway.choices import ATTENTIONS, DTYPES, METRICS
-from minway.cli import Parser, run_cli
+from minway.cli import Parser, output_dir, run_cli
 from minway.errors import MinwayError
 from minway.presets import GROUP_FILES, MODEL_SIZES, PAPER_TASKS, PRESETS
 from minway.task_file import data_dir_of, read_task_file
@@ -104,8 +106,8 @@ def grid_from_args(args):
     grid = replace(grid, **overrides)
     for task in grid.tasks:
         get_task(task)
-    if any(g < 0 for g in grid.gammas):
-        raise MinwayError(f"--gammas {','.join(map(str, grid.gammas))}: gamma cannot be negative")
+    if not all(math.isfinite(g) and g >= 0 for g in grid.gammas):
+        raise MinwayError(f"--gammas {','.join(map(str, grid.gammas))}: each gamma must be a finite number >= 0")
     if grid.targets_limit is not None and grid.targets_limit < 1:
         raise MinwayError("--targets-limit must be at least 1")
     return grid
@@ -135,7 +137,8 @@ def main(argv=None):
     from minway import figures, report, resources
     from minway.sweep import expand, import_ray, is_finished, make_chunks, print_plan, run_sweep
 
-    sweep_dir = Path(args.sweep_dir or Path("sweeps") / args.preset)
+    sweep_dir = output_dir(args.sweep_dir or Path("sweeps") / args.preset, "--sweep-dir")
+    output_dir(args.out, "--out")
     also = _dirs(args.report_with)
     if args.report_only:
         written = report.write_report(sweep_dir, also)
@@ -148,6 +151,8 @@ def main(argv=None):
         args.prompts_per_batch = 8 if on_gpu else 1
     if args.prompts_per_batch < 1:
         raise MinwayError("--prompts-per-batch must be at least 1")
+    if args.max_retries < 0:
+        raise MinwayError("--max-retries must be at least 0")
     grid = grid_from_args(args)
     runs = expand(grid, resources.prompts_dir(args.prompts_dir), run_fields_from_args(args))
     if args.dry_run:
@@ -166,6 +171,10 @@ def main(argv=None):
         written += figures.write_figures(sweep_dir, args.positions_run)
     print(f"{state.count('done')} done, {state.count('failed')} failed, {state.count('pending')} pending")
     print("written: " + ", ".join(map(str, written)))
+    if state.count("failed"):
+        print(f"error: {state.count('failed')} of {len(runs)} runs failed: {state.path} holds their errors",
+              file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -10,11 +10,9 @@ and pile_n=L.json of L tokens) and the tasks' true definitions (good_prompts.jso
 --task-file defines a task of your own: its template, label words and data files
 (minway/task_file.py tells the format).
 """
-import json
-from pathlib import Path
 
 from minway.choices import ATTENTIONS, DTYPES, METRICS
-from minway.cli import Parser, run_cli
+from minway.cli import Parser, output_dir, run_cli
 from minway.errors import MinwayError
 from minway.targets import resolve_target
 from minway.task_file import data_dir_of, read_task_file
@@ -78,16 +76,6 @@ def parse_label_map(text):
         raise MinwayError(f"--label-map {text!r} must be comma-separated label ids, e.g. 1,0") from None
 
 
-def stored_results(path):
-    """The results of a finished run, or None."""
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except json.JSONDecodeError as e:
-        raise MinwayError(f"{path} is not valid JSON ({e}): pass --force to train the run again") from None
-
-
 def main(argv=None):
     args = parse_args(argv)
     target = resolve_target(args.target, args.target_file, args.target_name, args.prompts_file)
@@ -97,6 +85,8 @@ def main(argv=None):
     # torch comes in with these, after the arguments are read: --help and mistakes answer at once
     from minway.config import RunConfig
     from minway.evaluation import summary
+    from minway.identity import check_identity, identity_of
+    from minway.storage import read_results
     from minway.training import compare, train
 
     config = RunConfig(
@@ -106,8 +96,11 @@ def main(argv=None):
         eval_batch_size=args.eval_batch_size, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
         device=args.device, dtype=args.dtype, attention=args.attention, target_name=args.target_name,
         label_map=parse_label_map(args.label_map))
-    results_path = Path(args.out) / config.run_id() / "results.json"
-    results = None if args.force else stored_results(results_path)
+    run_dir = output_dir(args.out, "--out") / config.run_id()
+    # a finished run is shown, not trained, when it was trained on the files it would use now
+    results = None if args.force else read_results(run_dir)
+    if results is not None:
+        check_identity(run_dir / "results.json", results.get("identity"), identity_of(config))
     finished = results is not None and (not args.compare or "compare" in results)
     if not finished:
         run = compare if args.compare else train
@@ -117,7 +110,7 @@ def main(argv=None):
         print("NOTE: this checkpoint has random weights: its accuracy means nothing, and its prompt F1 only shows "
               "how far gamma holds a prompt on these embeddings, not what GPT-2 would do; the pipeline is what ran.")
     print(summary(results, target))
-    print(f"results: {results_path}")
+    print(f"results: {run_dir / 'results.json'}")
     if finished:
         print("this run had finished before, so nothing was trained: pass --force to train it again")
 

@@ -3,6 +3,7 @@
 so that ``--help`` and a mistyped option answer at once."""
 import argparse
 import sys
+from pathlib import Path
 
 from minway.errors import MinwayError
 
@@ -27,6 +28,17 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def output_dir(path, flag):
+    """The directory ``flag`` names for writing, refused at once when it, or a folder above it, is a file."""
+    path = Path(path)
+    for existing in (path, *path.parents):
+        if existing.exists():
+            if not existing.is_dir():
+                raise MinwayError(f"{flag} {path}: {existing} is a file, not a directory: pass a directory")
+            break
+    return path
 
 
 def run_cli(main):

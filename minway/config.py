@@ -2,11 +2,12 @@
 import hashlib
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
 
+from minway import validation
 from minway.errors import MinwayError
 from minway.tasks import get_task
 
@@ -40,32 +41,40 @@ class RunConfig:
     target_name: str | None = None
 
     def __post_init__(self):
-        if self.label_map is not None:  # JSON gives lists back
-            object.__setattr__(self, "label_map", tuple(self.label_map))
+        # a task of the paper by its name, or a task file's definition (checked when the file was read)
+        task = get_task(self.task if isinstance(self.task, dict) else validation.text("--task", self.task))
         if self.batch_size is None:
-            object.__setattr__(self, "batch_size", get_task(self.task).batch_size)
-        for name in ("steps", "batch_size", "checkpoint_every", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise MinwayError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.k is not None and self.k < 1:
-            raise MinwayError(f"--k must be at least 1 example per class, got {self.k}")
-        if self.gamma < 0 or self.lr <= 0:
-            raise MinwayError(f"--gamma must be >= 0 and --lr > 0, got gamma {self.gamma} and lr {self.lr}")
-        if not 0 <= self.dropout < 1:
-            raise MinwayError(f"--dropout must be in [0, 1), got {self.dropout}")
+            object.__setattr__(self, "batch_size", task.batch_size)
+        checked = validation.run_fields(asdict(self), task.n_classes)
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
+
+    @classmethod
+    def from_dict(cls, values, source):
+        """A RunConfig read back from JSON (a run's config.json, a prompt file's metadata), checked as one
+        from the command line is; ``source`` names the file in the error."""
+        names = {f.name for f in fields(cls)}
+        if not isinstance(values, dict) or not {"task", "target"} <= set(values) or set(values) - names:
+            raise MinwayError(f"{source} does not hold a minway run configuration: was it written by minway?")
+        try:
+            return cls(**values)
+        except MinwayError as e:
+            raise MinwayError(f"{source} holds an invalid run configuration ({e}): was it edited?") from None
 
     def run_id(self):
         """Readable and unique: what identifies the result, plus a hash of everything else."""
         digest = hashlib.sha1(json.dumps(self.result_defining(), sort_keys=True).encode()).hexdigest()[:8]
-        name = self.target_name or re.sub(r"[^A-Za-z0-9]+", "-", self.target).strip("-")[:24]
-        return f"{get_task(self.task).name}-{Path(self.model).name}-{name}-g{self.gamma:g}-s{self.seed}-{digest}"
+        name = slug(self.target_name) if self.target_name else \
+            re.sub(r"[^A-Za-z0-9]+", "-", self.target).strip("-")[:24]
+        model = slug(Path(self.model).name)
+        return f"{get_task(self.task).name}-{model}-{name}-g{self.gamma:g}-s{self.seed}-{digest}"
 
     def result_defining(self):
         """The fields that change the trained prompt (not where data comes from or how often we log)."""
-        fields = asdict(self)
+        values = asdict(self)
         for key in ("data_dir", "eval_every", "checkpoint_every", "eval_batch_size", "target_name"):
-            fields.pop(key)
-        return fields
+            values.pop(key)
+        return values
 
     def setup_key(self):
         """Runs with equal keys share one model and data set (and can train in one batch)."""
@@ -75,3 +84,13 @@ class RunConfig:
     def schedule_key(self):
         """Runs with equal keys follow the same optimiser schedule."""
         return (self.steps, self.batch_size, self.lr, self.weight_decay, self.clip, self.dropout)
+
+
+def slug(name, length=48):
+    """``name`` as part of a directory name: kept when it is letters, digits and ``_.=-`` (at most ``length``,
+    not starting with a dot), else those characters of it and a hash of the whole, so that two names never
+    meet. A name from a prompts file or the command line can thus never reach outside ``--out``."""
+    safe = re.sub(r"[^A-Za-z0-9_.=-]+", "-", name).strip("-.")
+    if safe == name and len(name) <= length:
+        return name
+    return f"{safe[:length]}-{hashlib.sha1(name.encode()).hexdigest()[:8]}".lstrip("-")

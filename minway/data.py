@@ -22,14 +22,20 @@ import gzip
 import json
 import os
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from minway import resources
 from minway.errors import MinwayError
+from minway.files import atomic_write_text
 from minway.tasks import Task
 
 SHIPPED_DATA = resources.DATA
+# csv's default limit of a field, 128 KiB, is less than some long documents; past this one a text is a mistake
+MAX_FIELD = 16 * 2 ** 20
+csv.field_size_limit(MAX_FIELD)
+LABEL = re.compile(r"[0-9]+")  # str.isdigit() also takes digits int() does not read, such as '²'
 
 # Hub copies of the tasks: (dataset id, text column, label column or None, {source label name: our label}).
 HUB_SOURCES = {
@@ -66,15 +72,21 @@ def read_tsv(path, n_classes):
     examples = []
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", newline="", encoding="utf-8") as f:
+        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         try:
-            rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+            rows = list(reader)
         except (gzip.BadGzipFile, EOFError) as e:
             raise MinwayError(f"{path} is not a complete gzip file ({e})") from None
+        except UnicodeDecodeError as e:
+            raise MinwayError(f"{path} is not UTF-8 text ({e}): save it as UTF-8") from None
+        except csv.Error as e:
+            raise MinwayError(f"{path}:{reader.line_num + 1} cannot be read ({e}; a text may have at most "
+                              f"{MAX_FIELD // 2 ** 20} MiB)") from None
     header = rows[0] if rows else None
     if header is None or [h.strip().lower() for h in header[:2]] != ["text", "label"]:
         raise MinwayError(f"{path} must start with the header line 'text<TAB>label'")
     for line, row in enumerate(rows[1:], start=2):
-        if len(row) != 2 or not row[1].strip().lstrip("-").isdigit() or not 0 <= int(row[1]) < n_classes:
+        if len(row) != 2 or not LABEL.fullmatch(row[1].strip()) or not 0 <= int(row[1]) < n_classes:
             raise MinwayError(f"{path}:{line} is not 'text<TAB>label' with a label in 0..{n_classes - 1}")
         if not row[0].strip():
             raise MinwayError(f"{path}:{line} has an empty text: remove the line or give it a text")
@@ -104,17 +116,15 @@ def read_jsonl(path, n_classes):
     return examples
 
 
-def read_task_data(task: Task, split, data_dir):
-    """A split of a task file's task, read from the file the task names for it."""
-    path = Path(data_dir or ".") / (task.train_file if split == "train" else task.test_file)
-    if not path.is_file():
-        raise MinwayError(f"no {path}, the {split} file of task {task.name}: pass --data-dir with the directory "
-                          f"that holds its data files")
-    return read_jsonl(path, task.n_classes) if path.suffix == ".jsonl" else read_tsv(path, task.n_classes)
-
-
 def find_split(task: Task, split, data_dir=None, k_shot=None):
-    """Path of a split; ``k_shot=(k, seed)`` picks the LM-BFF k-shot layout."""
+    """Path of a split: a task file's task names its files; a task of the paper's is looked up by its
+    name, ``k_shot=(k, seed)`` in the LM-BFF k-shot layout."""
+    if task.train_file:
+        path = Path(data_dir or ".") / (task.train_file if split == "train" else task.test_file)
+        if not path.is_file():
+            raise MinwayError(f"no {path}, the {split} file of task {task.name}: pass --data-dir with the "
+                              f"directory that holds its data files")
+        return path
     relative = Path(task.name) / f"{split}.tsv"
     if k_shot:
         relative = Path("k-shot") / task.name / f"{k_shot[0]}-{k_shot[1]}" / f"{split}.tsv"
@@ -135,9 +145,8 @@ def find_split(task: Task, split, data_dir=None, k_shot=None):
 
 
 def load_split(task: Task, split, data_dir=None, k_shot=None):
-    if task.train_file:
-        return read_task_data(task, split, data_dir)
-    return read_tsv(find_split(task, split, data_dir, k_shot), task.n_classes)
+    path = find_split(task, split, data_dir, k_shot)
+    return (read_jsonl if path.suffix == ".jsonl" else read_tsv)(path, task.n_classes)
 
 
 def sample_per_class(examples, k, seed):
@@ -169,10 +178,7 @@ def download(task: Task, root):
     for split in ("train", "test"):
         rows = dataset[split]
         labels = rows[label_column or "label"]
-        with open(target / f"{split}.tsv.tmp", "w", encoding="utf-8") as f:
-            f.write("text\tlabel\n")
-            for text, label in zip(rows[text_column], labels):
-                if text.strip():  # read_tsv refuses empty texts
-                    f.write(f"{' '.join(text.split())}\t{label_map[label]}\n")
-        os.replace(target / f"{split}.tsv.tmp", target / f"{split}.tsv")
+        lines = [f"{' '.join(text.split())}\t{label_map[label]}\n"
+                 for text, label in zip(rows[text_column], labels) if text.strip()]  # read_tsv refuses empty texts
+        atomic_write_text(target / f"{split}.tsv", "text\tlabel\n" + "".join(lines))
     return True

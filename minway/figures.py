@@ -12,7 +12,6 @@
 Each figure is drawn only when the sweep holds what it needs (several gammas, lengths
 or models).
 """
-import json
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -20,9 +19,11 @@ from pathlib import Path
 import torch
 
 from minway.errors import MinwayError
+from minway.files import atomic_write
 from minway.prompt import d_proj
 from minway.report import build_report
 from minway.storage import load_prompt
+from minway.sweep_state import SweepState
 from minway.tokenizer import load_checkpoint_tokenizer
 from weights import load_token_embeddings, resolve_checkpoint
 
@@ -68,7 +69,7 @@ def _column(rows, measure, part="mean"):
 
 def _save(fig, path):
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format=Path(path).suffix[1:]))
     fig.clf()
     return path
 
@@ -177,7 +178,7 @@ def write_figures(sweep_dir, positions_run=None):
     plt = require_matplotlib()
     sweep_dir = Path(sweep_dir)
     report = build_report(sweep_dir)
-    state = json.loads((sweep_dir / "sweep.json").read_text())
+    state = SweepState.read(sweep_dir)
     written = [gamma_figure(plt, report["rows"], sweep_dir / "gamma.png"),
                length_figure(plt, report["rows"], sweep_dir / "length.png"),
                size_figure(plt, report["rows"], report["chosen_gamma"], sweep_dir / "size.png")]

@@ -27,17 +27,12 @@ import numpy as np
 
 from minway.cli import Parser, run_cli
 from minway.metrics import relative_drop
-from minway.storage import atomic_write_text
+from minway.storage import atomic_write_text, read_results
 from minway.presets import GROUP_FILES, MODEL_SIZES, PAPER_TASKS
 from minway.sweep_state import SweepState
 
 F1_THRESHOLD = 0.98
 MEASURES = ("acc_unconstrained", "acc_constrained", "relative_drop", "f1", "f1_unconstrained", "length")
-
-
-def read_results(out, run_id):
-    path = Path(out) / run_id / "results.json"
-    return json.loads(path.read_text()) if path.exists() else None
 
 
 def collect_pairs(state):
@@ -46,7 +41,7 @@ def collect_pairs(state):
     for entry in state["runs"]:
         if entry["gamma"] == 0 or entry["status"] != "done":
             continue
-        constrained, twin = read_results(state["out"], entry["run_id"]), read_results(state["out"], entry["twin"])
+        constrained, twin = (read_results(Path(state["out"]) / entry[key]) for key in ("run_id", "twin"))
         if constrained is None or twin is None:
             continue
         pairs.append({

@@ -1,40 +1,53 @@
-"""What the runs of one model and task share: the frozen model, tokenizer, and encoded data."""
-import json
-from pathlib import Path
+"""What the runs of one model and task share: the frozen model, tokenizer, and encoded data.
+
+Everything that can be checked from files is checked before the model is loaded: the device,
+the checkpoint's config, the data, and the memory the model will take.
+"""
+import os
 
 import torch
 
+from minway import memory
 from minway.config import DTYPES, RunConfig
 from minway.data import load_split, sample_per_class
 from minway.errors import MinwayError
+from minway.identity import identity
 from minway.prompt import METRICS
 from minway.tasks import encode_inputs, encode_options, get_task
 from minway.tokenizer import load_checkpoint_tokenizer
-from weights import load_gpt2, resolve_checkpoint
+from weights import load_gpt2, read_config, resolve_checkpoint
+from weights.checkpoint import has_random_weights
 
 
 def resolve_device(device):
+    """``device`` (checked by RunConfig: auto, cpu, cuda or cuda:N) as one of the devices present."""
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise MinwayError("--device cuda was asked for but torch sees no CUDA device: use --device cpu")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise MinwayError(f"--device {device} was asked for but torch sees no CUDA device: use --device cpu")
+        index, count = int(device.partition(":")[2] or 0), torch.cuda.device_count()
+        if index >= count:
+            raise MinwayError(f"--device {device}: torch sees {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
     return device
+
+
+def check_attention(attention, device):
+    if attention == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise MinwayError("--attention triton runs on a CUDA device (or in Triton's interpreter with "
+                          "TRITON_INTERPRET=1, slowly): use --attention sdpa on a CPU")
 
 
 class Setup:
     def __init__(self, config: RunConfig):
         self.task = get_task(config.task)
-        if config.dtype not in DTYPES:
-            raise MinwayError(f"unknown dtype {config.dtype!r}: use fp32 or bf16")
         label_map = config.label_map or tuple(range(self.task.n_classes))
-        if sorted(label_map) != list(range(self.task.n_classes)):
-            raise MinwayError(f"--label-map {','.join(map(str, label_map))} is not a permutation of the "
-                              f"{self.task.n_classes} labels of {self.task.name}")
         self.device = torch.device(resolve_device(config.device))
+        check_attention(config.attention, self.device)
+        self.dtype = DTYPES[config.dtype]
         self.checkpoint_dir = resolve_checkpoint(config.model)
-        self.random_weights = bool(json.loads((Path(self.checkpoint_dir) / "config.json").read_text())
-                                   .get("minway_random_weights"))
-        self.model = load_gpt2(self.checkpoint_dir, self.device, DTYPES[config.dtype], config.attention).freeze()
+        self.model_config = read_config(self.checkpoint_dir)
+        self.random_weights = has_random_weights(self.checkpoint_dir)
         self.tokenizer = load_checkpoint_tokenizer(self.checkpoint_dir)
         self.common, self.options = encode_options(self.task, self.tokenizer)
 
@@ -42,25 +55,64 @@ class Setup:
         if config.k:
             train = sample_per_class(train, config.k, config.seed)
         test = load_split(self.task, "test", config.data_dir)[:config.max_eval]
+        self.identity = identity(config.task, config.data_dir, self.checkpoint_dir)
         self.train_inputs = self.encode_inputs(train)
         self.train_outputs = [self.options[label_map[e.label]] for e in train]
         self.test_inputs, self.test_labels = self.encode_inputs(test), [label_map[e.label] for e in test]
+
+        size = memory.model_bytes(self.model_config, self.dtype)
+        memory.require(size, self.device, f"the model {config.model} ({memory.parameters(self.model_config):,} "
+                                          f"parameters)", lambda _: "use --dtype bf16, a smaller model or a "
+                                                                    "device with more memory")
+        self.require_memory([config], training=True, model_loaded=False)
+        self.model = load_gpt2(self.checkpoint_dir, self.device, self.dtype, config.attention).freeze()
+
+    def require_memory(self, configs, training=True, model_loaded=True):
+        """Refuse, before allocating it, a training step of these prompts together or an evaluation batch
+        that would not fit in the device's free memory; the message says what would. Every row is
+        taken as long as the longest."""
+        c, dtype, base = self.model_config, self.dtype, configs[0]
+        # on a CPU a loaded model's pages may count as free (a mapped file), so it is counted again
+        model = memory.model_bytes(c, dtype) if not model_loaded or self.device.type == "cpu" else 0
+        prompt = max(len(self.tokenizer.encode(config.target)) for config in configs)
+        longest_input = max(map(len, self.train_inputs + self.test_inputs))
+        option_lengths = list(map(len, self.options))
+        if training:
+            def step(batch):
+                rows = memory.training_rows(len(configs), batch, prompt, longest_input, max(option_lengths),
+                                            base.dropout > 0)
+                return model + memory.pass_bytes(c, dtype, rows, True, base.attention, base.dropout > 0)
+            batch = min(base.batch_size, len(self.train_inputs))
+            memory.require(step(batch), self.device, f"a training step of {len(configs) * batch} examples",
+                           lambda budget: self._fits("--batch-size", memory.largest(step, budget, batch)))
+
+        def evaluation(batch):
+            rows = memory.evaluation_rows(batch, prompt, longest_input, option_lengths)
+            return model + memory.pass_bytes(c, dtype, rows, False, base.attention)
+        batch = min(base.eval_batch_size, len(self.test_inputs))
+        memory.require(evaluation(batch), self.device, f"an evaluation batch of {batch} examples",
+                       lambda budget: self._fits("--eval-batch-size", memory.largest(evaluation, budget, batch)))
+
+    @staticmethod
+    def _fits(flag, largest):
+        if largest < 1:
+            return "not even one example fits beside the model: use --dtype bf16, a smaller model or a device " \
+                   "with more memory"
+        return f"{flag} {largest} fits"
 
     def encode_inputs(self, examples):
         return encode_inputs(self.task, self.tokenizer, [e.text for e in examples], self.common)
 
     def target_ids(self, config: RunConfig):
         """The target's token ids, checked: not empty, and short enough for the model's context."""
-        if config.metric not in METRICS:
-            raise MinwayError(f"unknown metric {config.metric!r}: use one of {', '.join(METRICS)}")
         ids = self.tokenizer.encode(config.target)
         if not config.target.strip() or not ids:
             raise MinwayError("the target text is empty: pass --target TEXT (or --target-file / --target-name)")
         longest_input = max(len(i) for i in self.train_inputs + self.test_inputs)
         longest_output = max(len(o) for o in self.options)
         total = len(ids) + longest_input + longest_output
-        if total > self.model.config.n_positions:
+        if total > self.model_config.n_positions:
             raise MinwayError(f"target ({len(ids)} tokens) + longest input ({longest_input}) + output "
                               f"({longest_output}) = {total} tokens exceeds the model's context of "
-                              f"{self.model.config.n_positions}: use a shorter target")
+                              f"{self.model_config.n_positions}: use a shorter target")
         return ids

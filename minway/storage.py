@@ -1,5 +1,6 @@
-"""What a run keeps on disk, in ``<out>/<run-id>/``, every write atomic (a temporary file, then rename):
+"""What a run keeps on disk, in ``<out>/<run-id>/``, every write atomic (minway.files):
 
+    lock                    held by the process that trains the run (its pid and host)
     config.json             the RunConfig
     checkpoint.safetensors  prompt + AdamW state + step, every N steps
     log.jsonl               one line of losses per step
@@ -9,7 +10,6 @@
 """
 import json
 import math
-import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -18,77 +18,109 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 import minway
+from minway import validation
 from minway.config import RunConfig
 from minway.errors import MinwayError
 from minway.evaluation import summary
+from minway.files import DirectoryLock, atomic_write, atomic_write_text
+from minway.identity import check_identity
 
-
-def _atomic(path, write):
-    """``write(tmp)``, then rename onto ``path``; a write that fails leaves the old file and no temporary one."""
-    tmp = Path(str(path) + ".tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+# what a run that trains again from step 0 must not keep: a kill before its end would leave them stale
+TRAINED_FILES = ("checkpoint.safetensors", "prompt.safetensors", "results.json", "summary.txt", "eval.json")
 
 
 def atomic_save(tensors, path, metadata):
-    _atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
-def atomic_write_text(path, text):
-    _atomic(path, lambda tmp: tmp.write_text(text))
+def read_results(run_dir):
+    """A run's results.json, or None when it has none."""
+    path = Path(run_dir) / "results.json"
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise MinwayError(f"{path} is not valid JSON ({e}): pass --force to train the run again") from None
+    return validation.results(results, path)
 
 
-def open_run_dir(config, out, resume, force):
-    """(run directory, stored results if the run is finished and may be reused, else None)."""
+def reusable_results(config, out, resume, force, identity):
+    """The results of the finished run of ``config`` when they may be reused, else None (the run is to
+    be trained); refuses a run that must not be touched. ``identity()``: the fingerprints of the files
+    the run would train on now, asked for only when there is a finished run to check them against."""
     run_dir = Path(out) / config.run_id()
-    if (run_dir / "results.json").exists() and not force:
-        if resume:
-            return run_dir, json.loads((run_dir / "results.json").read_text())
-        raise MinwayError(f"{run_dir} already holds a finished run: pass --force to train it again")
-    # a run stopped before its first checkpoint (bad data, say) has nothing to resume: it starts again
-    if (run_dir / "checkpoint.safetensors").exists() and not (resume or force):
+    if force:
+        return None
+    results = read_results(run_dir)
+    if results is not None:
+        if not resume:
+            raise MinwayError(f"{run_dir} already holds a finished run: pass --force to train it again")
+        check_identity(run_dir / "results.json", results.get("identity"), identity())
+        return results
+    # a run stopped before its first checkpoint has nothing to continue: it starts again
+    if (run_dir / "checkpoint.safetensors").exists() and not resume:
         raise MinwayError(f"{run_dir} holds an unfinished run: pass --resume to continue it or --force to restart")
+    return None
+
+
+def open_run_dir(config, out, resume, force, identity, locks):
+    """Make, lock (in the ExitStack ``locks``) and prepare the run directory of ``config``, which must be
+    trained; (run directory, stored results when another process finished it meanwhile, else None)."""
+    run_dir = Path(out) / config.run_id()
     run_dir.mkdir(parents=True, exist_ok=True)
+    locks.enter_context(DirectoryLock(run_dir))
+    finished = reusable_results(config, out, True, force, lambda: identity)  # again, now that it is ours
+    if finished is not None:
+        return run_dir, finished
+    if force:
+        for name in TRAINED_FILES:
+            (run_dir / name).unlink(missing_ok=True)
     atomic_write_text(run_dir / "config.json", json.dumps(asdict(config), indent=2) + "\n")
     return run_dir, None
 
 
-def save_checkpoint(path, prompt, adam_state, step):
-    """Prompt (L, d) and its AdamW state ({} before the first step)."""
+def save_checkpoint(path, prompt, adam_state, step, identity):
+    """Prompt (L, d) and its AdamW state ({} before the first step), with the identity of the files
+    the run trains on."""
     tensors = {"prompt": prompt.detach().cpu().contiguous()}
     if adam_state:
         tensors["exp_avg"] = adam_state["exp_avg"].cpu().contiguous()
         tensors["exp_avg_sq"] = adam_state["exp_avg_sq"].cpu().contiguous()
     adam_step = str(int(adam_state["step"])) if adam_state else "0"
-    atomic_save(tensors, path, {"step": str(step), "adam_step": adam_step})
+    atomic_save(tensors, path, {"step": str(step), "adam_step": adam_step, "identity": json.dumps(identity)})
 
 
-def read_checkpoint(path):
-    """(step to continue from, prompt, AdamW state or {})."""
+def read_checkpoint(path, steps, shape, identity):
+    """(step to continue from, prompt, AdamW state or {}), checked against the run: its ``steps``, its
+    prompt's ``shape`` (L, d) and the ``identity`` of the files it trains on."""
     try:
         with safe_open(str(path), framework="pt") as f:
             meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
         step, prompt = int(meta["step"]), tensors["prompt"]
         adam_state = {}
         if "exp_avg" in tensors:
-            adam_state = {"step": float(meta["adam_step"]), "exp_avg": tensors["exp_avg"],
+            adam_state = {"step": float(int(meta["adam_step"])), "exp_avg": tensors["exp_avg"],
                           "exp_avg_sq": tensors["exp_avg_sq"]}
+        stored = json.loads(meta["identity"]) if "identity" in meta else None
     except (SafetensorError, OSError, KeyError, TypeError, ValueError) as e:
         raise MinwayError(f"{path} is corrupt ({e}): delete it to restart the run from scratch") from None
+    validation.run_checkpoint(path, step, steps, prompt, adam_state, shape)
+    check_identity(path, stored, identity)
     return step, prompt, adam_state
 
 
-def checkpoint_step(path):
+def checkpoint_step(path, steps):
     """The step a checkpoint continues from, read from its header alone."""
     try:
         with safe_open(str(path), framework="pt") as f:
-            return int(f.metadata()["step"])
+            step = int(f.metadata()["step"])
     except (SafetensorError, OSError, KeyError, TypeError, ValueError) as e:
         raise MinwayError(f"{path} is corrupt ({e}): delete it to restart the run from scratch") from None
+    if not 0 <= step <= steps:
+        raise MinwayError(f"{path} is at step {step}, outside this run's 0..{steps}: delete it to restart the run "
+                          f"from scratch")
+    return step
 
 
 def read_log(path, before_step):
@@ -117,12 +149,20 @@ def load_prompt(path):
     try:
         with safe_open(str(path), framework="pt") as f:
             meta, prompt = f.metadata() or {}, f.get_tensor("prompt")
-        config = RunConfig(**json.loads(meta["config"]))
-        return prompt, config, json.loads(meta["target_ids"])
+        config, target_ids = json.loads(meta["config"]), json.loads(meta["target_ids"])
     except FileNotFoundError:
         raise MinwayError(f"{path} does not exist: pass a run directory holding prompt.safetensors") from None
-    except (SafetensorError, OSError, KeyError, TypeError, json.JSONDecodeError) as e:
+    except (SafetensorError, OSError, KeyError, TypeError, ValueError) as e:
         raise MinwayError(f"{path} is not a valid minway prompt file ({type(e).__name__}: {e})") from None
+    config = RunConfig.from_dict(config, path)
+    if not isinstance(target_ids, list) or not target_ids or \
+            not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in target_ids):
+        raise MinwayError(f"{path} is not a valid minway prompt file (its target ids are not a list of token ids)")
+    if prompt.dim() != 2 or prompt.shape[0] != len(target_ids) or not prompt.is_floating_point() \
+            or not bool(prompt.isfinite().all()):
+        raise MinwayError(f"{path} holds a prompt of shape {tuple(prompt.shape)} and type {prompt.dtype} for "
+                          f"{len(target_ids)} target tokens, or values that are not finite: it is corrupt")
+    return prompt, config, target_ids
 
 
 def write_results(run_dir, results):

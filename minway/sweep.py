@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from minway.config import RunConfig
 from minway.errors import MinwayError
+from minway.files import DirectoryLock
 from minway.presets import GROUP_FILES, Grid
 from minway.setup import Setup
 from minway.sweep_state import SweepState, is_finished
@@ -218,6 +219,12 @@ def run_sweep(runs, out, sweep_dir, prompts_per_batch=8, ray_address=None, max_r
               progress=True):
     """Train every unfinished run of the plan; the final SweepState. The progress bar counts runs;
     below it, locally, a bar follows the steps of the chunk in training."""
+    Path(sweep_dir).mkdir(parents=True, exist_ok=True)
+    with DirectoryLock(sweep_dir):
+        return _run_sweep(runs, out, sweep_dir, prompts_per_batch, ray_address, max_retries, settings, progress)
+
+
+def _run_sweep(runs, out, sweep_dir, prompts_per_batch, ray_address, max_retries, settings, progress):
     state = SweepState(sweep_dir, runs, out, settings or {})
     state.save()
     todo = [run for run in runs if state.entry[run.run_id]["status"] != "done"]

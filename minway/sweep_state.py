@@ -4,12 +4,27 @@ import json
 from pathlib import Path
 
 from minway.errors import MinwayError
-from minway.storage import atomic_write_text
+from minway.identity import check_identity, identity_of
+from minway.storage import atomic_write_text, read_results
 from minway.tasks import get_task
+
+STATUSES = ("done", "failed", "pending")
+# what each run's entry holds, and what the report reads of it
+RUN_FIELDS = ("run_id", "twin", "group", "task", "model", "target_name", "gamma", "seed", "status", "error")
 
 
 def is_finished(run, out):
-    return (Path(out) / run.run_id / "results.json").exists()
+    """Whether the run has finished on the data and weights it would use now (checked from files: no
+    model is loaded). A run finished on other files, or whose files cannot be checked, is to be trained,
+    and training then says why it cannot be."""
+    run_dir = Path(out) / run.run_id
+    if not (run_dir / "results.json").exists():
+        return False
+    try:
+        check_identity(run_dir, read_results(run_dir).get("identity"), identity_of(run.config))
+    except MinwayError:
+        return False
+    return True
 
 
 class SweepState:
@@ -34,11 +49,19 @@ class SweepState:
     def read(sweep_dir):
         path = Path(sweep_dir) / "sweep.json"
         try:
-            return json.loads(path.read_text())
+            state = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise MinwayError(f"{path} does not exist: run the sweep first") from None
-        except json.JSONDecodeError as e:
-            raise MinwayError(f"{path} is not valid JSON ({e})") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise MinwayError(f"{path} is not valid JSON ({e}): delete it, and the sweep starts its state "
+                              f"again from the runs in --out") from None
+        runs = state.get("runs") if isinstance(state, dict) else None
+        if not isinstance(state, dict) or not isinstance(state.get("out"), str) or not isinstance(runs, list) \
+                or not all(isinstance(r, dict) and set(RUN_FIELDS) <= set(r) and isinstance(r["run_id"], str)
+                           and r["status"] in STATUSES for r in runs):
+            raise MinwayError(f"{path} is not a sweep state written by minway: delete it, and the sweep starts its "
+                              f"state again from the runs in --out")
+        return state
 
     def count(self, status):
         return sum(r["status"] == status for r in self.data["runs"])

@@ -10,14 +10,16 @@ from pathlib import Path
 
 from minway import resources
 from minway.errors import MinwayError
+from minway.files import regular_file
+
+MAX_TARGET_FILE = 2 ** 20     # a target fits a model's context: a few KB
+MAX_PROMPTS_FILE = 64 * 2 ** 20
 
 
 def read_prompts_file(path):
-    path = Path(path)
+    path = regular_file(path, "prompts file", MAX_PROMPTS_FILE)
     try:
         prompts = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise MinwayError(f"prompts file {path} does not exist") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise MinwayError(f"{path} is not valid JSON ({e})") from None
     if not isinstance(prompts, dict) or not all(isinstance(v, str) for v in prompts.values()):
@@ -63,9 +65,9 @@ def resolve_target(text=None, file=None, name=None, prompts_file=None):
         raise MinwayError("give exactly one of --target TEXT, --target-file FILE, --target-name NAME")
     if file is not None:
         try:
-            text = Path(file).read_text(encoding="utf-8").strip("\n")
-        except FileNotFoundError:
-            raise MinwayError(f"target file {file} does not exist") from None
+            text = regular_file(file, "target file", MAX_TARGET_FILE).read_text(encoding="utf-8").strip("\n")
+        except UnicodeDecodeError as e:
+            raise MinwayError(f"target file {file} is not UTF-8 text ({e}): give a text file") from None
     if name is not None:
         text = find_named_target(name, prompts_file)
     if not text.strip():

@@ -13,6 +13,7 @@ CPU when it resumes in the same group).
 import json
 import math
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, replace
 from itertools import groupby
 from pathlib import Path
@@ -26,12 +27,13 @@ from minway.config import RunConfig
 from minway.dropout import step_generator
 from minway.errors import MinwayError
 from minway.evaluation import measure
+from minway.identity import identity_of
 from minway.metrics import prompt_f1, relative_drop
 from minway.objective import bank_losses
 from minway.prompt import PromptBank, d_proj
 from minway.setup import Setup
 from minway.storage import (atomic_write_text, checkpoint_step, open_run_dir, read_checkpoint, read_log,
-                            save_checkpoint, save_prompt, write_results)
+                            reusable_results, save_checkpoint, save_prompt, write_results)
 
 
 class BatchSchedule:
@@ -61,25 +63,35 @@ def train_many(configs, out="runs", resume=False, force=False, progress=True, se
         raise ValueError("prompts trained together must share model, task, data, dtype and optimiser schedule")
     results, todo = {}, []
     for config in {c.run_id(): c for c in configs}.values():  # a config given twice is trained once
-        run_dir, finished = open_run_dir(config, out, resume, force)
-        if finished:
+        finished = reusable_results(config, out, resume, force,
+                                    lambda: setup.identity if setup else identity_of(config))
+        if finished is not None:
             results[config.run_id()] = finished
         else:
-            todo.append((config, run_dir))
+            todo.append(config)
     if todo:
+        # every check that can fail comes before a run directory is made: a corrected command is not
+        # refused for a directory left by a failed one
         setup = setup or Setup(configs[0])
-        # runs killed between two checkpoint writes may stand at different steps: continue them in groups
-        start_of = {c.run_id(): _checkpoint_step(d) if resume and not force else 0 for c, d in todo}
-        todo.sort(key=lambda item: start_of[item[0].run_id()])
-        for start, group in groupby(todo, key=lambda item: start_of[item[0].run_id()]):
-            for result in _train_group(list(group), start, setup, progress):
-                results[result["run_id"]] = result
+        setup.require_memory(todo)
+        for config in todo:
+            setup.target_ids(config)
+        with ExitStack() as locks:
+            opened = [(config, *open_run_dir(config, out, resume, force, setup.identity, locks)) for config in todo]
+            todo = [(config, run_dir) for config, run_dir, finished in opened if finished is None]
+            results.update({config.run_id(): finished for config, _, finished in opened if finished is not None})
+            # runs killed between two checkpoint writes may stand at different steps: continue them in groups
+            start_of = {c.run_id(): _checkpoint_step(d, c.steps) if resume and not force else 0 for c, d in todo}
+            todo.sort(key=lambda item: start_of[item[0].run_id()])
+            for start, group in groupby(todo, key=lambda item: start_of[item[0].run_id()]):
+                for result in _train_group(list(group), start, setup, progress):
+                    results[result["run_id"]] = result
     return [results[c.run_id()] for c in configs]
 
 
-def _checkpoint_step(run_dir):
+def _checkpoint_step(run_dir, steps):
     checkpoint = run_dir / "checkpoint.safetensors"
-    return checkpoint_step(checkpoint) if checkpoint.exists() else 0
+    return checkpoint_step(checkpoint, steps) if checkpoint.exists() else 0
 
 
 def _train_group(todo, start, setup, progress):
@@ -89,7 +101,7 @@ def _train_group(todo, start, setup, progress):
     bank = PromptBank(model, targets)
     optimizer = torch.optim.AdamW([bank.vectors], lr=base.lr, weight_decay=base.weight_decay)
     if start:
-        _restore(bank, optimizer, run_dirs)
+        _restore(bank, optimizer, run_dirs, base.steps, setup.identity)
     gammas = torch.tensor([c.gamma for c in configs], device=bank.vectors.device)
     schedules = [BatchSchedule(len(setup.train_inputs), base.batch_size, c.seed) for c in configs]
     target_texts = [setup.tokenizer.decode(t) for t in targets]
@@ -117,12 +129,10 @@ def _train_group(todo, start, setup, progress):
             loss = bank_losses(model, bank, owner, [setup.train_inputs[i] for i in rows],
                                [setup.train_outputs[i] for i in rows], gammas, dropout)
             total, ce, distance = (x.detach().tolist() for x in loss)
-            bad = [k for k, value in enumerate(total) if not math.isfinite(value)]
-            if bad:
-                raise MinwayError(f"the loss of {run_dirs[bad[0]].name} became {total[bad[0]]} at step "
-                                  f"{step}; its last good checkpoint is kept: lower --lr or use --dtype fp32")
+            _require_finite(total, "loss", run_dirs, step, start, base)
             loss.total.sum().backward()
-            grad_norms = _clip_each(bank.vectors.grad, base.clip)
+            grad_norms = _clip_each(bank.vectors.grad, base.clip).tolist()
+            _require_finite(grad_norms, "gradient norm", run_dirs, step, start, base)  # before it updates
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
@@ -130,7 +140,7 @@ def _train_group(todo, start, setup, progress):
             for k, config in enumerate(configs):
                 entry = {"step": step, "loss": total[k], "ce": ce[k], "distance": distance[k],
                          "lr": optimizer.param_groups[0]["lr"],
-                         "grad_norm": float(grad_norms[k])}
+                         "grad_norm": grad_norms[k]}
                 if measured:
                     ids = d_proj(bank.prompt(k), model.wte.weight, config.metric).indices[:, 0].tolist()
                     f1[k] = entry["f1"] = prompt_f1(setup.tokenizer.decode(ids), target_texts[k])
@@ -144,14 +154,31 @@ def _train_group(todo, start, setup, progress):
                             f1=f"{np.mean(f1):.2f}")
             due = [k for k, c in enumerate(configs) if (step + 1) % c.checkpoint_every == 0]
             if due:
-                _save(bank, optimizer, run_dirs, logs, step + 1, due)
+                _save(bank, optimizer, run_dirs, logs, step + 1, due, setup.identity)
     finally:
         for log in logs:
             log.close()
         bar.close()
-    _save(bank, optimizer, run_dirs, logs, base.steps, range(K))
+    _save(bank, optimizer, run_dirs, logs, base.steps, range(K), setup.identity)
     return [finish(c, setup, bank.prompt(k).detach(), targets[k], d, progress)
             for k, (c, d) in enumerate(zip(configs, run_dirs))]
+
+
+def _require_finite(values, what, run_dirs, step, start, config):
+    """Stop at a loss or gradient that is not finite, one value per prompt. At the first step of a process
+    nothing has been updated yet, so the cause is in what the run starts from, not in its learning rate."""
+    bad = [k for k, value in enumerate(values) if not math.isfinite(value)]
+    if not bad:
+        return
+    run, value = run_dirs[bad[0]].name, values[bad[0]]
+    if step == start:
+        source = f"its checkpoint, which may be corrupt (delete it to restart), or the weights of {config.model}" \
+            if start else f"the weights of {config.model} (finite, but too large?)"
+        raise MinwayError(f"the {what} of {run} is {value} at step {step}, before any update of the prompt: check "
+                          f"{source}, and --dtype {config.dtype} and --dropout {config.dropout:g}")
+    advice = "lower --lr" + (", or use --dtype fp32" if config.dtype != "fp32" else "")
+    raise MinwayError(f"the {what} of {run} became {value} at step {step} (--lr {config.lr:g}, --dtype "
+                      f"{config.dtype}); its last good checkpoint is kept: {advice}")
 
 
 def _clip_each(grad, max_norm):
@@ -169,17 +196,18 @@ def _adam_slice(optimizer, bank, k):
     return {"step": state["step"], "exp_avg": state["exp_avg"][k, :L], "exp_avg_sq": state["exp_avg_sq"][k, :L]}
 
 
-def _save(bank, optimizer, run_dirs, logs, step, which):
+def _save(bank, optimizer, run_dirs, logs, step, which, identity):
     """Checkpoint the prompts ``which`` at ``step``, their logs flushed first."""
     for k in which:
         if not logs[k].closed:
             logs[k].flush()
         save_checkpoint(run_dirs[k] / "checkpoint.safetensors", bank.prompt(k), _adam_slice(optimizer, bank, k),
-                        step)
+                        step, identity)
 
 
-def _restore(bank, optimizer, run_dirs):
-    states = [read_checkpoint(d / "checkpoint.safetensors") for d in run_dirs]
+def _restore(bank, optimizer, run_dirs, steps, identity):
+    states = [read_checkpoint(d / "checkpoint.safetensors", steps, tuple(bank.prompt(k).shape), identity)
+              for k, d in enumerate(run_dirs)]
     with torch.no_grad():
         for k, (_, prompt, _) in enumerate(states):
             bank.prompt(k).copy_(prompt)
@@ -198,7 +226,7 @@ def finish(config, setup, prompt, target_ids, run_dir, progress):
     results = measure(setup.model, setup.tokenizer, setup.options, prompt, target_ids, setup.test_inputs,
                       setup.test_labels, config.metric, config.eval_batch_size, progress)
     results.update(run_id=config.run_id(), config=asdict(config), target_ids=target_ids,
-                   checkpoint=str(setup.checkpoint_dir), random_weights=setup.random_weights,
+                   checkpoint=str(setup.checkpoint_dir), identity=setup.identity, random_weights=setup.random_weights,
                    minway_version=minway.__version__, eval_seconds=round(time.time() - started, 2))
     write_results(run_dir, results)
     return results

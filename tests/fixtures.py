@@ -78,6 +78,15 @@ def sharp_model(seed=0):
     return model.freeze().eval()
 
 
+def finished_results(**fields):
+    """A results.json of a finished run, as small as minway reads it."""
+    projection = {"f1": 0.5, "f1_no_lemma": 0.5, "f1_released_code": 0.5, "position_match": 0.25, "f1_ceiling": 1.0,
+                  "unreachable_target_tokens": [], "marked": "a [x]"}
+    return {"run_id": "run", "accuracy": 0.5, "prompt_f1": 0.5, "c_dist": 1.0, "n_test": 4, "metric": "dot",
+            "target_ids": [1, 2], "config": {"target": "a b"},
+            "projections": {m: dict(projection) for m in ("dot", "l2", "cos")}, **fields}
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
     """A random-weight GPT-2 checkpoint (d=48, 2 layers, 3 heads) with GPT-2's tokenizer."""

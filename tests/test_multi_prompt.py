@@ -34,7 +34,7 @@ def configs(tiny_checkpoint, tmp_path_factory):  # noqa: F811
     data = tmp_path_factory.mktemp("ten-examples")
     write_tsv(data / "sst2" / "train.tsv", first_rows("sst2", "train", 10))
     write_tsv(data / "sst2" / "test.tsv", first_rows("sst2", "test", 12))
-    base = RunConfig(task="sst2", target="", model=str(tiny_checkpoint), data_dir=str(data), steps=STEPS,
+    base = RunConfig(task="sst2", target="replaced below", model=str(tiny_checkpoint), data_dir=str(data), steps=STEPS,
                      batch_size=4, lr=0.01, device="cpu", eval_batch_size=16, clip=CLIP)
     return [replace(base, target=target, gamma=gamma, seed=seed) for target, gamma, seed in TARGETS]
 
@@ -203,9 +203,9 @@ def test_each_run_keeps_its_own_checkpoint_interval(configs, tmp_path, monkeypat
     saved = []
     real = minway.training.save_checkpoint
 
-    def spy(path, prompt, adam_state, step):
+    def spy(path, prompt, adam_state, step, identity):
         saved.append((path.parent.name, step))
-        return real(path, prompt, adam_state, step)
+        return real(path, prompt, adam_state, step, identity)
     monkeypatch.setattr(minway.training, "save_checkpoint", spy)
     first, second = replace(configs[0], checkpoint_every=2), replace(configs[1], checkpoint_every=3)
     train_many([first, second], tmp_path, progress=False)

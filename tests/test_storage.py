@@ -1,20 +1,26 @@
-"""What a run keeps on disk: atomic writes, checkpoints, prompt files and their corruption."""
+"""What a run keeps on disk: atomic writes, locks, checkpoints, prompt files and their corruption."""
 import json
 import os
+import subprocess
+import sys
+from contextlib import ExitStack
 
 import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from minway import storage
+from fixtures import finished_results
+from minway import files, storage
 from minway.config import RunConfig
 from minway.errors import MinwayError
+from minway.files import DirectoryLock
 from minway.storage import (atomic_save, atomic_write_text, load_prompt, read_checkpoint, read_log, save_checkpoint,
                             save_prompt)
 
 CONFIG = RunConfig(task="sst2", target="Write a question about the given fact.", model="gpt2", gamma=0.5,
                    steps=7, seed=3, label_map=(1, 0))
+IDENTITY = {"data": "d1", "checkpoint": "c1"}
 
 
 def leftovers(directory):
@@ -24,7 +30,7 @@ def leftovers(directory):
 def fail_replace(monkeypatch):
     def replace(src, dst):
         raise OSError("simulated crash before the rename")
-    monkeypatch.setattr(storage.os, "replace", replace)
+    monkeypatch.setattr(files.os, "replace", replace)
 
 
 def test_atomic_text_write_replaces_and_leaves_no_temp_file(tmp_path):
@@ -66,14 +72,58 @@ def test_a_write_refused_before_the_file_exists_raises_its_own_error(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_temporary_names_are_unique_and_the_file_and_directory_are_flushed(tmp_path, monkeypatch):
+    """Two writers of one file never share a temporary file; the data reaches the disk before the rename,
+    and the rename before the write returns."""
+    synced, real_fsync, real_replace, temporaries = [], os.fsync, os.replace, []
+
+    def fsync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        temporaries.append(os.path.basename(src))
+        assert os.path.basename(src) in synced[-1]  # the file, flushed first
+        real_replace(src, dst)
+    monkeypatch.setattr(files.os, "fsync", fsync)
+    monkeypatch.setattr(files.os, "replace", replace)
+    path = tmp_path / "results.json"
+    atomic_write_text(path, "one\n")
+    assert synced[-1] == str(tmp_path)  # then the directory
+    atomic_write_text(path, "two\n")
+    assert len(set(temporaries)) == 2 and all(name != "results.json.tmp" for name in temporaries)
+    assert path.read_text() == "two\n" and leftovers(tmp_path) == []
+    assert oct(path.stat().st_mode & 0o777) == oct(0o666 & ~files._UMASK)  # not mkstemp's private mode
+
+
+def test_a_locked_directory_refuses_a_second_holder_and_names_the_first(tmp_path):
+    with DirectoryLock(tmp_path):
+        with pytest.raises(MinwayError, match=rf"{tmp_path} is in use by process {os.getpid()} on "):
+            with DirectoryLock(tmp_path):
+                pass
+    with DirectoryLock(tmp_path):  # released when its holder is done
+        pass
+
+
+def test_a_lock_left_by_a_killed_process_blocks_nothing(tmp_path):
+    code = (f"import os, sys; sys.path.insert(0, {str(storage.Path(files.__file__).parents[1])!r})\n"
+            f"from minway.files import DirectoryLock\n"
+            f"DirectoryLock({str(tmp_path)!r}).__enter__(); print('held', flush=True); os.kill(os.getpid(), 9)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.stdout == "held\n" and result.returncode == -9
+    assert "process" in (tmp_path / "lock").read_text()  # the file stays, naming the dead holder
+    with DirectoryLock(tmp_path):
+        pass
+
+
 def test_checkpoint_round_trip(tmp_path):
     g = torch.Generator().manual_seed(0)
     prompt = torch.randn(5, 8, generator=g)
     adam = {"step": torch.tensor(12.0), "exp_avg": torch.randn(5, 8, generator=g),
             "exp_avg_sq": torch.rand(5, 8, generator=g)}
     path = tmp_path / "checkpoint.safetensors"
-    save_checkpoint(path, prompt, adam, 12)
-    step, prompt_back, adam_back = read_checkpoint(path)
+    save_checkpoint(path, prompt, adam, 12, IDENTITY)
+    step, prompt_back, adam_back = read_checkpoint(path, 12, (5, 8), IDENTITY)
     assert step == 12
     assert torch.equal(prompt_back, prompt)
     assert adam_back["step"] == 12
@@ -83,8 +133,8 @@ def test_checkpoint_round_trip(tmp_path):
 
 def test_checkpoint_before_first_step_has_no_adam_state(tmp_path):
     path = tmp_path / "checkpoint.safetensors"
-    save_checkpoint(path, torch.ones(2, 3), {}, 0)
-    step, prompt, adam = read_checkpoint(path)
+    save_checkpoint(path, torch.ones(2, 3), {}, 0, IDENTITY)
+    step, prompt, adam = read_checkpoint(path, 5, (2, 3), IDENTITY)
     assert (step, adam) == (0, {})
     assert torch.equal(prompt, torch.ones(2, 3))
 
@@ -129,9 +179,39 @@ def test_garbage_and_missing_prompt_files_are_one_line_errors(tmp_path):
 
 def test_truncated_checkpoint_is_a_one_line_error(tmp_path):
     path = tmp_path / "checkpoint.safetensors"
-    save_checkpoint(path, torch.randn(4, 6), {}, 2)
+    save_checkpoint(path, torch.randn(4, 6), {}, 2, IDENTITY)
     path.write_bytes(path.read_bytes()[:-5])
-    assert "delete it" in assert_one_line_error_naming(path, read_checkpoint)
+    assert "delete it" in assert_one_line_error_naming(path, lambda p: read_checkpoint(p, 5, (4, 6), IDENTITY))
+
+
+ADAM = {"step": torch.tensor(2.0), "exp_avg": torch.zeros(4, 6), "exp_avg_sq": torch.ones(4, 6)}
+
+
+@pytest.mark.parametrize("case, prompt, adam, step, fragment", [
+    ("a step past the run's", torch.ones(4, 6), ADAM, 9, "step 9, outside this run's 0..5"),
+    ("a prompt that would broadcast", torch.ones(1, 6), {}, 2, "shape (1, 6), but this run's is (4, 6)"),
+    ("a prompt of the wrong length", torch.ones(5, 6), {}, 2, "shape (5, 6)"),
+    ("NaN in the prompt", torch.full((4, 6), float("nan")), {}, 2, "NaN"),
+    ("inf in the optimiser state", torch.ones(4, 6), {**ADAM, "exp_avg": torch.full((4, 6), float("inf"))}, 2,
+     "NaN"),
+    ("a negative second moment", torch.ones(4, 6), {**ADAM, "exp_avg_sq": -torch.ones(4, 6)}, 2, "inconsistent"),
+    ("an optimiser ahead of the run", torch.ones(4, 6), {**ADAM, "step": torch.tensor(3.0)}, 2, "inconsistent"),
+    ("an integer prompt", torch.ones(4, 6, dtype=torch.int8), {}, 2, "non-float"),
+])
+def test_a_checkpoint_that_does_not_fit_the_run_is_refused(tmp_path, case, prompt, adam, step, fragment):
+    path = tmp_path / "checkpoint.safetensors"
+    save_checkpoint(path, prompt, adam, step, IDENTITY)
+    message = assert_one_line_error_naming(path, lambda p: read_checkpoint(p, 5, (4, 6), IDENTITY))
+    assert fragment in message and "delete it" in message
+
+
+def test_a_checkpoint_of_other_data_or_weights_is_refused(tmp_path):
+    path = tmp_path / "checkpoint.safetensors"
+    save_checkpoint(path, torch.ones(4, 6), {}, 2, IDENTITY)
+    for key, what in (("data", "other data"), ("checkpoint", "other weights")):
+        changed = {**IDENTITY, key: "changed"}
+        message = assert_one_line_error_naming(path, lambda p: read_checkpoint(p, 5, (4, 6), changed))
+        assert what in message and "--force" in message
 
 
 def test_read_log_drops_later_steps_and_a_line_cut_by_a_kill(tmp_path):
@@ -143,17 +223,50 @@ def test_read_log_drops_later_steps_and_a_line_cut_by_a_kill(tmp_path):
     assert read_log(tmp_path / "missing.jsonl", 3) == []
 
 
-def test_open_run_dir_refuses_to_clobber(tmp_path):
-    run_dir, finished = storage.open_run_dir(CONFIG, tmp_path, resume=False, force=False)
-    assert finished is None and json.loads((run_dir / "config.json").read_text())["seed"] == 3
-    # stopped before its first checkpoint (its data unreadable, say): nothing to resume, so it starts again
-    assert storage.open_run_dir(CONFIG, tmp_path, resume=False, force=False) == (run_dir, None)
-    storage.save_checkpoint(run_dir / "checkpoint.safetensors", torch.zeros(2, 4), {}, 1)
-    with pytest.raises(MinwayError, match="holds an unfinished run: pass --resume"):
-        storage.open_run_dir(CONFIG, tmp_path, resume=False, force=False)
-    (run_dir / "results.json").write_text(json.dumps({"accuracy": 0.5}))
+@pytest.mark.parametrize("edit, fragment", [
+    (lambda r: r.pop("accuracy"), "accuracy must be a finite number, got None"),
+    (lambda r: r.update(accuracy="0.9"), "accuracy must be a finite number, got '0.9'"),
+    (lambda r: r.update(prompt_f1=1.5), "prompt_f1 must be >= 0 and <= 1, got 1.5"),
+    (lambda r: r.update(target_ids=[1, "2"]), "target_ids must be a list of token ids"),
+    (lambda r: r["projections"].pop("dot"), "a projection under its metric"),
+    (lambda r: r["projections"]["l2"].update(f1=None), "l2 f1 must be a finite number"),
+    (lambda r: r.update(compare={"accuracy_constrained": 0.5}), "compare accuracy_unconstrained must be"),
+    (lambda r: r.clear(), "must be a finite number"),
+])
+def test_a_results_file_of_another_shape_is_refused(tmp_path, edit, fragment):
+    """What the summary and the report read of a finished run is checked when it is read back, so that an
+    edited or foreign results.json is one line, not a traceback."""
+    storage.write_results(tmp_path, finished_results())
+    assert storage.read_results(tmp_path) == finished_results()
+    results = finished_results()
+    edit(results)
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    message = assert_one_line_error_naming(tmp_path / "results.json", lambda path: storage.read_results(path.parent))
+    assert fragment in message and "--force" in message
+
+
+def test_a_run_directory_is_reused_or_refused_but_never_clobbered(tmp_path):
+    def reusable(resume=False, force=False, identity=IDENTITY):
+        return storage.reusable_results(CONFIG, tmp_path, resume, force, lambda: identity)
+
+    assert reusable() is None and not (tmp_path / CONFIG.run_id()).exists()  # checking makes nothing
+    with ExitStack() as locks:
+        run_dir, finished = storage.open_run_dir(CONFIG, tmp_path, False, False, IDENTITY, locks)
+        assert finished is None and json.loads((run_dir / "config.json").read_text())["seed"] == 3
+        with pytest.raises(MinwayError, match="in use by process"):
+            storage.open_run_dir(CONFIG, tmp_path, True, False, IDENTITY, ExitStack())
+    assert reusable() is None  # stopped before its first checkpoint: nothing to continue, it starts again
+    (run_dir / "checkpoint.safetensors").write_text("old")
+    with pytest.raises(MinwayError, match="--resume"):
+        reusable()
+    results = finished_results(identity=IDENTITY)
+    (run_dir / "results.json").write_text(json.dumps(results))
     with pytest.raises(MinwayError, match="--force"):
-        storage.open_run_dir(CONFIG, tmp_path, resume=False, force=False)
-    assert storage.open_run_dir(CONFIG, tmp_path, resume=True, force=False)[1] == {"accuracy": 0.5}
-    assert storage.open_run_dir(CONFIG, tmp_path, resume=False, force=True)[1] is None
-    assert os.path.isdir(run_dir)
+        reusable()
+    assert reusable(resume=True) == results
+    with pytest.raises(MinwayError, match="other data"):
+        reusable(resume=True, identity={**IDENTITY, "data": "d2"})
+    assert reusable(force=True) is None
+    with ExitStack() as locks:  # training again from scratch keeps nothing of the old run
+        assert storage.open_run_dir(CONFIG, tmp_path, False, True, IDENTITY, locks)[1] is None
+    assert sorted(p.name for p in run_dir.iterdir()) == ["config.json", "lock"]

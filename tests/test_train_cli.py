@@ -66,6 +66,14 @@ def brute_force_nearest(prompt, E, metric):
     return (torch.nn.functional.normalize(prompt, dim=1) @ torch.nn.functional.normalize(E, dim=1).T).argmax(1).tolist()
 
 
+def stored_checkpoint(run_dir, steps, setup_identity=None):
+    """(step, prompt, AdamW state) of a run's checkpoint, read as a resume reads it."""
+    path = run_dir / "checkpoint.safetensors"
+    with safe_open(str(path), framework="pt") as f:
+        shape, identity = tuple(f.get_slice("prompt").get_shape()), json.loads(f.metadata()["identity"])
+    return read_checkpoint(path, steps, shape, setup_identity or identity)
+
+
 def strip_volatile(results):
     return {k: v for k, v in results.items() if k != "eval_seconds"}
 
@@ -106,7 +114,8 @@ def full_run(tiny_checkpoint, tiny_data, tmp_path_factory):
 
 def test_train_writes_the_run_directory(full_run):
     result, run_dir = full_run
-    names = ("config.json", "prompt.safetensors", "results.json", "log.jsonl", "checkpoint.safetensors", "summary.txt")
+    names = ("config.json", "prompt.safetensors", "results.json", "log.jsonl", "checkpoint.safetensors", "summary.txt",
+             "lock")
     assert sorted(p.name for p in run_dir.iterdir()) == sorted(names)  # README.md lists them all
     assert f"{run_dir.name}/results.json" in result.stdout
     results = read_json(run_dir / "results.json")
@@ -119,7 +128,7 @@ def test_train_writes_the_run_directory(full_run):
     for key in ("accuracy", "hard_prompt_accuracy", "c_dist", "prompt_f1"):
         assert isinstance(results[key], float), key
     assert results["prompt_f1"] == results["projections"]["dot"]["f1"]
-    assert read_checkpoint(run_dir / "checkpoint.safetensors")[0] == 6
+    assert stored_checkpoint(run_dir, 6)[0] == 6
 
 
 def test_a_finished_run_shows_its_summary_and_how_to_train_it_again(full_run, tiny_checkpoint, tiny_data, capsys):
@@ -311,7 +320,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(sharp_checkpo
     message = str(error.value)
     assert "step 5" in message and "nan" in message and "\n" not in message
     run_dir = tmp_path / "nan" / config.run_id()
-    step, prompt, adam = read_checkpoint(run_dir / "checkpoint.safetensors")
+    step, prompt, adam = stored_checkpoint(run_dir, 8, setup.identity)
     assert step == 4 and bool(torch.isfinite(prompt).all()) and adam["step"] == 4
     assert not (run_dir / "results.json").exists()
 
@@ -474,5 +483,5 @@ def test_eval_of_a_missing_run_is_a_one_line_error(tmp_path, monkeypatch, capsys
 def test_nan_run_keeps_its_checkpoint(error_runs, tiny_checkpoint, tiny_data):
     config = config_of(tiny_checkpoint, tiny_data, steps=3, lr=1e30, checkpoint_every=1)
     run_dir = error_runs[1] / "runs" / config.run_id()
-    step, prompt, _ = read_checkpoint(run_dir / "checkpoint.safetensors")
+    step, prompt, _ = stored_checkpoint(run_dir, 3)
     assert step == 1 and bool(torch.isfinite(prompt).all())

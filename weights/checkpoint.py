@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
+from minway import validation
 from minway.errors import MinwayError
 from minway.model import GPT2, GPT2Config
 
@@ -29,13 +30,8 @@ RELEASED = {"activation_function": ("gelu_new", "gelu_pytorch_tanh"), "scale_att
 
 
 def read_config(directory):
-    path = Path(directory) / "config.json"
-    if not path.is_file():
-        raise MinwayError(f"{path} is missing: a GPT-2 checkpoint needs config.json next to model.safetensors")
-    try:
-        values = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise MinwayError(f"{path} is not valid JSON ({e}): re-download or rewrite it") from None
+    """The GPT2Config of a checkpoint's config.json, every value checked."""
+    path, values = _config_values(directory)
     if not isinstance(values, dict):
         raise MinwayError(f"{path} holds a JSON {type(values).__name__}, not an object: not a GPT-2 config")
     if values.get("model_type") != "gpt2":
@@ -48,12 +44,26 @@ def read_config(directory):
         if values.get(key, released[0]) not in released:
             raise MinwayError(f"{path} sets {key} to {values[key]!r}; minway computes GPT-2 as released "
                               f"({key} {released[0]!r}) only")
+    validation.model_config(values, path)
     if values.get("n_inner") not in (None, 4 * values["n_embd"]):
         raise MinwayError(f"{path} sets n_inner to {values['n_inner']!r}; minway's MLP is 4 * n_embd wide")
-    config = GPT2Config.from_dict(values)
-    if config.n_embd % config.n_head:
-        raise MinwayError(f"{path}: n_embd {config.n_embd} is not divisible by n_head {config.n_head}")
-    return config
+    return GPT2Config.from_dict(values)
+
+
+def has_random_weights(directory):
+    """Whether the checkpoint was written by weights.random_checkpoint."""
+    return bool(_config_values(directory)[1].get("minway_random_weights"))
+
+
+def _config_values(directory):
+    path = Path(directory) / "config.json"
+    if not path.is_file():
+        raise MinwayError(f"{path} is missing: a GPT-2 checkpoint needs config.json next to model.safetensors")
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise MinwayError(f"{path} is not valid JSON ({e}): re-download or rewrite it") from None
+    return path, values
 
 
 def tensor_files(directory):
@@ -144,11 +154,23 @@ def load_gpt2(directory, device="cpu", dtype=torch.float32, attention="auto"):
         if tuple(tensor.shape) != expected[name]:
             raise MinwayError(f"tensor {stored[name]} in {file.name} has shape {tuple(tensor.shape)}, expected "
                               f"{expected[name]} for the config in config.json")
+        if not tensor.is_floating_point():
+            raise MinwayError(f"tensor {stored[name]} in {file} is {str(tensor.dtype).removeprefix('torch.')}: "
+                              f"minway reads floating-point weights only (fp32, fp16, bf16); convert or re-download")
+        if not all_finite(tensor):
+            raise MinwayError(f"tensor {stored[name]} in {file} holds NaN or infinite values: the checkpoint is "
+                              f"corrupt, re-download it")
         if name.endswith(CONV1D_WEIGHTS):
             tensor = tensor.T
         state[name] = tensor.to(device=device, dtype=dtype).contiguous()
     model.load_state_dict(state, assign=True)
     return model.eval()
+
+
+def all_finite(tensor):
+    """Whether every value is finite. A sum with a NaN or an infinity in it is not finite, so one pass of
+    a sum answers; only a sum that overflowed asks the exact, slower question."""
+    return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
 
 
 def _strip(name):

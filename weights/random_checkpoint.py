@@ -22,8 +22,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from minway import resources
-from minway.cli import Parser, run_cli
+from minway import memory, resources, validation
+from minway.cli import Parser, output_dir, run_cli
+from minway.errors import MinwayError
 from minway.model import GPT2, SIZES, GPT2Config, init_weights
 from weights.checkpoint import CONV1D_WEIGHTS
 
@@ -75,7 +76,23 @@ def main():
     args = parser.parse_args()
     config = SIZES[args.size] if args.size else replace(
         GPT2Config(), n_embd=args.n_embd, n_layer=args.n_layer, n_head=args.n_head, n_positions=args.n_positions)
+    check_arguments(args, config)
     print(write_random_checkpoint(args.out, config, args.tokenizer, args.seed, args.embedding_norm))
+
+
+def check_arguments(args, config):
+    """The sizes within validation.MODEL_SIZES, and the model and its copy for saving within free memory."""
+    for key, low, high in validation.MODEL_SIZES:
+        validation.whole(validation.flag(key), getattr(config, key), low, high)
+    if config.n_embd % config.n_head:
+        raise MinwayError(f"--n-embd {config.n_embd} is not divisible by --n-head {config.n_head}")
+    if args.embedding_norm is not None:
+        validation.real("--embedding-norm", args.embedding_norm, 0, low_open=True)
+    validation.whole("--seed", args.seed, 0, validation.MAX_SEED)
+    output_dir(args.out, "the output directory")
+    memory.require(2 * memory.model_bytes(config, torch.float32), torch.device("cpu"),
+                   f"a random checkpoint of {memory.parameters(config):,} parameters",
+                   lambda _: "choose smaller --n-embd or --n-layer")
 
 
 if __name__ == "__main__":

@@ -65,6 +65,8 @@ def download(name, target):
 
 def resolve_checkpoint(name_or_path, allow_download=True):
     path = Path(name_or_path).expanduser()
+    if path.is_file():
+        raise MinwayError(f"--model {path} is a file: pass the directory that holds it ({path.parent})")
     if path.is_dir():
         if not is_checkpoint(path):
             raise MinwayError(f"{path} is not a checkpoint directory: it needs config.json and model.safetensors")
