@@ -442,7 +442,7 @@ def described(rows):
 
 
 def recorded(packed, logit_counts):
-    return (len(packed.lengths), packed.n_tokens, sum(packed.key_lengths), sum(logit_counts), max(packed.lengths),
+    return (len(packed.lengths), sum(packed.lengths), sum(packed.key_lengths), sum(logit_counts), max(packed.lengths),
             max(packed.key_lengths))
 
 
