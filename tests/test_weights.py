@@ -550,6 +550,14 @@ def test_demo_checkpoint_error_is_one_line(tmp_path, monkeypatch, capsys):
     assert exit_.value.code == 2 and err.startswith("error: ") and "\n" not in err and "no-tokenizer" in err
 
 
+def test_demo_checkpoint_refuses_an_argument_in_one_line():
+    result = subprocess.run([sys.executable, "-m", "weights.demo_checkpoint", "--steps", "3"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == ("error: unrecognized arguments: --steps 3 (see python -m weights.demo_checkpoint "
+                             "--help)\n")
+
+
 def test_random_checkpoint_command_line(tmp_path):
     out = tmp_path / "cli"
     result = subprocess.run(
