@@ -459,6 +459,28 @@ def bench_train(s, device, work):
 # ---------------------------------------------------------------- main
 
 
+def hub_cache_models():
+    """{cache directory: {model repo: has safetensors weights}} of this machine's Hugging Face
+    caches: real GPT-2 weights found there would let a GPU session run the paper's Table 2."""
+    from weights.resolve import hub_cache_dir
+
+    listing = {}
+    for cache in dict.fromkeys([hub_cache_dir(), Path.home() / ".cache" / "huggingface" / "hub"]):
+        if cache.is_dir():
+            listing[str(cache)] = {repo.name.removeprefix("models--").replace("--", "/"):
+                                   any(repo.glob("snapshots/*/*.safetensors"))
+                                   for repo in sorted(cache.glob("models--*"))}
+    return listing
+
+
+def describe_hub_cache(listing):
+    if not listing:
+        return "Hugging Face cache: none on this machine"
+    return "; ".join(f"Hugging Face cache {cache}: " + (", ".join(
+        f"{repo}{'' if weights else ' (no safetensors)'}" for repo, weights in repos.items()) or "empty")
+        for cache, repos in listing.items())
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes, kernels in Triton's interpreter")
@@ -486,6 +508,8 @@ def main():
     header = (f"minway GPU check{' (dry run)' if args.dry_run else ''}: {device_name(device)}, torch "
               f"{torch.__version__}, triton {triton_version()}, commit {commit.stdout.strip() or '?'}")
     print(header, flush=True)
+    hub_cache = hub_cache_models()
+    print(describe_hub_cache(hub_cache), flush=True)
     start = time.perf_counter()
     report = Report()
     with tempfile.TemporaryDirectory() as work:
@@ -510,12 +534,13 @@ def main():
 
     record = dict(header=header, dry_run=args.dry_run, seconds=seconds, sizes=asdict(s), checks=report.checks,
                   benchmarks=report.benchmarks, device=device_name(device), torch=torch.__version__,
-                  triton=triton_version(), commit=commit.stdout.strip())
+                  triton=triton_version(), commit=commit.stdout.strip(), hub_cache=hub_cache)
     name = stem.format("gpu-check")
     for directory in directories:
         atomic_write_text(directory / name, json.dumps(record, indent=1, default=str) + "\n")
 
     print(f"\n{header}, {seconds:.0f} s")
+    print(f"  {describe_hub_cache(hub_cache)}")
     for c in report.checks:
         print(f"  {c['status']:4}  {c['name']:10} {c['detail'][:300]}")
     for b in report.benchmarks:

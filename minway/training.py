@@ -35,6 +35,8 @@ from minway.setup import Setup
 from minway.storage import (atomic_write_text, checkpoint_step, open_run_dir, read_checkpoint, read_log,
                             reusable_results, save_checkpoint, save_prompt, write_results)
 
+ADAM_EPS, ADAM_BETAS = 1e-8, (0.9, 0.999)  # the released code's AdamW
+
 
 class BatchSchedule:
     """The example indices of each step, fixed by the seed: epochs in shuffled order, each cut
@@ -99,7 +101,7 @@ def _train_group(todo, start, setup, progress):
     base, K, model = configs[0], len(configs), setup.model
     targets = [setup.target_ids(c) for c in configs]
     bank = PromptBank(model, targets)
-    optimizer = torch.optim.AdamW([bank.vectors], lr=base.lr, weight_decay=base.weight_decay)
+    optimizer = torch.optim.AdamW([bank.vectors], lr=base.lr, betas=ADAM_BETAS, weight_decay=base.weight_decay)
     if start:
         _restore(bank, optimizer, run_dirs, base.steps, setup.identity)
     gammas = torch.tensor([c.gamma for c in configs], device=bank.vectors.device)
@@ -119,6 +121,7 @@ def _train_group(todo, start, setup, progress):
     try:
         for step in bar:
             optimizer.param_groups[0]["lr"] = base.lr * (1 - step / base.steps)  # linear decay, no warm-up
+            optimizer.param_groups[0]["eps"] = released_adam_eps(step + 1)
             batches = [schedule[step] for schedule in schedules]
             rows = [i for batch in batches for i in batch]
             owner = torch.arange(K, device=gammas.device).repeat_interleave(
@@ -162,6 +165,17 @@ def _train_group(todo, start, setup, progress):
     _save(bank, optimizer, run_dirs, logs, base.steps, range(K), setup.identity)
     return [finish(c, setup, bank.prompt(k).detach(), targets[k], d, progress)
             for k, (c, d) in enumerate(zip(configs, run_dirs))]
+
+
+def released_adam_eps(t):
+    """The eps that makes update t (1, 2, ...) of torch's AdamW the released code's.
+
+    The released code trains with transformers' AdamW, which adds eps to sqrt(v) before correcting
+    v's bias; torch's adds it after. The same 1e-8 there is worth 1e-8 / sqrt(1 - beta2^t) here
+    (3.2e-7 at the first update): not a rounding matter, since it changes the update of every
+    gradient entry below about 1e-5 by a sizeable part of the learning rate.
+    """
+    return ADAM_EPS / math.sqrt(1 - ADAM_BETAS[1] ** t)
 
 
 def _require_finite(values, what, run_dirs, step, start, config):

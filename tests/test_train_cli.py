@@ -286,6 +286,59 @@ def test_learning_rate_decays_linearly_to_zero_without_warm_up(sharp_checkpoint,
     assert logged == pytest.approx(expected, rel=1e-12)
 
 
+def transformers4_adamw(prompt, gradients, lrs, eps=1e-8, betas=(0.9, 0.999)):
+    """The prompt after the updates of transformers 4's AdamW (correct_bias=True, no weight decay), which
+    the released code trains with, restated in float64: eps is added to sqrt(v) before the bias correction."""
+    p, m, v = prompt.double().clone(), torch.zeros_like(prompt.double()), torch.zeros_like(prompt.double())
+    for t, (g, lr) in enumerate(zip(gradients, lrs), start=1):
+        g = g.double()
+        m = betas[0] * m + (1 - betas[0]) * g
+        v = betas[1] * v + (1 - betas[1]) * g * g
+        step_size = lr * (1 - betas[1] ** t) ** 0.5 / (1 - betas[0] ** t)
+        p = p - step_size * m / (v.sqrt() + eps)
+    return p
+
+
+def test_adamw_updates_as_the_released_codes_transformers_adamw():
+    """Gradient entries from 1e-9 to 1: below about 1e-5 torch's AdamW as it comes steps elsewhere."""
+    g = torch.Generator().manual_seed(0)
+    gradients = [torch.randn(4, 6, generator=g) * 10.0 ** -torch.randint(0, 10, (4, 6), generator=g)
+                 for _ in range(6)]
+    lrs = [0.01 * (1 - t / 6) for t in range(6)]
+    expected = transformers4_adamw(torch.zeros(4, 6), gradients, lrs)
+
+    def torch_adamw(eps_of):
+        prompt = torch.zeros(4, 6, requires_grad=True)
+        optimizer = torch.optim.AdamW([prompt], betas=training.ADAM_BETAS, weight_decay=0.0)
+        for t, (gradient, lr) in enumerate(zip(gradients, lrs), start=1):
+            optimizer.param_groups[0].update(lr=lr, eps=eps_of(t))
+            prompt.grad = gradient.clone()
+            optimizer.step()
+        return prompt.detach().double()
+
+    assert torch.allclose(torch_adamw(training.released_adam_eps), expected, rtol=1e-5, atol=1e-8)
+    assert not torch.allclose(torch_adamw(lambda t: training.ADAM_EPS), expected, rtol=1e-5, atol=1e-8)
+
+
+def test_training_steps_the_prompt_as_the_released_codes_adamw(sharp_checkpoint, tiny_data, setup, tmp_path,
+                                                               monkeypatch):
+    """A run's prompt, replayed from its clipped gradients and learning rates with transformers 4's rule."""
+    config = config_of(sharp_checkpoint, tiny_data, steps=6, lr=0.05)
+    start, gradients, lrs, real_step = [], [], [], torch.optim.AdamW.step
+
+    def spy(optimizer, *args, **kwargs):
+        [vectors] = optimizer.param_groups[0]["params"]
+        start[:] = start or [vectors.detach().clone()]
+        gradients.append(vectors.grad.clone())
+        lrs.append(optimizer.param_groups[0]["lr"])
+        return real_step(optimizer, *args, **kwargs)
+    monkeypatch.setattr(torch.optim.AdamW, "step", spy)
+    training.train(config, tmp_path, progress=False, setup=setup)
+    _, prompt, _ = stored_checkpoint(tmp_path / config.run_id(), 6, setup.identity)
+    expected = transformers4_adamw(start[0], gradients, lrs)
+    assert torch.allclose(prompt.double(), expected[0], rtol=1e-5, atol=1e-6)
+
+
 def test_batches_walk_shuffled_epochs_with_a_short_last_batch():
     """As the released code's DataLoader (random sampler, last batch kept): 10 examples in
     batches of 4 make epochs of 4, 4 and 2 examples, each epoch every example once."""
