@@ -108,6 +108,7 @@ def measure_run(args, path):
     config = replace(config, device=args.device, **overrides)
     setup = Setup(config)
     setup.require_memory([config], training=False)
+    require_training_files(args, path.parent, setup.identity)
     if setup.target_ids(config) != target_ids:
         raise MinwayError(f"the tokenizer of {setup.checkpoint_dir} encodes the target differently from the one "
                           f"the prompt was trained with: pass --model with the right checkpoint")
@@ -122,6 +123,22 @@ def measure_run(args, path):
     results["config"] = asdict(config)
     print(summary(results, config.target))
     write_json(results, args.json or path.parent / "eval.json")
+
+
+def require_training_files(args, run_dir, now):
+    """Without --model and --data-dir a run is measured on the files it was trained on: refuse other
+    weights or data found under the same names (its results.json keeps their fingerprints)."""
+    from minway.storage import read_results
+
+    try:
+        trained_on = (read_results(run_dir) or {}).get("identity")
+    except MinwayError:  # no readable results beside the prompt: nothing to check against
+        return
+    for key, given, flag, what in (("checkpoint", args.model, "--model", "weights"),
+                                   ("data", args.data_dir, "--data-dir", "data")):
+        if given is None and isinstance(trained_on, dict) and trained_on.get(key) != now[key]:
+            raise MinwayError(f"the {what} {run_dir.name} would be measured on now are not those it was trained on "
+                              f"(they changed under the same name): pass {flag} to measure it on them anyway")
 
 
 def measure_adapter(args, directory, target, task):

@@ -37,7 +37,7 @@ import sys
 import tempfile
 import time
 import zipfile
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch  # imports no Triton: TRITON_INTERPRET may still be set

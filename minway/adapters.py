@@ -27,7 +27,8 @@ from safetensors import SafetensorError, safe_open
 
 from minway.cli import Parser, run_cli
 from minway.errors import MinwayError
-from minway.storage import atomic_save, atomic_write_text, load_prompt
+from minway.files import read_json, regular_file
+from minway.storage import MAX_STATE_FILE, atomic_save, atomic_write_text, load_prompt
 from weights.resolve import hub_id
 
 CONFIG, WEIGHTS, TENSOR = "adapter_config.json", "adapter_model.safetensors", "prompt_embeddings"
@@ -72,12 +73,9 @@ def read_adapter(directory):
 
 def _read_config(directory):
     path = directory / CONFIG
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise MinwayError(f"{directory} holds no {CONFIG}: not a PEFT adapter") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise MinwayError(f"{path} is not valid JSON ({e})") from None
+    if not path.exists():
+        raise MinwayError(f"{directory} holds no {CONFIG}: not a PEFT adapter")
+    config = read_json(path, "adapter config", MAX_STATE_FILE, "save the adapter again")
     if not isinstance(config, dict):
         raise MinwayError(f"{path} must hold a JSON object")
     return config
@@ -96,7 +94,7 @@ def _other_family(base, config):
     if local.is_file():
         try:
             model_type = json.loads(local.read_text(encoding="utf-8")).get("model_type")
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        except (ValueError, RecursionError, AttributeError):  # not JSON, or JSON nested too deep, or not an object
             return None  # not readable: the checkpoint's own checks will say so
         return None if model_type == "gpt2" else f"model_type {model_type!r}"
     named = OTHER_FAMILIES.search(base)
@@ -109,6 +107,7 @@ def _read_prompt(path):
         raise MinwayError(f"{path.parent} holds no {WEIGHTS}" + (
             " but a pickle (adapter_model.bin), which minway does not read: save the adapter again with "
             "safe_serialization=True" if pickled else ""))
+    regular_file(path, "adapter weights", MAX_STATE_FILE)
     try:
         with safe_open(str(path), framework="pt") as f:
             if TENSOR not in f.keys():
@@ -118,6 +117,11 @@ def _read_prompt(path):
         raise MinwayError(f"{path} is truncated or corrupt ({e})") from None
     if not prompt.is_floating_point():
         raise MinwayError(f"{path}: {TENSOR} holds {prompt.dtype} values, not a prompt's floating-point ones")
+    if prompt.dim() == 2 and 0 in prompt.shape:
+        raise MinwayError(f"{path}: {TENSOR} has shape {tuple(prompt.shape)}: a prompt of no vectors, or of "
+                          f"vectors of no width, says nothing")
+    if not bool(prompt.isfinite().all()):
+        raise MinwayError(f"{path}: {TENSOR} holds values that are not finite: the adapter is corrupt")
     return prompt
 
 

@@ -30,7 +30,7 @@ def option_nll(model, prompt, inputs, options):
     if any(len(o) == 0 for o in options):
         raise ValueError("every option needs at least one token")
     require_tokens(inputs)
-    B, C = len(inputs), len(options)
+    B = len(inputs)
     prompts = prompt[None] if prompt.dim() == 2 else prompt
     L, P = prompts.shape[1], len(prompts)
     longer = [c for c, option in enumerate(options) if len(option) > 1]

@@ -28,13 +28,15 @@ from pathlib import Path
 
 from minway import resources
 from minway.errors import MinwayError
-from minway.files import atomic_write_text
+from minway.files import atomic_write_text, regular_file
 from minway.tasks import Task
 
 SHIPPED_DATA = resources.DATA
 # csv's default limit of a field, 128 KiB, is less than some long documents; past this one a text is a mistake
 MAX_FIELD = 16 * 2 ** 20
 csv.field_size_limit(MAX_FIELD)
+MAX_LINE = MAX_FIELD + 64  # a text and its label
+MAX_DATA_FILE = 2 ** 32    # 4 GiB: AG News, the largest of the paper's, is 30 MB
 LABEL = re.compile(r"[0-9]+")  # str.isdigit() also takes digits int() does not read, such as '²'
 
 # Hub copies of the tasks: (dataset id, text column, label column or None, {source label name: our label}).
@@ -67,12 +69,22 @@ def data_dir_candidates(data_dir=None):
     return [SHIPPED_DATA, download_dir()], None
 
 
+def _lines(f, path):
+    """The lines of the open file ``f``, none read past MAX_LINE characters: a file with no line end
+    (a device, a sparse file) is refused before it fills memory."""
+    while line := f.readline(MAX_LINE + 1):
+        if len(line) > MAX_LINE:
+            raise MinwayError(f"{path} has a line of more than {MAX_LINE:,} characters: one example a line, "
+                              f"a text of at most {MAX_FIELD // 2 ** 20} MiB")
+        yield line
+
+
 def read_tsv(path, n_classes):
-    path = Path(path)
+    path = regular_file(path, "data file", MAX_DATA_FILE)
     examples = []
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", newline="", encoding="utf-8") as f:
-        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        reader = csv.reader(_lines(f, path), delimiter="\t", quoting=csv.QUOTE_NONE)
         try:
             rows = list(reader)
         except (gzip.BadGzipFile, EOFError) as e:
@@ -97,23 +109,28 @@ def read_tsv(path, n_classes):
 
 
 def read_jsonl(path, n_classes):
-    examples = []
+    path = regular_file(path, "data file", MAX_DATA_FILE)
     with open(path, encoding="utf-8") as f:
-        for line, text in enumerate(f, start=1):
-            if not text.strip():
-                continue
-            try:
-                row = json.loads(text)
-            except json.JSONDecodeError:
-                row = None
-            if not isinstance(row, dict) or not isinstance(row.get("text"), str) or not row["text"].strip() or \
-                    type(row.get("label")) is not int or not 0 <= row["label"] < n_classes:
-                raise MinwayError(f"{path}:{line} is not a JSON object with a non-empty \"text\" and a \"label\" "
-                                  f"in 0..{n_classes - 1}")
-            examples.append(Example(row["text"], row["label"]))
+        try:
+            examples = [_json_example(text, path, line, n_classes)
+                        for line, text in enumerate(_lines(f, path), start=1) if text.strip()]
+        except UnicodeDecodeError as e:
+            raise MinwayError(f"{path} is not UTF-8 text ({e.reason}): save it as UTF-8") from None
     if not examples:
         raise MinwayError(f"{path} has no examples")
     return examples
+
+
+def _json_example(text, path, line, n_classes):
+    try:
+        row = json.loads(text)
+    except (ValueError, RecursionError):
+        row = None
+    if not isinstance(row, dict) or not isinstance(row.get("text"), str) or not row["text"].strip() or \
+            type(row.get("label")) is not int or not 0 <= row["label"] < n_classes:
+        raise MinwayError(f"{path}:{line} is not a JSON object with a non-empty \"text\" and a \"label\" "
+                          f"in 0..{n_classes - 1}")
+    return Example(row["text"], row["label"])
 
 
 def find_split(task: Task, split, data_dir=None, k_shot=None):

@@ -1,11 +1,16 @@
-"""Writing files that other processes, and a crash, may see half-done.
+"""Reading the files minway is given, and writing files that other processes, and a crash,
+may see half-done.
 
+``regular_file``, ``read_text``, ``read_json``: a file is read only when it is a regular file
+of a sane size (a FIFO or /dev/zero would never end), and what is in it that cannot be read
+(not UTF-8, not JSON, JSON nested past what Python parses) is a one-line error.
 ``atomic_write``: the new content goes to a temporary file of a name no other writer
 uses, is flushed to disk, renamed onto the target, and the directory is flushed too, so
 that after a crash or power loss the target holds the old content or the new, never a
 mix or nothing. ``DirectoryLock``: one process at a time in a run or sweep directory.
 """
 import fcntl
+import json
 import os
 import socket
 import stat
@@ -33,6 +38,32 @@ def regular_file(path, what, limit):
     if size > limit:
         raise MinwayError(f"{what} {path} holds {size:,} bytes, more than the {limit:,} it may: give the right file")
     return path
+
+
+def read_text(path, what, limit):
+    """The UTF-8 text of the regular file ``path`` (``regular_file``)."""
+    path = regular_file(path, what, limit)
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise MinwayError(f"{what} {path} is not UTF-8 text ({e.reason} at byte {e.start}): give a text file") \
+            from None
+
+
+def read_json(path, what, limit, advice="give a JSON file"):
+    """The JSON value of the regular file ``path``; ``advice``: what to do when it is not JSON."""
+    content = regular_file(path, what, limit).read_bytes()
+    if not content.strip():
+        raise MinwayError(f"{what} {path} is empty: {advice}")
+    try:
+        return json.loads(content.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        reason = f"not UTF-8 text: {e.reason} at byte {e.start}"
+    except ValueError as e:
+        reason = str(e)
+    except RecursionError:
+        reason = "nested too deeply to parse"
+    raise MinwayError(f"{what} {path} is not valid JSON ({reason}): {advice}")
 
 
 def fsync_directory(directory):
@@ -78,7 +109,11 @@ class DirectoryLock:
         self.fd = None
 
     def __enter__(self):
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:  # not through a link: a link planted as the lock would have minway write where it points
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+        except OSError as e:
+            raise MinwayError(f"{self.path} cannot be opened as a lock ({e.strerror}): it must be a plain file, "
+                              f"or absent") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -12,7 +12,6 @@ from minway.config import DTYPES, RunConfig
 from minway.data import load_split, sample_per_class
 from minway.errors import MinwayError
 from minway.identity import identity
-from minway.prompt import METRICS
 from minway.tasks import encode_inputs, encode_options, get_task
 from minway.tokenizer import load_checkpoint_tokenizer
 from weights import load_gpt2, read_config, resolve_checkpoint

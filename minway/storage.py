@@ -8,8 +8,8 @@
     results.json            every measure and the configuration
     summary.txt             the same, for a person
 """
+import hashlib
 import json
-import math
 from dataclasses import asdict
 from pathlib import Path
 
@@ -22,11 +22,14 @@ from minway import validation
 from minway.config import RunConfig
 from minway.errors import MinwayError
 from minway.evaluation import summary
-from minway.files import DirectoryLock, atomic_write, atomic_write_text
+from minway.files import DirectoryLock, atomic_write, atomic_write_text, read_json, regular_file
 from minway.identity import check_identity
 
 # what a run that trains again from step 0 must not keep: a kill before its end would leave them stale
 TRAINED_FILES = ("checkpoint.safetensors", "prompt.safetensors", "results.json", "summary.txt", "eval.json")
+# far above what minway writes (a prompt of gpt2-xl's context with its AdamW state: 20 MB; a log of
+# 10^6 steps: 200 MB): past them a run's file is not one minway wrote
+MAX_STATE_FILE, MAX_LOG = 2 ** 30, 2 ** 31
 
 
 def atomic_save(tensors, path, metadata):
@@ -36,12 +39,9 @@ def atomic_save(tensors, path, metadata):
 def read_results(run_dir):
     """A run's results.json, or None when it has none."""
     path = Path(run_dir) / "results.json"
-    try:
-        results = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    if not path.exists() and not path.is_symlink():
         return None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise MinwayError(f"{path} is not valid JSON ({e}): pass --force to train the run again") from None
+    results = read_json(path, "results file", MAX_STATE_FILE, "pass --force to train the run again")
     return validation.results(results, path)
 
 
@@ -88,12 +88,23 @@ def save_checkpoint(path, prompt, adam_state, step, identity):
         tensors["exp_avg"] = adam_state["exp_avg"].cpu().contiguous()
         tensors["exp_avg_sq"] = adam_state["exp_avg_sq"].cpu().contiguous()
     adam_step = str(int(adam_state["step"])) if adam_state else "0"
-    atomic_save(tensors, path, {"step": str(step), "adam_step": adam_step, "identity": json.dumps(identity)})
+    atomic_save(tensors, path, {"step": str(step), "adam_step": adam_step, "identity": json.dumps(identity),
+                                "sha256": _digest(tensors)})
+
+
+def _digest(tensors):
+    """A checksum of the tensors' bytes: a bit flipped on disk that leaves a value finite shows only here."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        digest.update(name.encode())
+        digest.update(tensors[name].contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def read_checkpoint(path, steps, shape, identity):
     """(step to continue from, prompt, AdamW state or {}), checked against the run: its ``steps``, its
     prompt's ``shape`` (L, d) and the ``identity`` of the files it trains on."""
+    regular_file(path, "checkpoint", MAX_STATE_FILE)
     try:
         with safe_open(str(path), framework="pt") as f:
             meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
@@ -105,6 +116,9 @@ def read_checkpoint(path, steps, shape, identity):
         stored = json.loads(meta["identity"]) if "identity" in meta else None
     except (SafetensorError, OSError, KeyError, TypeError, ValueError) as e:
         raise MinwayError(f"{path} is corrupt ({e}): delete it to restart the run from scratch") from None
+    if "sha256" in meta and meta["sha256"] != _digest(tensors):  # older checkpoints have no checksum
+        raise MinwayError(f"{path} does not hold what was written (its checksum differs): delete it to restart "
+                          f"the run from scratch")
     validation.run_checkpoint(path, step, steps, prompt, adam_state, shape)
     check_identity(path, stored, identity)
     return step, prompt, adam_state
@@ -112,6 +126,7 @@ def read_checkpoint(path, steps, shape, identity):
 
 def checkpoint_step(path, steps):
     """The step a checkpoint continues from, read from its header alone."""
+    regular_file(path, "checkpoint", MAX_STATE_FILE)
     try:
         with safe_open(str(path), framework="pt") as f:
             step = int(f.metadata()["step"])
@@ -124,17 +139,25 @@ def checkpoint_step(path, steps):
 
 
 def read_log(path, before_step):
-    """The log lines of the steps already done; a line cut short by a kill is dropped."""
-    lines = []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if entry.get("step", math.inf) < before_step:
-                lines.append(line)
-    return lines
+    """The log lines of the steps already done. Only the last line may be unreadable (cut short by a
+    kill): it is dropped; any other that is not a step's entry is a corrupt log."""
+    if not path.exists() and not path.is_symlink():
+        return []
+    lines = regular_file(path, "log", MAX_LOG).read_bytes().decode("utf-8", "replace").splitlines()
+    kept = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            entry = json.loads(line)
+        except (ValueError, RecursionError):
+            if number == len(lines):
+                break
+            entry = None
+        if not isinstance(entry, dict) or not validation.is_count(entry.get("step")):
+            raise MinwayError(f"{path}:{number} is not the log entry of a step: delete the log to continue the run "
+                              f"without its history, or pass --force to train it again")
+        if entry["step"] < before_step:
+            kept.append(line)
+    return kept
 
 
 def save_prompt(path, prompt, config, target_ids):
@@ -146,6 +169,9 @@ def save_prompt(path, prompt, config, target_ids):
 
 def load_prompt(path):
     """(prompt (L, d), RunConfig, target ids) from a prompt.safetensors written by ``save_prompt``."""
+    if not Path(path).exists():
+        raise MinwayError(f"{path} does not exist: pass a run directory holding prompt.safetensors")
+    regular_file(path, "prompt file", MAX_STATE_FILE)
     try:
         with safe_open(str(path), framework="pt") as f:
             meta, prompt = f.metadata() or {}, f.get_tensor("prompt")

@@ -1,11 +1,14 @@
 """A sweep's state on disk, ``<sweep-dir>/sweep.json``: the plan and where each run stands
 (done, failed with its error, or pending). The sweep writes it; reports read it."""
 import json
+import math
 from pathlib import Path
 
+from minway import validation
 from minway.errors import MinwayError
+from minway.files import read_json
 from minway.identity import check_identity, identity_of
-from minway.storage import atomic_write_text, read_results
+from minway.storage import MAX_STATE_FILE, atomic_write_text, read_results
 from minway.tasks import get_task
 
 STATUSES = ("done", "failed", "pending")
@@ -25,6 +28,22 @@ def is_finished(run, out):
     except MinwayError:
         return False
     return True
+
+
+def _is_entry(r):
+    """Whether ``r`` is a run's entry as ``SweepState`` writes it: the types the report reads, and run ids
+    that name a directory inside the sweep's --out."""
+    def run_id(value):
+        return isinstance(value, str) and value not in ("", ".", "..") and "/" not in value and "\0" not in value
+
+    def optional_text(value):
+        return value is None or isinstance(value, str)
+
+    return isinstance(r, dict) and set(RUN_FIELDS) <= set(r) and run_id(r["run_id"]) \
+        and (r["twin"] is None or run_id(r["twin"])) and all(isinstance(r[k], str) for k in ("group", "task", "model")) \
+        and optional_text(r["target_name"]) and optional_text(r["error"]) and r["status"] in STATUSES \
+        and isinstance(r["gamma"], (int, float)) and not isinstance(r["gamma"], bool) and math.isfinite(r["gamma"]) \
+        and validation.is_count(r["seed"])
 
 
 class SweepState:
@@ -48,17 +67,13 @@ class SweepState:
     @staticmethod
     def read(sweep_dir):
         path = Path(sweep_dir) / "sweep.json"
-        try:
-            state = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise MinwayError(f"{path} does not exist: run the sweep first") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise MinwayError(f"{path} is not valid JSON ({e}): delete it, and the sweep starts its state "
-                              f"again from the runs in --out") from None
+        if not path.exists() and not path.is_symlink():
+            raise MinwayError(f"{path} does not exist: run the sweep first")
+        state = read_json(path, "sweep state", MAX_STATE_FILE, "delete it, and the sweep starts its state again "
+                          "from the runs in --out")
         runs = state.get("runs") if isinstance(state, dict) else None
         if not isinstance(state, dict) or not isinstance(state.get("out"), str) or not isinstance(runs, list) \
-                or not all(isinstance(r, dict) and set(RUN_FIELDS) <= set(r) and isinstance(r["run_id"], str)
-                           and r["status"] in STATUSES for r in runs):
+                or not all(_is_entry(r) for r in runs):
             raise MinwayError(f"{path} is not a sweep state written by minway: delete it, and the sweep starts its "
                               f"state again from the runs in --out")
         return state

@@ -5,23 +5,18 @@ A name is looked up in ``--prompts-file`` (a path, or the name of a file in the
 prompts directory), else in every file of the prompts directory: $MINWAY_PROMPTS,
 else the paper's prompts that ship with minway.
 """
-import json
 from pathlib import Path
 
 from minway import resources
 from minway.errors import MinwayError
-from minway.files import regular_file
+from minway.files import read_json, read_text
 
 MAX_TARGET_FILE = 2 ** 20     # a target fits a model's context: a few KB
 MAX_PROMPTS_FILE = 64 * 2 ** 20
 
 
 def read_prompts_file(path):
-    path = regular_file(path, "prompts file", MAX_PROMPTS_FILE)
-    try:
-        prompts = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise MinwayError(f"{path} is not valid JSON ({e})") from None
+    prompts = read_json(path, "prompts file", MAX_PROMPTS_FILE, "give a JSON object of {name: target text}")
     if not isinstance(prompts, dict) or not all(isinstance(v, str) for v in prompts.values()):
         raise MinwayError(f"{path} must be a JSON object mapping names to target texts")
     return prompts
@@ -64,10 +59,7 @@ def resolve_target(text=None, file=None, name=None, prompts_file=None):
     if len(given) != 1:
         raise MinwayError("give exactly one of --target TEXT, --target-file FILE, --target-name NAME")
     if file is not None:
-        try:
-            text = regular_file(file, "target file", MAX_TARGET_FILE).read_text(encoding="utf-8").strip("\n")
-        except UnicodeDecodeError as e:
-            raise MinwayError(f"target file {file} is not UTF-8 text ({e}): give a text file") from None
+        text = read_text(file, "target file", MAX_TARGET_FILE).strip("\n")
     if name is not None:
         text = find_named_target(name, prompts_file)
     if not text.strip():

@@ -27,31 +27,24 @@ definition is another run. The data files are looked up in the run's data direct
 task file's, unless ``--data-dir`` names another.
 """
 import dataclasses
-import json
 from pathlib import Path
 
 from minway.errors import MinwayError
+from minway.files import read_json
 from minway.tasks import TASKS, Task, canonical_name
 
 FIELDS = [f.name for f in dataclasses.fields(Task)]
 REQUIRED = ("name", "template", "label_words", "train_file", "test_file")
 DATA_SUFFIXES = (".tsv", ".tsv.gz", ".jsonl")
+MAX_TASK_FILE = 2 ** 20  # a task's definition is a few hundred bytes
 
 
 def read_task_file(path):
     """The task's definition: the file's fields, checked, with the defaults filled in."""
     path = Path(path)
-    try:
-        text = path.read_bytes()
-        fields = json.loads(text)
-    except FileNotFoundError:
-        raise MinwayError(f"task file {path} does not exist") from None
-    except OSError as e:
-        raise MinwayError(f"task file {path} cannot be read ({e.strerror})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        if not text.strip():
-            raise MinwayError(f"task file {path} is empty: write the task's fields in it, as a JSON object") from None
-        raise MinwayError(f"task file {path} is not valid JSON ({e})") from None
+    if not path.exists():
+        raise MinwayError(f"task file {path} does not exist")
+    fields = read_json(path, "task file", MAX_TASK_FILE, "write the task's fields in it, as a JSON object")
     if not isinstance(fields, dict):
         raise MinwayError(f"task file {path} must hold a JSON object: the task's fields")
     unknown = [key for key in fields if key not in FIELDS]

@@ -9,7 +9,6 @@ vocab.json spells every token as a string in GPT-2's byte-to-unicode alphabet
 raw bytes mapped to merge ranks. For GPT-2 a token's id *is* its merge rank: ids
 0-255 are the single bytes, and the token made by merge line i has id 256 + i.
 """
-import json
 import sys
 from pathlib import Path
 
@@ -17,8 +16,10 @@ import tiktoken
 
 from minway import resources
 from minway.errors import MinwayError
+from minway.files import read_json, read_text
 
 EOT = "<|endoftext|>"
+MAX_BPE_FILE = 2 ** 26  # GPT-2's vocab.json is 1 MB, its merges.txt 456 KB
 
 # GPT-2's pre-tokenizer: contractions, then runs of letters, digits or other
 # symbols (each with an optional leading space), then whitespace.
@@ -102,24 +103,18 @@ def load_checkpoint_tokenizer(checkpoint_dir) -> Tokenizer:
 
 
 def _read_vocab(path: Path) -> dict[str, int]:
-    try:
-        vocab = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise MinwayError(f"{path} is missing; point to a GPT-2 checkpoint directory with vocab.json and merges.txt") from None
-    except (ValueError, UnicodeDecodeError) as e:
-        raise MinwayError(f"{path} is not valid JSON ({e}); re-download it") from None
+    if not path.exists():
+        raise MinwayError(f"{path} is missing; point to a GPT-2 checkpoint directory with vocab.json and merges.txt")
+    vocab = read_json(path, "vocabulary", MAX_BPE_FILE, "re-download it")
     if not isinstance(vocab, dict) or not all(isinstance(v, int) for v in vocab.values()):
         raise MinwayError(f"{path} must map token strings to integer ids; re-download it")
     return vocab
 
 
 def _read_merges(path: Path) -> list[tuple[str, str]]:
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise MinwayError(f"{path} is missing; point to a GPT-2 checkpoint directory with vocab.json and merges.txt") from None
-    except UnicodeDecodeError as e:
-        raise MinwayError(f"{path} is not UTF-8 text ({e}); re-download it") from None
+    if not path.exists():
+        raise MinwayError(f"{path} is missing; point to a GPT-2 checkpoint directory with vocab.json and merges.txt")
+    lines = read_text(path, "merges file", MAX_BPE_FILE).splitlines()
     merges = []
     for number, line in enumerate(lines, start=1):
         if line.startswith("#version") or not line.strip():

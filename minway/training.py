@@ -136,7 +136,7 @@ def _train_group(todo, start, setup, progress):
             loss.total.sum().backward()
             grad_norms = _clip_each(bank.vectors.grad, base.clip).tolist()
             _require_finite(grad_norms, "gradient norm", run_dirs, step, start, base)  # before it updates
-            optimizer.step()
+            _update(optimizer, base)
             optimizer.zero_grad(set_to_none=True)
 
             measured = step % 10 == 0 or step == base.steps - 1
@@ -193,6 +193,16 @@ def _require_finite(values, what, run_dirs, step, start, config):
     advice = "lower --lr" + (", or use --dtype fp32" if config.dtype != "fp32" else "")
     raise MinwayError(f"the {what} of {run} became {value} at step {step} (--lr {config.lr:g}, --dtype "
                       f"{config.dtype}); its last good checkpoint is kept: {advice}")
+
+
+def _update(optimizer, config):
+    try:
+        optimizer.step()
+    except RuntimeError as e:  # AdamW's step size, lr / (1 - beta1^t), past what float32 holds
+        if "overflow" not in str(e):
+            raise
+        raise MinwayError(f"--lr {config.lr:g} makes an update larger than float32 holds: lower --lr (the "
+                          f"paper's is 0.01)") from None
 
 
 def _clip_each(grad, max_norm):

@@ -12,6 +12,7 @@ from minway.errors import MinwayError
 
 MAX_INT = 2 ** 63 - 1   # every count must fit a torch int64
 MAX_SEED = 2 ** 32 - 1
+FLOAT32_MAX = 3.4028234663852886e38  # gamma, lr and weight decay enter float32 arithmetic: past this, inf
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 # A checkpoint's config.json: (key, smallest, largest). The upper bounds are far above any
@@ -19,6 +20,11 @@ DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 PROJECTION_NUMBERS = ("f1", "f1_no_lemma", "f1_released_code", "position_match", "f1_ceiling")
 MODEL_SIZES = (("vocab_size", 1, 10 ** 7), ("n_positions", 1, 2 ** 20), ("n_embd", 1, 2 ** 16),
                ("n_layer", 1, 1000), ("n_head", 1, 2 ** 16))
+
+
+def is_count(value):
+    """A whole number >= 0 (not a bool, which Python counts as one)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 0
 
 
 def whole(name, value, low, high=MAX_INT):
@@ -80,9 +86,9 @@ def run_fields(fields, n_classes):
     for name in ("k", "max_eval"):
         if f[name] is not None:
             f[name] = whole(flag(name), f[name], 1)
-    f["gamma"] = real("--gamma", f["gamma"], 0)
-    f["lr"] = real("--lr", f["lr"], 0, low_open=True)
-    f["weight_decay"] = real("--weight-decay", f["weight_decay"], 0)
+    f["gamma"] = real("--gamma", f["gamma"], 0, FLOAT32_MAX)
+    f["lr"] = real("--lr", f["lr"], 0, FLOAT32_MAX, low_open=True)
+    f["weight_decay"] = real("--weight-decay", f["weight_decay"], 0, FLOAT32_MAX)
     f["clip"] = real("clip", f["clip"], 0, low_open=True)
     f["dropout"] = real("--dropout", f["dropout"], 0, 1, high_open=True)
     one_of("--metric", f["metric"], METRICS)

@@ -105,16 +105,70 @@ def case_inputs(root, checkpoint, data):
         f.write(content.replace(b'\\"steps\\": 3,', b'\\"steps\\":-3,', 1))
     (inputs / "a-file").write_text("not a directory")
     paths["a-file"] = inputs / "a-file"
+    os.mkfifo(inputs / "task.fifo")  # reading one never ends
+    paths["fifo"] = inputs / "task.fifo"
+    (inputs / "deep.json").write_text("[" * 100000 + "]" * 100000)  # past what Python's parser recurses to
+    paths["deep-json"] = inputs / "deep.json"
+    (inputs / "no-line-end" / "sst2").mkdir(parents=True)  # 32 MiB of NUL bytes, no line end (sparse)
+    with open(inputs / "no-line-end" / "sst2" / "train.tsv", "wb") as f:
+        f.truncate(32 * 2 ** 20)
+    shutil.copy(data / "sst2" / "test.tsv", inputs / "no-line-end" / "sst2" / "test.tsv")
+    paths["no-line-end"] = inputs / "no-line-end"
+    (inputs / "latin1-task").mkdir()
+    (inputs / "latin1-task" / "train.jsonl").write_bytes(b'{"text": "un caf\xe9", "label": 0}\n')
+    shutil.copy(data / "sst2" / "test.tsv", inputs / "latin1-task" / "test.tsv")
+    (inputs / "latin1-task" / "task.json").write_text(json.dumps(
+        {"name": "cafes", "template": " It was {}.", "label_words": ["bad", "good"], "train_file": "train.jsonl",
+         "test_file": "test.tsv"}))
+    paths["latin1-task"] = inputs / "latin1-task" / "task.json"
+    (inputs / "empty-adapter").mkdir()
+    (inputs / "empty-adapter" / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "PROMPT_TUNING", "base_model_name_or_path": str(checkpoint), "num_virtual_tokens": 0}))
+    save_file({"prompt_embeddings": torch.zeros(0, 48)}, str(inputs / "empty-adapter" / "adapter_model.safetensors"))
+    paths["empty-adapter"] = inputs / "empty-adapter"
+    (inputs / "victim.txt").write_text("a file a planted lock points to\n")
+    paths["victim"] = inputs / "victim.txt"
+    (inputs / "run-on-other-weights").mkdir()
+    save_prompt(inputs / "run-on-other-weights" / "prompt.safetensors", torch.zeros(3, 48), config, [1, 2, 3])
+    (inputs / "run-on-other-weights" / "results.json").write_text(json.dumps(finished_results(
+        identity={**identity("sst2", str(data), checkpoint), "checkpoint": "other"})))
+    paths["run-on-other-weights"] = inputs / "run-on-other-weights"
     (inputs / "escaping.json").write_text(json.dumps({"/../../../../tmp/minway-escape": "a name that climbs"}))
     paths["escaping-prompts"] = inputs / "escaping.json"
     return paths
 
 
-def prepared_runs(out, checkpoint, data, case):
+def flip_a_bit(path, tensor="prompt"):
+    """One bit of the checkpoint's ``tensor`` flipped on disk, its value still finite: the lowest bit of the
+    first value's exponent (float32, little-endian), so that 0.0 becomes 2^-126."""
+    content = bytearray(path.read_bytes())
+    header_size = int.from_bytes(content[:8], "little")
+    start = json.loads(content[8:8 + header_size])[tensor]["data_offsets"][0]
+    content[8 + header_size + start + 2] ^= 0x80
+    path.write_bytes(content)
+
+
+def prepared_runs(out, checkpoint, data, case, paths):
     """Run directories a case finds in its --out, as an earlier command left them."""
     config = run_config(checkpoint, data)
     run_dir = out / config.run_id()
     current = identity("sst2", str(data), checkpoint)
+    if case in ("results a FIFO", "results nested too deep", "a FIFO as checkpoint", "log with a broken line",
+                "a flipped bit in the checkpoint", "lock a link to a file outside out"):
+        run_dir.mkdir(parents=True)
+    if case == "results a FIFO":
+        os.mkfifo(run_dir / "results.json")
+    elif case == "results nested too deep":
+        shutil.copy(paths["deep-json"], run_dir / "results.json")
+    elif case == "a FIFO as checkpoint":
+        os.mkfifo(run_dir / "checkpoint.safetensors")
+    elif case in ("log with a broken line", "a flipped bit in the checkpoint"):
+        save_checkpoint(run_dir / "checkpoint.safetensors", torch.zeros(8, 48), {}, 1, current)
+        (run_dir / "log.jsonl").write_text('["not", "a step"]\n{"step": 0, "loss": 1.0}\n')
+        if case == "a flipped bit in the checkpoint":
+            flip_a_bit(run_dir / "checkpoint.safetensors")
+    elif case == "lock a link to a file outside out":
+        (run_dir / "lock").symlink_to(paths["victim"])
     if case == "finished on other data":
         run_dir.mkdir(parents=True)
         (run_dir / "results.json").write_text(json.dumps(finished_results(identity={**current, "data": "other"})))
@@ -136,6 +190,11 @@ def prepared_runs(out, checkpoint, data, case):
     elif case == "sweep: a state of another shape":
         (out / "sweep").mkdir()
         (out / "sweep" / "sweep.json").write_text('{"out": "runs", "runs": ["a", "b"]}')
+    elif case == "sweep: entries of the wrong types":
+        (out / "sweep").mkdir()
+        entry = {"run_id": "../../a", "twin": 5, "group": "NI", "task": "SST-2", "model": 3, "target_name": None,
+                 "gamma": "x", "seed": 1, "status": "done", "error": None}
+        (out / "sweep" / "sweep.json").write_text(json.dumps({"out": str(out), "runs": [entry]}))
 
 
 def cases(paths):
@@ -183,6 +242,16 @@ def cases(paths):
         ("NaN weights", train(model=paths["nan-weights"]), "holds NaN or infinite values"),
         ("finite weights too large", train(model=paths["huge-weights"]), "before any update of the prompt: check the "
                                                                           "weights"),
+        ("a FIFO as task file", train(task=None, **{"task-file": paths["fifo"], "data-dir": None}),
+         "is not a regular file"),
+        ("prompts file nested too deep", train(target=None, **{"target-name": "x", "prompts-file": paths["deep-json"]}),
+         "nested too deeply to parse"),
+        ("a data file with no line end", train(**{"data-dir": paths["no-line-end"]}), "has a line of more than"),
+        ("non-UTF-8 jsonl of a task file", train(task=None, **{"task-file": paths["latin1-task"], "data-dir": None}),
+         "not UTF-8 text"),
+        ("gamma past float32", train(gamma="1e308"), "--gamma must be >= 0 and <= 3.40282e+38"),
+        ("lr past float32", train(lr="1e300"), "--lr must be > 0 and <= 3.40282e+38"),
+        ("lr that overflows the update", train(lr="1e38", steps=1), "makes an update larger than float32 holds"),
         # memory and hangs
         ("absurd layer count", train(model=paths["config-absurd-layers"]), "n_layer must be at least 1 and at most"),
         ("model beyond memory", train(model=paths["config-too-big"]), "of memory but cpu has"),
@@ -194,6 +263,12 @@ def cases(paths):
         ("checkpoint of other weights", train("--resume"), "comes from training on other weights"),
         ("checkpoint of a broadcastable shape", train("--resume"), "shape (1, 48), but this run's is (8, 48)"),
         ("checkpoint past the last step", train("--resume"), "at step 7, outside this run's 0..3"),
+        ("results a FIFO", train(), "is not a regular file"),
+        ("results nested too deep", train(), "nested too deeply to parse"),
+        ("a FIFO as checkpoint", train("--resume"), "is not a regular file"),
+        ("log with a broken line", train("--resume"), "log.jsonl:1 is not the log entry of a step"),
+        ("a flipped bit in the checkpoint", train("--resume"), "its checksum differs"),
+        ("lock a link to a file outside out", train("--force"), "cannot be opened as a lock"),
         ("run in use", train("--resume"), f"is in use by process {os.getpid()}"),
         ("run in use, forced", train("--force"), f"is in use by process {os.getpid()}"),
         # eval.py
@@ -201,11 +276,18 @@ def cases(paths):
          "holds an invalid run configuration (--steps must be at least 1, got -3)"),
         ("eval: unknown device", ["eval", paths["good-run"], "--device", "gpu0"], "--device must be auto, cpu"),
         ("eval: max-eval 0", ["eval", paths["good-run"], "--max-eval", "0"], "--max-eval must be at least 1"),
+        ("eval: a FIFO as task file", ["eval", paths["empty-adapter"], "--task-file", paths["fifo"]],
+         "is not a regular file"),
+        ("eval: an adapter of no vectors", ["eval", paths["empty-adapter"], "--device", "cpu"],
+         "a prompt of no vectors"),
+        ("eval: a run whose weights changed", ["eval", paths["run-on-other-weights"], "--device", "cpu"],
+         "are not those it was trained on"),
         # sweep.py
         ("sweep: gamma nan", sweep(gammas="0.01,nan"), "each gamma must be a finite number"),
         ("sweep: out is a file", sweep(out=paths["a-file"], **{"sweep-dir": None}), "is a file, not a directory"),
         ("sweep: every run fails", sweep(**{"data-dir": paths["latin1"]}), "2 of 2 runs failed"),
         ("sweep: a state of another shape", sweep(), "is not a sweep state written by minway"),
+        ("sweep: entries of the wrong types", sweep("--report-only"), "is not a sweep state written by minway"),
         # the random checkpoint writer
         ("random: zero width", random_checkpoint("--n-embd", 0), "--n-embd must be at least 1"),
         ("random: heads not dividing", random_checkpoint("--n-embd", 50), "not divisible by --n-head"),
@@ -243,13 +325,14 @@ def run_case(name, entry, args, root):
 @pytest.fixture(scope="module")
 def table(tiny_checkpoint, tiny_data, tmp_path_factory):  # noqa: F811
     root = tmp_path_factory.mktemp("hostile")
-    table_cases = cases(case_inputs(root, tiny_checkpoint, tiny_data))
+    inputs = case_inputs(root, tiny_checkpoint, tiny_data)
+    table_cases = cases(inputs)
     with ExitStack() as held:
         for name, _, _ in table_cases:
             out = case_dir(root, name) / "out"
             out.mkdir(parents=True)
             (out.parent / "cwd").mkdir()
-            prepared_runs(out, tiny_checkpoint, tiny_data, name)
+            prepared_runs(out, tiny_checkpoint, tiny_data, name, inputs)
             if name.startswith("run in use"):  # its run directory is locked by this process
                 held.enter_context(DirectoryLock(out / run_config(tiny_checkpoint, tiny_data).run_id()))
         before = snapshot(root, tiny_checkpoint, tiny_data)
@@ -266,7 +349,8 @@ def case_names():
     placeholders = {key: Path(key) for key in (
         "ck", "data", "escaping-prompts", "binary-target", "latin1", "huge-field", "binary-config",
         "config-string-layers", "config-negative-width", "config-absurd-layers", "config-too-big", "int8-weights",
-        "nan-weights", "huge-weights", "good-run", "tampered-run", "a-file", "superscript-label")}
+        "nan-weights", "huge-weights", "good-run", "tampered-run", "a-file", "superscript-label", "fifo", "deep-json",
+        "no-line-end", "latin1-task", "empty-adapter", "victim", "run-on-other-weights")}
     return [name for name, _, _ in cases(placeholders)]
 
 
@@ -289,7 +373,10 @@ def test_hostile_input_is_a_short_error_that_writes_nothing_outside_out(table, n
 def test_a_failed_command_leaves_no_run_directory_behind(table):
     """Stale state: a command that fails in its checks or setup makes no run directory, so that the
     corrected command is not refused for one."""
-    prepared = ("run in use", "run in use, forced", "finished on other data", "results edited",
+    prepared = ("run in use", "run in use, forced", "finished on other data", "results edited", "results a FIFO",
+                "results nested too deep", "a FIFO as checkpoint", "log with a broken line",
+                "a flipped bit in the checkpoint", "lock a link to a file outside out",
+                "lr that overflows the update",  # fails in training, at its first update
                 "finite weights too large",  # fails in training, at its first step: a run that starts again
                 "checkpoint of other weights",
                 "checkpoint of a broadcastable shape", "checkpoint past the last step")

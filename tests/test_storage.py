@@ -131,6 +131,23 @@ def test_checkpoint_round_trip(tmp_path):
     assert torch.equal(adam_back["exp_avg_sq"], adam["exp_avg_sq"])
 
 
+@pytest.mark.parametrize("tensor", ["prompt", "exp_avg_sq"])
+def test_any_bit_flipped_in_a_checkpoints_tensors_is_refused(tmp_path, tensor):
+    """Even a flip that leaves every value finite and in range, which no other check could see."""
+    g = torch.Generator().manual_seed(0)
+    adam = {"step": torch.tensor(3.0), "exp_avg": torch.randn(5, 8, generator=g),
+            "exp_avg_sq": torch.rand(5, 8, generator=g)}
+    path = tmp_path / "checkpoint.safetensors"
+    save_checkpoint(path, torch.randn(5, 8, generator=g), adam, 3, IDENTITY)
+    content = bytearray(path.read_bytes())
+    header_size = int.from_bytes(content[:8], "little")
+    start, end = json.loads(content[8:8 + header_size])[tensor]["data_offsets"]
+    content[8 + header_size + (start + end) // 2] ^= 0x01  # a mantissa bit
+    path.write_bytes(content)
+    with pytest.raises(MinwayError, match="its checksum differs"):
+        read_checkpoint(path, 12, (5, 8), IDENTITY)
+
+
 def test_checkpoint_before_first_step_has_no_adam_state(tmp_path):
     path = tmp_path / "checkpoint.safetensors"
     save_checkpoint(path, torch.ones(2, 3), {}, 0, IDENTITY)
@@ -221,6 +238,18 @@ def test_read_log_drops_later_steps_and_a_line_cut_by_a_kill(tmp_path):
     assert read_log(path, 3) == lines[:3]
     assert read_log(path, 100) == lines
     assert read_log(tmp_path / "missing.jsonl", 3) == []
+
+
+@pytest.mark.parametrize("line", ["[1, 2]", '{"step": "x"}', '{"loss": 1.0}', '{"step": -1}', "\udcff\udcfe", "{{"])
+def test_a_log_line_that_is_not_a_steps_entry_is_a_corrupt_log_unless_it_is_the_last(tmp_path, line):
+    path = tmp_path / "log.jsonl"
+    good = json.dumps({"step": 0, "loss": 1.0})
+    path.write_bytes(f"{good}\n{line}\n{good}\n".encode("utf-8", "surrogateescape"))
+    with pytest.raises(MinwayError, match=r"log.jsonl:2 is not the log entry of a step: delete the log"):
+        read_log(path, 3)
+    path.write_bytes(f"{good}\n{line}".encode("utf-8", "surrogateescape"))
+    if line.startswith("{{") or "\udcff" in line:  # cut short by a kill: dropped
+        assert read_log(path, 3) == [good]
 
 
 @pytest.mark.parametrize("edit, fragment", [

@@ -81,7 +81,7 @@ def test_a_file_that_is_not_a_definition_is_one_line(tmp_path, content, fragment
 
 
 def test_a_directory_for_a_task_file_is_one_line(tmp_path):
-    assert "cannot be read" in error_of(tmp_path)
+    assert "is not a regular file" in error_of(tmp_path)
 
 
 def test_a_missing_task_file_is_one_line_before_torch(tmp_path):

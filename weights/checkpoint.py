@@ -10,7 +10,6 @@ Tensors are read one at a time from memory-mapped files (``safe_open``), straigh
 into a model built on the meta device, so gpt2-xl is never held twice. Only
 safetensors are read: no pickle, no ``torch.load``.
 """
-import json
 import re
 from pathlib import Path
 
@@ -19,10 +18,12 @@ from safetensors import SafetensorError, safe_open
 
 from minway import validation
 from minway.errors import MinwayError
+from minway.files import read_json
 from minway.model import GPT2, GPT2Config
 
 CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 # the causal-mask buffers of the reference implementation and its tied head: not parameters here
+MAX_JSON = 2 ** 26  # a config.json is a few KB, gpt2-xl's index of shards 30 KB
 IGNORED = re.compile(r"(h\.\d+\.attn\.(masked_)?bias|lm_head\.weight)$")
 # config.json settings of GPT-2 variants this model does not compute: {key: values that mean released GPT-2}
 RELEASED = {"activation_function": ("gelu_new", "gelu_pytorch_tanh"), "scale_attn_weights": (True,),
@@ -59,11 +60,7 @@ def _config_values(directory):
     path = Path(directory) / "config.json"
     if not path.is_file():
         raise MinwayError(f"{path} is missing: a GPT-2 checkpoint needs config.json next to model.safetensors")
-    try:
-        values = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise MinwayError(f"{path} is not valid JSON ({e}): re-download or rewrite it") from None
-    return path, values
+    return path, read_json(path, "checkpoint config", MAX_JSON, "re-download or rewrite it")
 
 
 def tensor_files(directory):
@@ -73,10 +70,8 @@ def tensor_files(directory):
     if single.is_file():
         return {name: single for name in _open(single).keys()}
     if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text()).get("weight_map")
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-            weight_map = None
+        index_values = read_json(index, "safetensors index", MAX_JSON, "re-download it")
+        weight_map = index_values.get("weight_map") if isinstance(index_values, dict) else None
         if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
             raise MinwayError(f"{index} is not a valid safetensors index (no weight_map): re-download it")
         for file in set(weight_map.values()):
