@@ -152,7 +152,7 @@ def export(run, out, force=False):
 
 
 def main(argv=None):
-    parser = Parser(description=__doc__)
+    parser = Parser(prog="python -m minway.adapters", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     export_parser = commands.add_parser("export", help="write a minway prompt as a PEFT prompt-tuning adapter",
                                         description="Write a minway prompt as a PEFT prompt-tuning adapter.")

@@ -9,11 +9,14 @@ The models are random GPT-2s, sharpened as in test_model.py so that differences 
 import importlib
 import json
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
+from conftest import ROOT
 from fixtures import TOKENIZER_DIR, assert_one_line_error, first_rows, run_cli_in_process
 from fixtures import tiny_checkpoint, tiny_data  # noqa: F401  (pytest fixtures)
 from minway import adapters, training
@@ -330,3 +333,9 @@ def test_target_and_task_are_for_adapters(tmp_path, monkeypatch, capsys):
 def test_the_export_command_must_be_named(monkeypatch, capsys):
     result = run_cli_in_process("minway.adapters", [], monkeypatch, capsys)
     assert_one_line_error(result, "command")
+
+
+def test_the_export_commands_help_says_what_it_does():
+    result = subprocess.run([sys.executable, "-m", "minway.adapters", "--help"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0 and "PEFT prompt-tuning adapter" in result.stdout, result.stdout

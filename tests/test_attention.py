@@ -223,6 +223,22 @@ def test_triton_varlen_matches_each_row_alone(dtype):
     check_varlen(VARLEN_QUERIES, VARLEN_KEYS, 16, dtype)
 
 
+def test_triton_varlen_backward_takes_a_gradient_that_is_not_contiguous():
+    """The gradient of the output may come strided (here the head dim is not the fastest): the
+    kernel reads it as it reads a contiguous one."""
+    lengths, key_lengths = [3, 9], [7, 9]
+    q, k, v, do = packed_rows(lengths, key_lengths, 16, torch.float32, seed=5)
+    strided = do.transpose(0, 2).contiguous().transpose(0, 2)
+    assert strided.stride(-1) != 1 and torch.equal(strided, do)
+    grads = []
+    for gradient in (do, strided):
+        inputs = [x.clone().requires_grad_() for x in (q, k, v)]
+        out = varlen_attention(*inputs, lengths, key_lengths, backend="triton")
+        grads.append(torch.autograd.grad(out, inputs, gradient))
+    for plain, from_strided in zip(*grads):
+        assert torch.equal(plain, from_strided)
+
+
 @pytest.mark.parametrize("backend", ["naive", "sdpa"])
 def test_varlen_in_padded_buckets_matches_each_row_alone(backend):
     from kernels.attention import _buckets

@@ -106,3 +106,20 @@ def test_predict_is_the_argmin_over_batches(model, tokenizer, inputs):
     torch.testing.assert_close(nll, whole, atol=1e-5, rtol=0)
     assert predictions.tolist() == [min(range(len(options)), key=lambda c: float(row[c])) for row in nll]
     assert len(set(predictions.tolist())) > 1  # not a constant answer
+
+
+def test_predict_batches_the_inputs_shortest_first(model, tokenizer, inputs, monkeypatch):
+    """Each batch holds inputs of like lengths (the order of their lengths), and the losses come back in
+    the order of the inputs."""
+    import minway.classify as classify
+
+    options, prompt, batches = options_of(tokenizer, "trec"), random_prompt(5, TINY.n_embd, seed=3), []
+
+    def recording(model, prompts, rows, options):
+        batches.append([len(r) for r in rows])
+        return option_nll(model, prompts, rows, options)
+    monkeypatch.setattr(classify, "option_nll", recording)
+    _, nll = predict(model, prompt, inputs, options, batch_size=3)
+    assert [n for batch in batches for n in batch] == sorted(len(i) for i in inputs)
+    with torch.no_grad():
+        torch.testing.assert_close(nll, option_nll(model, prompt, inputs, options), atol=1e-5, rtol=0)

@@ -61,3 +61,5 @@ def test_run_id_changes_with_what_changes_the_prompt_only():
 def test_run_ids_stay_what_they_were():
     # finished runs are found again by their id: a change here orphans every existing run directory
     assert config().run_id() == "sst2-gpt2-large-Is-this-movie-good-g0.01-s1-f39344d8"
+    named = {name: replace(config(), target_name=name).run_id().split("-g0.01")[0] for name in ("a" * 48, "a" * 49)}
+    assert named == {"a" * 48: "sst2-gpt2-large-" + "a" * 48, "a" * 49: "sst2-gpt2-large-" + "a" * 48 + "-1e666934"}

@@ -149,6 +149,36 @@ def test_zero_vectors_have_cosine_zero(backend):
     assert 7 not in got.indices[[0, 2]]
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_minus_zero_ties_with_zero(backend):
+    """0 x -1 is -0.0, which equals +0.0: the tie goes to the lowest index, whatever the zero's sign."""
+    E = torch.tensor([[-1.0], [1.0], [-1.0]])
+    got = nearest_tokens(torch.zeros(2, 1), E, k=3, metric="dot", backend=backend)
+    assert torch.equal(got.indices, torch.tensor([[0, 1, 2]] * 2))
+
+
+def test_the_triton_kernel_takes_more_queries_than_one_block_holds():
+    """Queries past a block's rows (64 in the interpreter, 128 on a GPU) go to more programs."""
+    g = torch.Generator().manual_seed(3)
+    q, E = grid(200, 16, generator=g), grid(90, 16, generator=g)
+    indices, scores, margin, _ = reference(q, E, 2, "dot")
+    got = nearest_tokens(q, E, k=2, metric="dot", backend="triton")
+    assert torch.equal(got.indices, indices) and torch.equal(got.scores.double(), scores)
+
+
+@pytest.mark.parametrize("arch", [80, 90])
+def test_every_query_count_gets_a_gpu_configuration_that_was_compiled(arch):
+    """On a GPU the block of queries is one of the sizes kernels.gpu_compile checks (16 to 128), and holds
+    up to 128 queries in one block, for one query or a million."""
+    from kernels.projection_triton import _BLOCKS, _config
+
+    for M in [*range(1, 300), 1000, 1024, 1025, 8192, 10 ** 6]:
+        for dtype in DTYPES:
+            blocks, options = _config(M, dtype, arch)
+            assert blocks["BLOCK_M"] in _BLOCKS["bf16"] and blocks["BLOCK_M"] >= min(M, 128), M
+            assert options["num_warps"] == 8
+
+
 @pytest.mark.parametrize("kwargs,message", [
     (dict(queries=torch.zeros(2, 3, 4)), "queries must be a non-empty (M, d) tensor"),
     (dict(queries=torch.zeros(0, 4)), "queries must be a non-empty (M, d) tensor"),

@@ -333,6 +333,16 @@ def test_a_download_is_written_in_utf8_whatever_the_locale(clean_env, monkeypatc
     assert (data.download_dir() / "sst2" / "train.tsv").read_text(encoding="utf-8").endswith("réussi\t1\n")
 
 
+def test_a_download_goes_into_a_task_folder_left_by_an_earlier_one(clean_env, monkeypatch):
+    """A download killed before its files were written leaves the task's folder: the next one uses it."""
+    monkeypatch.delenv("MINWAY_OFFLINE")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    (data.download_dir() / "sst2").mkdir(parents=True)
+    split = {"text": ["fine"], "label": [1], "label_text": ["positive"]}
+    fake_datasets(monkeypatch, {"SetFit/sst2": {"train": split, "test": split}}, [])
+    assert load_split(get_task("sst2"), "train") == [Example("fine", 1)]
+
+
 def test_failed_download_is_the_missing_data_error(clean_env, monkeypatch):
     monkeypatch.delenv("MINWAY_OFFLINE")
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)

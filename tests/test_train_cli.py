@@ -339,6 +339,34 @@ def test_training_steps_the_prompt_as_the_released_codes_adamw(sharp_checkpoint,
     assert torch.allclose(prompt.double(), expected[0], rtol=1e-5, atol=1e-6)
 
 
+def test_each_step_trains_on_the_batch_its_schedule_gives(sharp_checkpoint, tiny_data, setup, tmp_path, monkeypatch):
+    """The rows of step s are those BatchSchedule(n, batch size, seed)[s] names, in that order."""
+    config = config_of(sharp_checkpoint, tiny_data, steps=4, batch_size=3, seed=7)
+    seen, real = [], training.bank_losses
+
+    def spy(model, bank, owner, inputs, outputs, *args):
+        seen.append(inputs)
+        return real(model, bank, owner, inputs, outputs, *args)
+    monkeypatch.setattr(training, "bank_losses", spy)
+    training.train(config, tmp_path, progress=False, setup=setup)
+    schedule = training.BatchSchedule(len(setup.train_inputs), 3, 7)
+    assert seen == [[setup.train_inputs[i] for i in schedule[step]] for step in range(4)]
+
+
+@pytest.mark.parametrize("dtype, advice", [("fp32", "lower --lr"), ("bf16", "lower --lr, or use --dtype fp32")])
+def test_a_value_that_is_not_finite_names_its_step_and_what_to_do(dtype, advice, tmp_path):
+    config = RunConfig(task="sst2", target=TARGET, dtype=dtype)
+    runs = [tmp_path / "run-a", tmp_path / "run-b"]
+    training._require_finite([1.0, 2.0], "loss", runs, 5, 2, config)  # finite: nothing to say
+    with pytest.raises(MinwayError) as later:
+        training._require_finite([1.0, float("inf")], "gradient norm", runs, 5, 2, config)
+    assert str(later.value) == (f"the gradient norm of run-b became inf at step 5 (--lr 0.01, --dtype {dtype}); its "
+                                f"last good checkpoint is kept: {advice}")
+    with pytest.raises(MinwayError, match=r"the loss of run-a is nan at step 2, before any update of the prompt: "
+                                          r"check its checkpoint"):
+        training._require_finite([float("nan"), 1.0], "loss", runs, 2, 2, config)
+
+
 def test_batches_walk_shuffled_epochs_with_a_short_last_batch():
     """As the released code's DataLoader (random sampler, last batch kept): 10 examples in
     batches of 4 make epochs of 4, 4 and 2 examples, each epoch every example once."""

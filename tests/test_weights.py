@@ -1,5 +1,6 @@
 """Checkpoints: loading variants, every bad input's message, resolution, random checkpoints."""
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -266,7 +267,7 @@ def test_index_without_weight_map(checkpoint):
 def test_index_invalid_json(checkpoint):
     _shard(checkpoint)
     (checkpoint / "model.safetensors.index.json").write_text('{"weight_map": {')
-    load_error(checkpoint, r"model\.safetensors\.index\.json is not a valid safetensors index")
+    load_error(checkpoint, r"model\.safetensors\.index\.json is not valid JSON \(.*\): re-download it")
 
 
 def test_truncated_shard(checkpoint):
@@ -376,6 +377,18 @@ def test_resolve_from_hub_cache_env(isolated, source):
     snapshot = make_hub_cache(cache, source)
     assert resolve_checkpoint("gpt2") == snapshot
     assert_same_model(resolve_checkpoint("gpt2"), load_gpt2(source).state_dict())
+
+
+def test_without_refs_main_the_newest_snapshot_is_chosen(isolated, source):
+    _, cache = isolated
+    snapshot = make_hub_cache(cache, source)
+    repo = snapshot.parents[1]
+    (repo / "refs" / "main").unlink()
+    os.utime(repo / "snapshots" / "0ld0ld", (1, 1))
+    assert resolve_checkpoint("gpt2") == snapshot
+    os.utime(repo / "snapshots" / "0ld0ld", None)  # now the newest
+    os.utime(snapshot, (1, 1))
+    assert resolve_checkpoint("gpt2") == repo / "snapshots" / "0ld0ld"
 
 
 def test_resolve_from_hf_home(isolated, monkeypatch, tmp_path, source):
