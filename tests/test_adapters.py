@@ -338,4 +338,4 @@ def test_the_export_command_must_be_named(monkeypatch, capsys):
 def test_the_export_commands_help_says_what_it_does():
     result = subprocess.run([sys.executable, "-m", "minway.adapters", "--help"], cwd=ROOT, capture_output=True,
                             text=True, timeout=120)
-    assert result.returncode == 0 and "PEFT prompt-tuning adapter" in result.stdout, result.stdout
+    assert result.returncode == 0 and "Soft prompts of Hugging Face PEFT" in result.stdout, result.stdout

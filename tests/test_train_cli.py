@@ -367,6 +367,20 @@ def test_a_value_that_is_not_finite_names_its_step_and_what_to_do(dtype, advice,
         training._require_finite([float("nan"), 1.0], "loss", runs, 2, 2, config)
 
 
+def test_a_gradient_that_stops_being_finite_stops_the_run_at_its_step(sharp_checkpoint, tiny_data, setup, tmp_path,
+                                                                      monkeypatch):
+    config = config_of(sharp_checkpoint, tiny_data, steps=4)
+    steps, real = [], training._clip_each
+
+    def clip(grad, max_norm):
+        norms = real(grad, max_norm)
+        steps.append(len(steps))
+        return norms * float("inf") if len(steps) == 3 else norms
+    monkeypatch.setattr(training, "_clip_each", clip)
+    with pytest.raises(MinwayError, match=r"the gradient norm of .* became inf at step 2 \(--lr 0.01"):
+        training.train(config, tmp_path, progress=False, setup=setup)
+
+
 def test_batches_walk_shuffled_epochs_with_a_short_last_batch():
     """As the released code's DataLoader (random sampler, last batch kept): 10 examples in
     batches of 4 make epochs of 4, 4 and 2 examples, each epoch every example once."""
