@@ -2,7 +2,7 @@
 
     lock                    held by the process that trains the run (its pid and host)
     config.json             the RunConfig
-    checkpoint.safetensors  prompt + AdamW state + step, every N steps
+    checkpoint.safetensors  prompt + AdamW state + step, every N steps, with a SHA-256 of its tensors
     log.jsonl               one line of losses per step
     prompt.safetensors      the final prompt, with its metadata (model, task, target, gamma, ...)
     results.json            every measure and the configuration
