@@ -273,6 +273,8 @@ def adapter_with(directory, config=None, tensors=None):
     (None, {"other": torch.zeros(3, 48)}, "holds no prompt_embeddings tensor"),
     (None, {"prompt_embeddings": torch.zeros(3, 48, dtype=torch.int64)}, "torch.int64 values"),
     (None, {"prompt_embeddings": torch.zeros(3, 4, 48)}, "has shape (3, 4, 48)"),
+    (None, {"prompt_embeddings": torch.zeros(3, 48).index_put_((torch.tensor([1]), torch.tensor([7])),
+                                                               torch.tensor(float("nan")))}, "not finite"),
 ])
 def test_what_is_not_a_prompt_of_gpt2_is_refused_in_one_line(tmp_path, config, tensors, fragment):
     with pytest.raises(MinwayError) as error:
@@ -339,3 +341,8 @@ def test_the_export_commands_help_says_what_it_does():
     result = subprocess.run([sys.executable, "-m", "minway.adapters", "--help"], cwd=ROOT, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0 and "Soft prompts of Hugging Face PEFT" in result.stdout, result.stdout
+    export = subprocess.run([sys.executable, "-m", "minway.adapters", "export", "--help"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert export.returncode == 0, export.stderr
+    for said in ("a run directory holding prompt.safetensors", "the adapter directory to write", "overwrite"):
+        assert said in " ".join(export.stdout.split()), said

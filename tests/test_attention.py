@@ -224,19 +224,21 @@ def test_triton_varlen_matches_each_row_alone(dtype):
 
 
 def test_triton_varlen_backward_takes_a_gradient_that_is_not_contiguous():
-    """The gradient of the output may come strided (here the head dim is not the fastest): the
-    kernel reads it as it reads a contiguous one."""
+    """The gradient of the output may come strided (the head dim not the fastest, or the heads the
+    fastest): the kernel reads it as it reads a contiguous one."""
     lengths, key_lengths = [3, 9], [7, 9]
     q, k, v, do = packed_rows(lengths, key_lengths, 16, torch.float32, seed=5)
     strided = do.transpose(0, 2).contiguous().transpose(0, 2)
-    assert strided.stride(-1) != 1 and torch.equal(strided, do)
+    heads_fastest = do.transpose(1, 2).contiguous().transpose(1, 2)  # strides (H * D, 1, H)
+    assert strided.stride(-1) != 1 and heads_fastest.stride() == (H * 16, 1, H)
+    assert torch.equal(strided, do) and torch.equal(heads_fastest, do)
     grads = []
-    for gradient in (do, strided):
+    for gradient in (do, strided, heads_fastest):
         inputs = [x.clone().requires_grad_() for x in (q, k, v)]
         out = varlen_attention(*inputs, lengths, key_lengths, backend="triton")
         grads.append(torch.autograd.grad(out, inputs, gradient))
-    for plain, from_strided in zip(*grads):
-        assert torch.equal(plain, from_strided)
+    for plain, *from_strided in zip(*grads):
+        assert all(torch.equal(plain, other) for other in from_strided)
 
 
 @pytest.mark.parametrize("backend", ["naive", "sdpa"])

@@ -326,6 +326,13 @@ def test_the_default_config_is_gpt2_small():
     assert (GPT2Config().vocab_size, GPT2Config().n_positions, GPT2Config().layer_norm_epsilon) == (50257, 1024, 1e-5)
 
 
+@pytest.mark.parametrize("size, layers, heads, width", [("gpt2", 12, 12, 768), ("gpt2-medium", 24, 16, 1024),
+                                                      ("gpt2-large", 36, 20, 1280), ("gpt2-xl", 48, 25, 1600)])
+def test_released_sizes_have_the_published_shapes(size, layers, heads, width):
+    """As in the config.json of each released checkpoint: the head count is not implied by the parameter count."""
+    assert (SIZES[size].n_layer, SIZES[size].n_head, SIZES[size].n_embd) == (layers, heads, width)
+
+
 @pytest.mark.parametrize("size, count", [("gpt2", 124_439_808), ("gpt2-medium", 354_823_168),
                                          ("gpt2-large", 774_030_080), ("gpt2-xl", 1_557_611_200)])
 def test_released_sizes_have_the_published_parameter_counts(size, count):

@@ -176,7 +176,9 @@ def test_every_query_count_gets_a_gpu_configuration_that_was_compiled(arch):
         for dtype in DTYPES:
             blocks, options = _config(M, dtype, arch)
             assert blocks["BLOCK_M"] in _BLOCKS["bf16"] and blocks["BLOCK_M"] >= min(M, 128), M
-            assert options["num_warps"] == 8
+            block_v, block_d, stages = _BLOCKS["bf16" if dtype == torch.bfloat16 else "tf32x3"][blocks["BLOCK_M"]]
+            assert blocks == dict(BLOCK_M=blocks["BLOCK_M"], BLOCK_V=block_v, BLOCK_D=block_d), M
+            assert options == dict(num_warps=8, num_stages=stages)
 
 
 @pytest.mark.parametrize("kwargs,message", [

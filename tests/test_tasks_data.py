@@ -8,7 +8,7 @@ import pytest
 
 from fixtures import SHIPPED_DATA, TOKENIZER_DIR, ascii_locale, first_rows, tiny_checkpoint, write_tsv  # noqa: F401
 from minway import data
-from minway.data import Example, find_split, load_split, read_tsv, sample_per_class
+from minway.data import Example, find_split, load_split, read_jsonl, read_tsv, sample_per_class
 from minway.errors import MinwayError
 from minway.tasks import TASKS, encode_options, get_task, split_options
 from minway.config import RunConfig
@@ -169,6 +169,16 @@ def test_read_tsv_errors_are_one_line(tmp_path, content, where):
         read_tsv(path, 2)
     message = one_line(error)
     assert str(path) in message and where in message
+
+
+@pytest.mark.parametrize("name", ["train.tsv", "train.jsonl"])
+def test_a_data_file_over_4_gib_is_refused_unread(tmp_path, name):
+    path = tmp_path / name
+    with open(path, "wb") as f:  # sparse: nothing is written
+        f.truncate(2 ** 32 + 1)
+    with pytest.raises(MinwayError) as error:
+        (read_tsv if name.endswith(".tsv") else read_jsonl)(path, 2)
+    assert "holds 4,294,967,297 bytes, more than the 4,294,967,296 it may" in str(error.value)
 
 
 def test_data_files_are_utf8_whatever_the_locale(tmp_path, ascii_locale):  # noqa: F811

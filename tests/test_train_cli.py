@@ -149,10 +149,24 @@ def test_progress_bars_name_the_task_and_gamma(sharp_checkpoint, tiny_data, setu
     assert "sst2 gamma=0: " in err and "sst2 gamma=0.01: " in err and "f1=1.00" in err
 
 
+@pytest.mark.parametrize("eval_every, evaluated", [(2, [1, 3]), (3, [2]), (0, [])])
+def test_eval_every_tests_the_prompt_during_the_run_but_not_twice_at_its_end(sharp_checkpoint, tiny_data, setup,
+                                                                             tmp_path, capsys, eval_every, evaluated):
+    config = config_of(sharp_checkpoint, tiny_data, steps=6, eval_every=eval_every)
+    training.train(config, tmp_path, setup=setup)
+    entries = [json.loads(line) for line in read_log(tmp_path / config.run_id() / "log.jsonl", 6)]
+    assert [e["step"] for e in entries if "test" in e] == evaluated  # the run's end is tested by results.json
+    assert all(0 <= e["test"] <= 1 for e in entries if "test" in e)
+    said = "".join(capsys.readouterr())
+    assert [f"step {step + 1}: test accuracy" in said for step in evaluated] == [True] * len(evaluated)
+    assert "step 6: test accuracy" not in said
+
+
 def test_log_has_one_line_per_step(full_run):
     _, run_dir = full_run
     entries = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in entries] == list(range(6))
+    assert [e["step"] for e in entries if "f1" in e] == [0, 5]  # every 10th step and the last
     assert all(e["loss"] == pytest.approx(e["ce"] + 0.01 * e["distance"]) for e in entries)
     assert entries[0]["distance"] == 0.0  # the prompt starts at c-proj(target)
 

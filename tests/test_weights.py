@@ -17,7 +17,7 @@ from minway.cli import run_cli
 from minway.errors import MinwayError
 from minway.model import GPT2Config
 from weights import demo_checkpoint, resolve
-from weights.checkpoint import load_gpt2, load_token_embeddings, read_config
+from weights.checkpoint import all_finite, load_gpt2, load_token_embeddings, read_config
 from weights.random_checkpoint import GPT2_EMBEDDING_NORM, write_random_checkpoint
 from weights.resolve import resolve_checkpoint
 
@@ -144,6 +144,20 @@ def test_wrong_shape_names_file_and_tensor(checkpoint):
     rewrite(checkpoint, lambda t: t.update({"h.0.attn.c_attn.weight": t["h.0.attn.c_attn.weight"].T.contiguous()}))
     load_error(checkpoint, r"tensor h\.0\.attn\.c_attn\.weight in model\.safetensors has shape \(144, 48\), "
                            r"expected \(48, 144\)")
+
+
+def test_one_value_that_is_not_finite_is_refused(checkpoint):
+    def spoil(tensors):
+        tensors["h.1.mlp.c_proj.weight"][5, 3] = float("nan")
+    rewrite(checkpoint, spoil)
+    load_error(checkpoint, r"tensor h\.1\.mlp\.c_proj\.weight in .*model\.safetensors holds NaN or infinite values")
+
+
+def test_all_finite_is_the_exact_answer_when_the_sum_overflows():
+    big = torch.full((4,), 3e38)
+    assert not torch.isfinite(big.sum()) and all_finite(big)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        assert not all_finite(torch.cat([big, torch.tensor([bad])])) and not all_finite(torch.tensor([0.0, bad]))
 
 
 def test_config_for_another_size_is_a_shape_error(checkpoint):
