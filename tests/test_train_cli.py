@@ -158,7 +158,7 @@ def test_eval_every_tests_the_prompt_during_the_run_but_not_twice_at_its_end(sha
     assert [e["step"] for e in entries if "test" in e] == evaluated  # the run's end is tested by results.json
     assert all(0 <= e["test"] <= 1 for e in entries if "test" in e)
     said = "".join(capsys.readouterr())
-    assert [f"step {step + 1}: test accuracy" in said for step in evaluated] == [True] * len(evaluated)
+    assert all(f"step {step + 1}: test accuracy" in said for step in evaluated)
     assert "step 6: test accuracy" not in said
 
 
