@@ -2,7 +2,7 @@
 
     python benchmarks/bench_attention.py [--quick] [--device cuda|cpu] [--prefix N]
 
-Backends of ``kernels.attention.causal_attention``: ``triton`` (minway's flash attention),
+Backends of ``minway.kernels.attention.causal_attention``: ``triton`` (minway's flash attention),
 ``sdpa`` (torch.nn.functional.scaled_dot_product_attention, the baseline) and ``naive``
 (the T x T formula). GPT-2 large heads (20 heads of 64), batch 8, T from 64 to 1024, in
 bf16, fp16 and fp32, without and with a right-padding key mask (row b keeps its first
@@ -26,7 +26,7 @@ import argparse
 import torch
 
 from common import bench, print_table, save
-from kernels.attention import causal_attention, varlen_attention
+from minway.kernels.attention import causal_attention, varlen_attention
 
 B, H, D = 8, 20, 64
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -84,7 +84,7 @@ def timed_backends(device):
         print("CPU: the Triton kernel only runs in the interpreter, far too slow to time; sdpa against naive only")
         return ["sdpa", "naive"]
     try:
-        import kernels.flash_attention  # noqa: F401
+        import minway.kernels.flash_attention  # noqa: F401
     except ImportError as e:
         print(f"no Triton ({e}): sdpa against naive only")
         return ["sdpa", "naive"]

@@ -13,7 +13,7 @@ import argparse
 import torch
 
 from common import bench, copy_bandwidth, print_table, save
-from kernels.projection import nearest_tokens
+from minway.kernels.projection import nearest_tokens
 
 V = 50257
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}

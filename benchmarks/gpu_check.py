@@ -5,7 +5,7 @@
 Runs with the python3 of the GPU machine as it is (PYTHONPATH=., no network, no install).
 Correctness, each against an independent reference:
   compile     every kernel configuration, for sm_80 and sm_90, with this machine's Triton
-              (``python -m kernels.gpu_compile``); its cache then serves the launches below
+              (``python -m minway.kernels.gpu_compile``); its cache then serves the launches below
   projection  the Triton kernel against the float64 score matrix: top-k, scores, margins, under
               dot, l2 and cos, E in fp32 and bf16; ties on exact data must go to the lowest index
   attention   forward and backward, padding mask, after a cached prefix, and packed rows of
@@ -120,7 +120,7 @@ class Report:
 
 def check_compile(dry, cache_dir, json_path):
     """The compile check, against this machine's Triton, in a process without the interpreter."""
-    command = [sys.executable, "-m", "kernels.gpu_compile", "--json", str(json_path), "--cache-dir", cache_dir]
+    command = [sys.executable, "-m", "minway.kernels.gpu_compile", "--json", str(json_path), "--cache-dir", cache_dir]
     if dry:
         command += ["--arch", "90", "--match", "projection M=14 bf16 dot kp=2", "attention fwd D=64 bf16 packed",
                     "--jobs", "1"]
@@ -156,7 +156,7 @@ def check_projection(s, device):
     """Random data: the rows chosen must have the k best float64 scores (up to fp32 rounding of
     nearly equal ones), scores and margins as float64's. Exact data (multiples of 1/8, and
     entries in {-1, 0, 1}, and duplicated rows): indices exactly as a stable sort's."""
-    from kernels.projection import METRICS, nearest_tokens
+    from minway.kernels.projection import METRICS, nearest_tokens
 
     g = torch.Generator(device).manual_seed(0)
     worst, cases, failures = dict(rank=0.0, score=0.0, margin=0.0), 0, []
@@ -191,7 +191,7 @@ def exact_ties(s, device):
     """Cases whose scores are exact in fp32, where the indices must be exactly a stable sort's:
     entries that are multiples of 1/8, entries in {-1, 0, 1} (many ties at the k-th score) and
     copies of rows in other tiles and vocabulary slices."""
-    from kernels.projection import METRICS, nearest_tokens
+    from minway.kernels.projection import METRICS, nearest_tokens
 
     g = torch.Generator(device).manual_seed(1)
     failures = []

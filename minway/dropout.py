@@ -46,7 +46,7 @@ class PromptDropout:
 
     def for_probabilities(self, packed):
         """Dropout of attention probabilities (B, H, Tq, Tk) in which each row stands at the end
-        of its padded row (``kernels.attention.varlen_attention``)."""
+        of its padded row (``minway.kernels.attention.varlen_attention``)."""
         def drop(weights):
             B, H, Tq, Tk = weights.shape
             keep = torch.ones(weights.shape, device=weights.device)

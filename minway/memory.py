@@ -4,7 +4,7 @@ an impossible size is refused in one line (saying what fits), not killed by the 
 A pass of the model runs on packed rows (``minway.packing``): B rows, N tokens in all, M keys
 in all (a row's keys are those of the rows it continues, then its own), O tokens through the
 head; Tq the most tokens of a row, Tk the most keys. Attention puts the rows in a padded
-(B, H, Tq, Tk) batch (``kernels.attention.varlen_attention``). In bytes, with e the bytes of
+(B, H, Tq, Tk) batch (``minway.kernels.attention.varlen_attention``). In bytes, with e the bytes of
 an element of the model's dtype (4 for fp32, 2 for bf16):
 
     model      = parameters * e,   parameters = V d + P d + n_layer (12 d^2 + 13 d) + 2 d

@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kernels.attention import varlen_attention
+from minway.kernels.attention import varlen_attention
 from minway.packing import pack
 
 

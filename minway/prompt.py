@@ -9,7 +9,7 @@ the L2 distance; cosine is the third common choice. All three are reported.
 """
 import torch
 
-from kernels.projection import METRICS, nearest_tokens  # noqa: F401 - METRICS is minway's list too
+from minway.kernels.projection import METRICS, nearest_tokens  # noqa: F401 - METRICS is minway's list too
 
 
 def c_proj(model, ids):

@@ -15,7 +15,7 @@ yields a token to move x towards. Reaching e_t itself means inside the hull.
 """
 import torch
 
-from kernels.projection import nearest_tokens
+from minway.kernels.projection import nearest_tokens
 
 REACHABLE, UNREACHABLE, UNDECIDED = "reachable", "unreachable", "undecided"
 

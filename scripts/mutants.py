@@ -92,10 +92,10 @@ TESTS = {
     "minway/reachability.py": ["tests/test_reachability.py"],
     "minway/config.py": ["tests/test_config.py", "tests/test_storage.py", "tests/test_tasks_data.py",
                          "tests/test_train_cli.py"],
-    "kernels/attention.py": ["tests/test_attention.py", "tests/test_model.py", "tests/test_dropout.py"],
-    "kernels/flash_attention.py": ["tests/test_attention.py", "tests/test_objective.py", "tests/test_model.py"],
-    "kernels/projection.py": ["tests/test_projection.py", "tests/test_reachability.py"],
-    "kernels/projection_triton.py": ["tests/test_projection.py"],
+    "minway/kernels/attention.py": ["tests/test_attention.py", "tests/test_model.py", "tests/test_dropout.py"],
+    "minway/kernels/flash_attention.py": ["tests/test_attention.py", "tests/test_objective.py", "tests/test_model.py"],
+    "minway/kernels/projection.py": ["tests/test_projection.py", "tests/test_reachability.py"],
+    "minway/kernels/projection_triton.py": ["tests/test_projection.py"],
     "minway/adapters.py": ["tests/test_adapters.py"],
     "weights/checkpoint.py": ["tests/test_weights.py"],
     "weights/resolve.py": ["tests/test_weights.py"],
@@ -587,8 +587,8 @@ def baseline(copy_root, modules, env):
 def check_copy_is_imported(copy_root, env):
     """The tests must import the copy's modules, not an installed minway (an editable install
     points at another checkout)."""
-    where = subprocess.run([sys.executable, "-c", "import minway, kernels, weights; "
-                            "print(minway.__file__, kernels.__file__, weights.__file__)"],
+    where = subprocess.run([sys.executable, "-c", "import minway, minway.kernels, weights; "
+                            "print(minway.__file__, minway.kernels.__file__, weights.__file__)"],
                            cwd=copy_root, env=env, capture_output=True, text=True, check=True).stdout.split()
     if not all(Path(w).resolve().is_relative_to(copy_root.resolve()) for w in where):
         raise SystemExit(f"the tests would import {where}, not the copy in {copy_root}")

@@ -8,7 +8,7 @@ sequence that is all padding.
 import pytest
 import torch
 
-from kernels.attention import causal_attention, default_backend, varlen_attention
+from minway.kernels.attention import causal_attention, default_backend, varlen_attention
 
 B, H = 2, 3
 
@@ -122,7 +122,7 @@ def test_queries_after_a_cached_prefix_are_the_last_rows_of_full_attention(backe
 def test_triton_with_the_gpu_block_sizes(monkeypatch, TQ, TK):
     """The interpreter with the block sizes a GPU gets for 16-bit heads of 64 (forward 128 x 32,
     dq 64 x 32, dkdv 32 x 128), on fp32 inputs so that the comparison stays exact."""
-    from kernels import flash_attention
+    from minway.kernels import flash_attention
     gpu_config = flash_attention._config(64, torch.bfloat16, 90)
     monkeypatch.setattr(flash_attention, "_config", lambda D, dtype, arch: gpu_config)
     check_against_full_attention("triton", TQ, TK, masked=True, D=64)
@@ -156,14 +156,14 @@ def diagonal_period(config):
 
 def test_every_prefix_length_across_a_block():
     """Every prefix length from 0 to one period + 1, at the interpreter's block sizes."""
-    from kernels import flash_attention
+    from minway.kernels import flash_attention
     period = diagonal_period(flash_attention._config(16, torch.float32, None))
     assert prefix_sweep_failures((1, 5, 20), range(period + 2), D=16) == []
 
 
 def test_every_prefix_length_across_a_block_at_gpu_block_sizes(monkeypatch):
     """The same sweep with the block sizes a GPU gets for GPT-2's heads (64) in bf16."""
-    from kernels import flash_attention
+    from minway.kernels import flash_attention
     gpu_config = flash_attention._config(64, torch.bfloat16, 90)
     monkeypatch.setattr(flash_attention, "_config", lambda D, dtype, arch: gpu_config)
     assert prefix_sweep_failures((1, 20), range(diagonal_period(gpu_config) + 2), D=64) == []
@@ -243,7 +243,7 @@ def test_triton_varlen_backward_takes_a_gradient_that_is_not_contiguous():
 
 @pytest.mark.parametrize("backend", ["naive", "sdpa"])
 def test_varlen_in_padded_buckets_matches_each_row_alone(backend):
-    from kernels.attention import _buckets
+    from minway.kernels.attention import _buckets
     assert _buckets(VARLEN_QUERIES) == [[0, 6], [1], [2], [3, 4], [5]]  # by queries: 1, 2, 17-32, 33-64, 5-8
     check_varlen(VARLEN_QUERIES, VARLEN_KEYS, 16, torch.float32, backend=backend)
 
@@ -251,7 +251,7 @@ def test_varlen_in_padded_buckets_matches_each_row_alone(backend):
 def test_triton_varlen_with_the_gpu_block_sizes(monkeypatch):
     """The block sizes a GPU gets for 16-bit heads of 64 (forward 128 x 32, dq 64 x 32, dkdv
     32 x 128), on fp32 inputs so that the comparison stays exact: rows across a query block."""
-    from kernels import flash_attention
+    from minway.kernels import flash_attention
     gpu_config = flash_attention._config(64, torch.bfloat16, 90)
     monkeypatch.setattr(flash_attention, "_config", lambda D, dtype, arch: gpu_config)
     check_varlen([130, 1, 64, 20], [144, 15, 64, 150], 64, torch.float32)
@@ -259,7 +259,7 @@ def test_triton_varlen_with_the_gpu_block_sizes(monkeypatch):
 
 def test_triton_varlen_pads_nothing(monkeypatch):
     """The Triton backend takes the packed rows as they are: the padding helper is never called."""
-    from kernels import attention
+    from minway.kernels import attention
 
     def refuse(*args):
         raise AssertionError("padded")
@@ -278,7 +278,7 @@ def test_varlen_rows_with_fewer_keys_than_queries_are_an_error(backend):
 
 def test_triton_varlen_reads_the_longest_row_from_the_offsets():
     """Without max lengths from the caller the kernel reads them from the offsets, and checks them."""
-    from kernels.flash_attention import flash_attention_varlen
+    from minway.kernels.flash_attention import flash_attention_varlen
     q, k, v, _ = packed_rows([3, 1], [5, 1], 16, torch.float32, seed=3)
     out = flash_attention_varlen(q, k, v, torch.tensor([0, 3, 4]), torch.tensor([0, 5, 6]))
     torch.testing.assert_close(out.double(), naive_rows(q, k, v, [3, 1], [5, 1]), atol=1e-6, rtol=1e-6)

@@ -63,8 +63,8 @@ def test_the_defaults_of_train_and_sweep_are_runconfigs():
 
 
 def test_the_choices_are_the_implementations():
-    from kernels.attention import BACKENDS
-    from kernels.projection import METRICS
+    from minway.kernels.attention import BACKENDS
+    from minway.kernels.projection import METRICS
     assert choices.METRICS == METRICS
     assert set(choices.DTYPES) == set(DTYPES)
     assert choices.ATTENTIONS == ("auto", *BACKENDS)

@@ -96,6 +96,13 @@ def test_the_wheel_holds_every_shipped_file(clone, wheel):
     assert shipped <= set(zipfile.ZipFile(wheel).namelist())
 
 
+def test_the_wheel_installs_no_top_level_name_another_distribution_ships(wheel):
+    """Hugging Face's kernels distribution, which transformers >= 5.25 requires, installs a top-level
+    ``kernels``: minway's Triton kernels are minway.kernels, so that both live in one environment."""
+    top = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist()}
+    assert {t for t in top if not t.endswith(".dist-info")} == {"minway", "weights"}
+
+
 def test_an_installed_minway_finds_its_files_from_any_directory(clone, wheel, tmp_path):
     """train.py beside no minway, run from an empty directory, on a checkpoint without BPE files."""
     site, scripts, work = tmp_path / "site", tmp_path / "scripts", tmp_path / "work"

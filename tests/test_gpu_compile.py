@@ -1,7 +1,7 @@
 """Every kernel configuration the CUDA path can choose compiles for sm_80 and sm_90, within the
 shared memory one block may have there, and the hot ones keep their values in registers.
 
-The check is ``python -m kernels.gpu_compile``, run in a process of its own: Triton compiles
+The check is ``python -m minway.kernels.gpu_compile``, run in a process of its own: Triton compiles
 nothing under TRITON_INTERPRET, which this test session sets. A few minutes on two cores;
 ``-m "not compile"`` leaves it out.
 """
@@ -22,11 +22,11 @@ PTXAS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
 
 @pytest.mark.skipif(not PTXAS.is_file(), reason=f"this Triton has no bundled ptxas ({PTXAS})")
 def test_every_configuration_compiles_within_the_gpu_limits(tmp_path):
-    from kernels.gpu_compile import configurations
+    from minway.kernels.gpu_compile import configurations
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     out = tmp_path / "compile.json"
-    done = subprocess.run([sys.executable, "-m", "kernels.gpu_compile", "--arch", "80", "90", "--json", str(out)],
+    done = subprocess.run([sys.executable, "-m", "minway.kernels.gpu_compile", "--arch", "80", "90", "--json", str(out)],
                           cwd=ROOT, env=env, capture_output=True, text=True)
     assert out.is_file(), done.stderr[-2000:]
     results = json.loads(out.read_text())["results"]

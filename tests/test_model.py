@@ -239,7 +239,7 @@ def test_rows_continuing_other_rows_equal_their_whole_sequences(pair, tokenized)
 def _attention_backends():
     backends = [pytest.param("naive"), pytest.param("sdpa")]
     try:
-        import kernels.flash_attention  # noqa: F401
+        import minway.kernels.flash_attention  # noqa: F401
         backends.append(pytest.param("triton"))
     except ImportError as e:
         backends.append(pytest.param("triton", marks=pytest.mark.skip(

@@ -1,4 +1,4 @@
-"""kernels.projection.nearest_tokens against a brute-force float64 reference.
+"""minway.kernels.projection.nearest_tokens against a brute-force float64 reference.
 
 The Triton backend runs in the interpreter on CPU tensors, so shapes stay small but
 awkward: V and d are not multiples of the block sizes, and M=1 splits the vocabulary
@@ -7,8 +7,8 @@ across programs, which exercises the merge of their candidates.
 import pytest
 import torch
 
-import kernels.projection as projection
-from kernels.projection import nearest_tokens
+import minway.kernels.projection as projection
+from minway.kernels.projection import nearest_tokens
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 METRICS = ("dot", "l2", "cos")
@@ -168,9 +168,9 @@ def test_the_triton_kernel_takes_more_queries_than_one_block_holds():
 
 @pytest.mark.parametrize("arch", [80, 90])
 def test_every_query_count_gets_a_gpu_configuration_that_was_compiled(arch):
-    """On a GPU the block of queries is one of the sizes kernels.gpu_compile checks (16 to 128), and holds
+    """On a GPU the block of queries is one of the sizes minway.kernels.gpu_compile checks (16 to 128), and holds
     up to 128 queries in one block, for one query or a million."""
-    from kernels.projection_triton import _BLOCKS, _config
+    from minway.kernels.projection_triton import _BLOCKS, _config
 
     for M in [*range(1, 300), 1000, 1024, 1025, 8192, 10 ** 6]:
         for dtype in DTYPES:
@@ -205,7 +205,7 @@ def test_bad_input_says_what_to_do(kwargs, message):
 def test_auto_falls_back_to_torch_when_the_kernel_fails(monkeypatch):
     """A kernel that fails to build on some GPU must not end a run: auto warns and uses torch
     from then on; asking for triton by name still raises."""
-    import kernels.projection_triton as projection_triton
+    import minway.kernels.projection_triton as projection_triton
 
     def broken(*args):
         raise RuntimeError("no kernel for this device")

@@ -1,6 +1,6 @@
 """Compile every kernel configuration the CUDA path can choose, for GPUs that are not here.
 
-    python -m kernels.gpu_compile [--arch 80 90] [--jobs N] [--json FILE]
+    python -m minway.kernels.gpu_compile [--arch 80 90] [--jobs N] [--json FILE]
 
 Triton compiles for a target named by hand (``GPUTarget``): no GPU or driver is needed. Each
 configuration is what a launch on that GPU would compile: the kernels' own launch functions
@@ -73,7 +73,7 @@ def name(config):
 
 
 def _projection_launch(config):
-    from kernels import projection_triton
+    from minway.kernels import projection_triton
 
     M, kp = config["M"], config["kp"]
     q = torch.empty(M, WIDTH)
@@ -88,7 +88,7 @@ def _attention_launch(config):
     """Inputs laid out as their callers make them. packed: q, k, v contiguous (N, H, D), the keys of
     each row its prompt's then its own, as ``GPT2`` gathers them; padded: q, k, v and the output
     gradient views into (B * T, 3C) and (B * T, C) tensors, as ``flash_attention`` packs them."""
-    from kernels import flash_attention
+    from minway.kernels import flash_attention
 
     D, dtype = config["D"], DTYPES[config["dtype"]]
     C = HEADS * D

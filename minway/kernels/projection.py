@@ -5,7 +5,7 @@ to the token whose embedding scores best against it. The M x V score matrix is n
 built: the vocabulary is read in blocks and each query keeps a running top-k.
 
 Two backends give the same answer:
-``triton`` : a fused kernel (``kernels.projection_triton``), used for CUDA tensors;
+``triton`` : a fused kernel (``minway.kernels.projection_triton``), used for CUDA tensors;
 ``torch``  : a loop over vocabulary chunks whose score block stays at a few million entries.
 
 Scores are accumulated in fp32 whatever the storage type of the embeddings. Ties go to
@@ -74,7 +74,7 @@ def _auto_backend(q):
 def _triton_best(q, E, kp, metric, inv_qn):
     if importlib.util.find_spec("triton") is None:
         raise ValueError("backend='triton' needs the triton package: install it, or use backend='torch'")
-    from kernels.projection_triton import candidates
+    from minway.kernels.projection_triton import candidates
     return _best(*candidates(q, E, kp, metric, inv_qn), kp)
 
 

@@ -1,4 +1,4 @@
-"""Triton kernel behind ``kernels.projection.nearest_tokens``.
+"""Triton kernel behind ``minway.kernels.projection.nearest_tokens``.
 
 Each program takes a block of queries and a slice of the vocabulary. It scores one tile
 of vocabulary rows at a time against all its queries, a (BLOCK_V, BLOCK_M) block on the
@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_common import check_device, dot, gpu_arch
+from minway.kernels.triton_common import check_device, dot, gpu_arch
 
 _BIG = tl.constexpr(2**31 - 1)
 
@@ -111,7 +111,7 @@ def _split_bf16(q):
 
 
 # (BLOCK_V, BLOCK_D, stages) by block of queries, for bf16 rows and for fp32 and fp16 rows,
-# chosen with ``python -m kernels.gpu_compile``: none spills registers on sm_80 or sm_90,
+# chosen with ``python -m minway.kernels.gpu_compile``: none spills registers on sm_80 or sm_90,
 # with or without the arguments' 16-byte alignment. fp32 and fp16 rows take smaller tiles:
 # tf32x3 splits both operands of each product in two, in registers.
 _BLOCKS = {"bf16": {16: (128, 32, 4), 32: (128, 32, 4), 64: (64, 32, 4), 128: (64, 16, 4)},

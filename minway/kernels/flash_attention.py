@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_common import check_device, dot, gpu_arch
+from minway.kernels.triton_common import check_device, dot, gpu_arch
 
 LOG2E = 1.4426950408889634
 
@@ -251,7 +251,7 @@ def _config(D, dtype, arch):
     """Block sizes and launch options of each kernel, {"fwd", "dq", "dkdv": {...}}, for head dim D
     and inputs of ``dtype`` on a GPU of compute capability ``arch`` (None: the interpreter).
 
-    Chosen with ``python -m kernels.gpu_compile``: every one fits the shared memory of sm_80
+    Chosen with ``python -m minway.kernels.gpu_compile``: every one fits the shared memory of sm_80
     and sm_90, and for 16-bit inputs up to D = 64 none spills registers there (the model's
     tensors always have the arguments' 16-byte alignment; without it, dkdv spills 256 B on
     sm_80). fp32 inputs go through tf32x3, which splits both operands of every product in
@@ -392,7 +392,7 @@ def flash_attention_varlen(q, k, v, q_starts, k_starts, max_q=None, max_k=None):
 
 
 def flash_attention(q, k, v, key_padding_mask=None):
-    """Causal attention of q (B, H, TQ, D) over k, v (B, H, TK, D), TK >= TQ; see kernels.attention
+    """Causal attention of q (B, H, TQ, D) over k, v (B, H, TK, D), TK >= TQ; see minway.kernels.attention
     for the semantics. The varlen kernels with rows of equal lengths, and keys masked."""
     check_device(q.device, "causal_attention")
     B, H, TQ, D = q.shape

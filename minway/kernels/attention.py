@@ -2,7 +2,7 @@
 
 ``naive``  : the textbook formula, materialises the T x T matrix (the reference).
 ``sdpa``   : ``torch.nn.functional.scaled_dot_product_attention``.
-``triton`` : a fused flash-attention kernel, forward and backward (``kernels.flash_attention``).
+``triton`` : a fused flash-attention kernel, forward and backward (``minway.kernels.flash_attention``).
 
 All take q of shape (B, H, Tq, D), k and v of shape (B, H, Tk, D) with Tk >= Tq, and
 an optional ``key_padding_mask`` of shape (B, Tk), True where a key may be attended
@@ -77,7 +77,7 @@ def varlen_attention(q, k, v, lengths, key_lengths, backend="auto", dropout=None
     if backend == "auto":
         backend = default_backend(q.device)
     if backend == "triton" and dropout is None:
-        from kernels.flash_attention import flash_attention_varlen
+        from minway.kernels.flash_attention import flash_attention_varlen
         q_starts, k_starts = (torch.tensor([0, *accumulate(n)], device=q.device) for n in (lengths, key_lengths))
         return flash_attention_varlen(q, k, v, q_starts, k_starts, max(lengths), max(key_lengths))
     buckets = _buckets(lengths)
@@ -152,6 +152,6 @@ def causal_attention(q, k, v, key_padding_mask=None, backend="auto", dropout=Non
     if backend == "sdpa":
         return sdpa_attention(q, k, v, key_padding_mask)
     if backend == "triton":
-        from kernels.flash_attention import flash_attention
+        from minway.kernels.flash_attention import flash_attention
         return flash_attention(q, k, v, key_padding_mask)
     raise ValueError(f"unknown attention backend {backend!r}: use one of {', '.join(BACKENDS)} or auto")
