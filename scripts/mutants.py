@@ -37,6 +37,7 @@ and counted as killed (a timeout), shown apart.
     python scripts/mutants.py --list                # the mutants it would plant
     python scripts/mutants.py --modules minway/metrics.py minway/tasks.py --budget 10
     python scripts/mutants.py --id minway/metrics.py:46:2    # rerun one mutant (a survivor)
+    python scripts/mutants.py --regressions         # the bugs that once survived every test, again
 
 Results: ``<out>/results.json`` (every mutant: id, module, line, operator, original and mutated
 line, status, seconds, the first failing test) and ``<out>/summary.md`` (kill rate overall and
@@ -518,6 +519,43 @@ def by_id(mutant_id, root=ROOT):
     return mutant
 
 
+# Bugs that once survived every test (issue 15's five), each one line's edit: old -> new, in
+# the one line of the module that holds old. ``--regressions`` plants them like sampled mutants;
+# the suite must keep catching every one. An entry whose text has moved stops the run.
+REGRESSIONS = [
+    ("minway/kernels/flash_attention.py", "return (first_pos + 1) // BLOCK_N", "return (first_pos + 2) // BLOCK_N",
+     "one key block too many skips the causal mask"),
+    ("minway/kernels/projection.py", "if len(unsure):", "if False:",
+     "the torch projection's tie repair never runs"),
+    ("minway/training.py", '["lr"] = base.lr * (1 - step / base.steps)', '["lr"] = base.lr',
+     "a constant learning rate, no linear decay"),
+    ("minway/tasks.py", 'Task("sst5", " It was {} .", ("terrible", "bad", "okay", "good", "great"), 112, 8)',
+     'Task("sst5", " It was {} .", ("terrible", "bad", "okay", "good", "great"), 240, 8)',
+     "sst5's input limit of 128 tokens made 256"),
+    ("minway/evaluation.py", "prompt_f1(text, target_text, lemmatize=False)",
+     "prompt_f1(text, target_text, lemmatize=True)", "f1_no_lemma computed with lemmas"),
+]
+
+
+def regression(module, old, new, what, root=ROOT):
+    """The Mutant that replaces ``old`` with ``new`` in the one line of ``module`` holding it."""
+    text = (root / module).read_text()
+    lines = text.splitlines(keepends=True)
+    found = [i for i, line in enumerate(lines) if old in line]
+    if len(found) != 1:
+        raise SystemExit(f"regression '{what}': {old!r} is on {len(found)} lines of {module}, not one: "
+                         "bring scripts/mutants.py's REGRESSIONS up to date with the code")
+    i = found[0]
+    start = lines[i].index(old)
+    mutated = lines[i].replace(old, new)
+    source = "".join(lines[:i] + [mutated] + lines[i + 1:])
+    compile(source, module, "exec")
+    return Mutant(id=f"{module}:{i + 1}:regression", module=module, line=i + 1,
+                  span=(len(lines[i][:start].encode()), len(lines[i][:start + len(old)].encode())),
+                  operator=f"regression: {what}", original=lines[i].rstrip("\n"), mutated=mutated.rstrip("\n"),
+                  source=source)
+
+
 # ---------------------------------------------------------------------------------------------
 # Running the tests in private copies of the checkout
 
@@ -679,7 +717,9 @@ def summary(mutants, meta):
 
 
 def _chosen(meta):
-    return "chosen by --id" if meta["seed"] is None else f"seed {meta['seed']}, budget {meta['budget']} per module"
+    if meta["seed"] is not None:
+        return f"seed {meta['seed']}, budget {meta['budget']} per module"
+    return "the bugs that once survived (--regressions)" if meta.get("chosen") == "the regressions" else "chosen by --id"
 
 
 def _percent(part, whole):
@@ -705,6 +745,8 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     parser.add_argument("--list", action="store_true", help="list the mutants and run nothing")
     parser.add_argument("--id", nargs="+", metavar="ID", help="run these mutants (ids from a listing) only")
+    parser.add_argument("--regressions", action="store_true",
+                        help="run the bugs that once survived every test (REGRESSIONS) instead of a sample")
     parser.add_argument("--jobs", type=int, default=2,
                         help="mutants run at once, each in its own copy with one torch thread (default 2)")
     parser.add_argument("--timeout-factor", type=float, default=3.0,
@@ -715,7 +757,11 @@ def main(argv=None):
     if unknown:
         parser.error(f"not a core module: {', '.join(unknown)}; choose from {', '.join(TESTS)}")
 
-    if args.id:
+    if args.id and args.regressions:
+        parser.error("--id and --regressions each choose the mutants: give one of them")
+    if args.regressions:
+        mutants = [regression(*entry) for entry in REGRESSIONS]
+    elif args.id:
         mutants = [by_id(i) for i in args.id]
     else:
         mutants = [m for module in args.modules for m in sample(module, (ROOT / module).read_text(), args.budget,
@@ -730,7 +776,9 @@ def main(argv=None):
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
                            text=True).stdout.strip()
     meta = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "commit": commit + ("+changes" if dirty else ""),
-            "seed": None if args.id else args.seed, "budget": None if args.id else args.budget, "jobs": args.jobs}
+            "seed": None if args.id or args.regressions else args.seed,
+            "budget": None if args.id or args.regressions else args.budget, "jobs": args.jobs,
+            "chosen": "the regressions" if args.regressions else "--id" if args.id else "a sample"}
     run_campaign(mutants, list(dict.fromkeys(m.module for m in mutants)), args.jobs, args.timeout_factor,
                  args.out, meta)
     print(summary(mutants, meta))

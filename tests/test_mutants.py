@@ -164,13 +164,40 @@ def test_pytest_outcomes(tmp_path):
     assert mutants.run_pytest(tmp_path, ["test_missing.py"], 60, env)[0] == "error"
 
 
-@pytest.mark.parametrize("seed, chosen", [(4, "seed 4, budget 6 per module"), (None, "chosen by --id")])
-def test_the_summary_counts_timeouts_as_caught_and_errors_apart(seed, chosen):
+@pytest.mark.parametrize("seed, how, chosen", [(4, "a sample", "seed 4, budget 6 per module"),
+                                               (None, "--id", "chosen by --id"),
+                                               (None, "the regressions", "the bugs that once survived (--regressions)")])
+def test_the_summary_counts_timeouts_as_caught_and_errors_apart(seed, how, chosen):
     done = [mutants.Mutant(f"pkg/{name}.py:1:0", f"pkg/{name}.py", 1, (0, 1), "arith", "a + 1", "a - 1", status)
             for name, status in [("a", "killed"), ("a", "timeout"), ("b", "survived"), ("b", "error")]]
     meta = {"date": "2026-01-01", "commit": "abc1234", "seed": seed, "budget": None if seed is None else 6,
-            "jobs": 2, "wall_seconds": 90, "baseline_seconds": 30}
+            "jobs": 2, "wall_seconds": 90, "baseline_seconds": 30, "chosen": how}
     lines = mutants.summary(done, meta).splitlines()
     assert lines[2] == (f"4 mutants ({chosen}): 1 killed, 1 timed out, 1 survived, 1 errors; kill rate 66.7% (2/3) "
                         "(killed and timed out / all but errors); 1.5 min with 2 job(s), baseline 0.5 min more.")
     assert "| pkg/a.py | 2 | 2 | 0 | 100.0% (2/2) |" in lines and "| pkg/b.py | 2 | 0 | 1 | 0.0% (0/1) |" in lines
+
+
+def test_every_regression_still_plants_its_bug_in_todays_code():
+    """Each entry edits one line of its core module, into code that compiles to another tree."""
+    import ast
+
+    assert len(mutants.REGRESSIONS) == 5
+    for entry in mutants.REGRESSIONS:
+        module = entry[0]
+        assert module in mutants.TESTS, module
+        m = mutants.regression(*entry)
+        original = (ROOT / module).read_text()
+        line, before, after = changed_line(original, m.source)
+        assert (line, before.rstrip("\n"), after.rstrip("\n")) == (m.line, m.original, m.mutated)
+        assert ast.dump(ast.parse(original)) != ast.dump(ast.parse(m.source)), m.id
+        start, end = m.span
+        assert before.encode()[start:end].decode() == entry[1]
+
+
+def test_a_regression_whose_text_moved_stops_the_run(tmp_path):
+    (tmp_path / "m.py").write_text("x = 1\nx = 1\n")
+    with pytest.raises(SystemExit, match="'x = 1' is on 2 lines of m.py, not one: bring"):
+        mutants.regression("m.py", "x = 1", "x = 2", "twice", root=tmp_path)
+    with pytest.raises(SystemExit, match="'y = 1' is on 0 lines of m.py"):
+        mutants.regression("m.py", "y = 1", "y = 2", "gone", root=tmp_path)
