@@ -27,7 +27,7 @@ from minway.reachability import UNREACHABLE, reachability
 
 def projection_report(prompt, target_ids, tokenizer, embeddings, metric):
     """The projection under ``metric``, scored against the target unless ``target_ids`` is None."""
-    nearest = d_proj(prompt, embeddings, metric, k=2)
+    nearest = d_proj(prompt, embeddings, metric)
     ids = nearest.indices[:, 0].tolist()
     text = tokenizer.decode(ids)
     if target_ids is None:

@@ -128,6 +128,19 @@ def test_triton_with_the_gpu_block_sizes(monkeypatch, TQ, TK):
     check_against_full_attention("triton", TQ, TK, masked=True, D=64)
 
 
+@pytest.mark.parametrize("D, dtype, arch", [(64, torch.float32, 90), (32, torch.float32, 80), (128, torch.bfloat16, 80),
+                                            (16, torch.float16, 90)])
+def test_triton_with_the_other_gpu_configurations(monkeypatch, D, dtype, arch):
+    """The configurations a GPU gets for fp32 heads (small blocks for tf32x3) and for 16-bit heads other
+    than 64, each kernel's own, in the interpreter on fp32 inputs: forward and both backward kernels."""
+    from minway.kernels import flash_attention
+    gpu_config = flash_attention._config(D, dtype, arch)
+    assert set(gpu_config) == {"fwd", "dq", "dkdv"}
+    assert all({"BLOCK_M", "BLOCK_N", "num_warps", "num_stages"} == set(c) for c in gpu_config.values())
+    monkeypatch.setattr(flash_attention, "_config", lambda D, dtype, arch: gpu_config)
+    check_against_full_attention("triton", 40, 75, masked=True, D=D)
+
+
 def prefix_sweep_failures(TQs, prefixes, D):
     """(TQ, prefix, error) of every case where queries after ``prefix`` cached keys differ from
     the last TQ rows of full attention (naive, fp64), one sequence, no padding."""

@@ -173,9 +173,10 @@ def test_the_summary_counts_timeouts_as_caught_and_errors_apart(seed, how, chose
     meta = {"date": "2026-01-01", "commit": "abc1234", "seed": seed, "budget": None if seed is None else 6,
             "jobs": 2, "wall_seconds": 90, "baseline_seconds": 30, "chosen": how}
     lines = mutants.summary(done, meta).splitlines()
-    assert lines[2] == (f"4 mutants ({chosen}): 1 killed, 1 timed out, 1 survived, 1 errors; kill rate 66.7% (2/3) "
-                        "(killed and timed out / all but errors); 1.5 min with 2 job(s), baseline 0.5 min more.")
-    assert "| pkg/a.py | 2 | 2 | 0 | 100.0% (2/2) |" in lines and "| pkg/b.py | 2 | 0 | 1 | 0.0% (0/1) |" in lines
+    assert lines[2] == (f"4 mutants ({chosen}): 1 killed, 1 timed out, 1 survived, 0 equivalent, 1 errors; kill rate "
+                        "66.7% (2/3) (killed and timed out / all but equivalents and errors), 66.7% (2/3) with the "
+                        "equivalents counted as survivors; 1.5 min with 2 job(s), baseline 0.5 min more.")
+    assert "| pkg/a.py | 2 | 2 | 0 | 0 | 100.0% (2/2) |" in lines and "| pkg/b.py | 2 | 0 | 1 | 0 | 0.0% (0/1) |" in lines
 
 
 def test_every_regression_still_plants_its_bug_in_todays_code():
@@ -201,3 +202,69 @@ def test_a_regression_whose_text_moved_stops_the_run(tmp_path):
         mutants.regression("m.py", "x = 1", "x = 2", "twice", root=tmp_path)
     with pytest.raises(SystemExit, match="'y = 1' is on 0 lines of m.py"):
         mutants.regression("m.py", "y = 1", "y = 2", "gone", root=tmp_path)
+
+
+def test_every_listed_equivalent_is_a_mutant_of_todays_code():
+    """An entry names a mutant the tool makes now (so that it can match), with a reason."""
+    sources = {module: mutants.module_mutants(module, (ROOT / module).read_text())
+               for module in {entry[0] for entry in mutants.EQUIVALENT}}
+    for module, before, after, why in mutants.EQUIVALENT:
+        assert module in mutants.TESTS and why, module
+        src, per_line = sources[module]
+        lines = [n for n, line in enumerate(src.text.splitlines(), 1) if line.strip() == before]
+        made = {m.mutated.strip() for m in (mutants.realize(module, src, n, k, site) for n in lines
+                                            for k, site in enumerate(per_line.get(n, []))) if m}
+        assert after in made, (module, before, after)
+
+
+def test_an_equivalent_survivor_is_counted_apart_and_a_caught_one_is_named():
+    listed_module, before, after, _ = mutants.EQUIVALENT[0]
+
+    def mutant(status, original=before, mutated=after, module=listed_module):
+        return mutants.Mutant(f"{module}:1:0", module, 1, (0, 1), "unary", original, mutated, status)
+    done = [mutant("killed", "a", "b"), mutant("survived", "a", "c"), mutant("equivalent"), mutant("killed")]
+    assert mutants.is_equivalent(done[2]) and not mutants.is_equivalent(done[1])
+    assert mutants.rate(done) == (2, 3) and mutants.rate(done, equivalents_count=True) == (2, 4)
+    meta = {"date": "2026-01-01", "commit": "abc1234", "seed": 1, "budget": 6, "jobs": 2}
+    text = mutants.summary(done, meta)
+    assert "2 killed, 0 timed out, 1 survived, 1 equivalent, 0 errors; kill rate 66.7% (2/3) " in text
+    assert "50.0% (2/4) with the equivalents counted as survivors" in text
+    caught_but_listed = text.split("## Listed as equivalent but caught")[1]
+    assert after in caught_but_listed and "\n+ c" not in caught_but_listed
+
+
+def test_symmetric_calls_are_not_swapped_and_restated_defaults_not_dropped():
+    text = ("def near(q, E, k=1, metric='dot'):\n    return q\n\n\n"
+            "def f(x, y):\n    return near(x, y, k=1, metric='l2') + x.transpose(1, 2) + c_dist(x, y) + g(x, y)\n")
+    found = {m.mutated.strip() for m in all_mutants(text)}
+    assert "return near(x, y, metric='l2') + x.transpose(1, 2) + c_dist(x, y) + g(x, y)" not in found  # k=1 kept
+    assert "return near(x, y, k=1) + x.transpose(1, 2) + c_dist(x, y) + g(x, y)" in found  # metric='l2' dropped
+    assert "return near(x, y, k=1, metric='l2') + x.transpose(2, 1) + c_dist(x, y) + g(x, y)" not in found
+    assert "return near(x, y, k=1, metric='l2') + x.transpose(1, 2) + c_dist(y, x) + g(x, y)" not in found
+    assert "return near(x, y, k=1, metric='l2') + x.transpose(1, 2) + c_dist(x, y) + g(y, x)" in found
+
+
+def test_a_name_defined_twice_keeps_only_the_defaults_both_agree_on():
+    import ast
+    tree = ast.parse("def h(a, k=1, n=2):\n    pass\n\n\nclass C:\n    def h(self, k=1, n=3):\n        pass\n")
+    assert set(mutants._defaults_of(tree)["h"]) == {"k"}
+
+
+def test_the_calls_taken_as_symmetric_are():
+    import random
+    from minway.metrics import position_match_rate, released_f1
+    from minway.objective import c_dist
+    import torch
+
+    rng = random.Random(0)
+    words = ["the", "cat", "Sat", "on", "a", "mat.", "cats", "sat", ""]
+    for _ in range(200):
+        a, b = (" ".join(rng.choices(words, k=rng.randint(0, 6))) for _ in range(2))
+        assert released_f1(a, b) == released_f1(b, a), (a, b)
+        ids_a = [rng.randint(0, 3) for _ in range(5)]
+        ids_b = [rng.randint(0, 3) for _ in range(5)]
+        assert position_match_rate(ids_a, ids_b) == position_match_rate(ids_b, ids_a)
+    x, y = torch.randn(2, 4, 7, 5).unbind()
+    assert torch.equal(c_dist(x, y), c_dist(y, x))
+    project = mutants.SYMMETRIC_CALLS - {"transpose", "swapaxes", "swapdims"}
+    assert project == {"c_dist", "released_f1", "position_match_rate"}

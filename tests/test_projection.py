@@ -4,6 +4,8 @@ The Triton backend runs in the interpreter on CPU tensors, so shapes stay small 
 awkward: V and d are not multiples of the block sizes, and M=1 splits the vocabulary
 across programs, which exercises the merge of their candidates.
 """
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -200,6 +202,27 @@ def test_bad_input_says_what_to_do(kwargs, message):
     with pytest.raises(ValueError) as error:
         nearest_tokens(**{**args, **kwargs})
     assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_auto_picks_the_kernel_for_cuda_tensors_until_it_has_failed(monkeypatch):
+    """Stand-ins for a CUDA tensor and for an installed triton: the choice itself, which a CPU never makes."""
+    cuda, cpu = SimpleNamespace(is_cuda=True), SimpleNamespace(is_cuda=False)
+    monkeypatch.setattr(projection, "_TRITON_FAILURES", [])
+    monkeypatch.setattr(projection.importlib.util, "find_spec", lambda name: object() if name == "triton" else None)
+    assert (projection._auto_backend(cuda), projection._auto_backend(cpu)) == ("triton", "torch")
+    projection._TRITON_FAILURES.append(RuntimeError("no kernel for this device"))
+    assert projection._auto_backend(cuda) == "torch"
+    projection._TRITON_FAILURES.clear()
+    monkeypatch.setattr(projection.importlib.util, "find_spec", lambda name: None)
+    assert projection._auto_backend(cuda) == "torch"
+
+
+def test_a_gpu_launch_aims_for_four_programs_per_sm(monkeypatch):
+    import minway.kernels.projection_triton as projection_triton
+    monkeypatch.setattr(projection_triton, "gpu_arch", lambda device: 90)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(multi_processor_count=132))
+    assert projection_triton._target(torch.device("cuda", 0)) == (90, 528)
+    assert projection_triton._target(torch.device("cpu")) == (None, 3)
 
 
 def test_auto_falls_back_to_torch_when_the_kernel_fails(monkeypatch):

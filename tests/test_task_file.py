@@ -89,6 +89,21 @@ def test_a_missing_task_file_is_one_line_before_torch(tmp_path):
     assert_one_line_error(result, f"task file {tmp_path / 'nope.json'} does not exist")
 
 
+def test_the_smallest_limits_are_one(tmp_path):
+    definition = read_task_file(write_task(tmp_path, max_input_tokens=1, batch_size=1))
+    assert (definition["max_input_tokens"], definition["batch_size"]) == (1, 1)
+
+
+def test_a_task_file_of_up_to_a_mebibyte_is_read(tmp_path):
+    """Padded with spaces to 2^20 bytes it is read; one byte more is refused unread."""
+    path = write_task(tmp_path)
+    text = path.read_text()
+    path.write_text(text + " " * (2 ** 20 - len(text.encode())))
+    assert read_task_file(path)["name"] == "reviews"
+    path.write_text(text + " " * (2 ** 20 + 1 - len(text.encode())))
+    assert "holds 1,048,577 bytes, more than the 1,048,576 it may" in error_of(path)
+
+
 def test_the_definition_has_every_field_with_its_default(tmp_path):
     definition = read_task_file(write_task(tmp_path))
     assert definition == {**DEFINITION, "max_input_tokens": 112, "batch_size": 8}

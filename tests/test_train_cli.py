@@ -284,6 +284,13 @@ def initial_prompt(config, setup):
 
 # --- the learning-rate schedule --------------------------------------------------------------------
 
+def test_the_prompt_f1_is_measured_every_tenth_step_and_at_the_last(sharp_checkpoint, tiny_data, setup, tmp_path):
+    config = config_of(sharp_checkpoint, tiny_data, steps=23)
+    training.train(config, tmp_path, progress=False, setup=setup)
+    entries = [json.loads(line) for line in read_log(tmp_path / config.run_id() / "log.jsonl", 23)]
+    assert [e["step"] for e in entries if "f1" in e] == [0, 10, 20, 22]
+
+
 def test_learning_rate_decays_linearly_to_zero_without_warm_up(sharp_checkpoint, tiny_data, setup, tmp_path,
                                                                monkeypatch):
     config = config_of(sharp_checkpoint, tiny_data, steps=7, lr=0.05)

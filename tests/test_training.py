@@ -1,9 +1,12 @@
 """Training in process (minway.training): the dropout masks of each step, the unconstrained twin of ``compare``."""
 from dataclasses import replace
 
+import pytest
+
 from fixtures import tiny_checkpoint, tiny_data  # noqa: F401  (pytest fixtures)
 from minway import training
 from minway.config import RunConfig
+from minway.errors import MinwayError
 
 
 def tiny_config(checkpoint, data_dir, **changes):
@@ -42,3 +45,18 @@ def test_compare_trains_the_twin_at_gamma_zero_once_and_reuses_it(tiny_checkpoin
     second = training.compare(replace(config, gamma=0.25), tmp_path, progress=True)
     assert trained == [[0.25]]  # the twin is finished: it is read back, not trained again
     assert second["compare"]["accuracy_unconstrained"] == first["compare"]["accuracy_unconstrained"]
+
+
+def test_only_an_overflow_of_the_update_is_blamed_on_the_learning_rate():
+    """AdamW's 'overflow' is a one-line error about --lr; any other failure of its step goes up as it is."""
+    class Optimizer:
+        def __init__(self, message):
+            self.message = message
+
+        def step(self):
+            raise RuntimeError(self.message)
+    config = RunConfig(task="sst2", target="x", model="m", lr=1e38)
+    with pytest.raises(MinwayError, match="--lr 1e\\+38 makes an update larger than float32 holds"):
+        training._update(Optimizer("value cannot be converted to type float without overflow"), config)
+    with pytest.raises(RuntimeError, match="^CUDA error: an illegal memory access$"):
+        training._update(Optimizer("CUDA error: an illegal memory access"), config)

@@ -150,14 +150,18 @@ def launch(q, E, kp, metric, inv_qn, arch, programs):
                                           **blocks, **options)
 
 
+def _target(device):
+    """(compute capability, programs to aim for) of a launch on ``device``: four programs per SM on a
+    GPU; the interpreter's three split even a small test vocabulary."""
+    if device.type != "cuda":
+        return None, 3
+    return gpu_arch(device), 4 * torch.cuda.get_device_properties(device).multi_processor_count
+
+
 def candidates(q, E, kp, metric, inv_qn):
     """Per query, the top-kp (scores, int64 indices) of each vocabulary slice: (M, splits * kp) each."""
     check_device(q.device, "nearest_tokens")
-    if q.is_cuda:
-        arch, programs = gpu_arch(q.device), 4 * torch.cuda.get_device_properties(q.device).multi_processor_count
-    else:
-        arch, programs = None, 3
-    grid, args, kwargs = launch(q, E, kp, metric, inv_qn, arch, programs)
+    grid, args, kwargs = launch(q, E, kp, metric, inv_qn, *_target(q.device))
     _nearest_kernel[grid](*args, **kwargs)
     out_s, out_i = args[3], args[4]
     M = q.shape[0]
