@@ -19,6 +19,7 @@ def test_defaults_are_the_released_codes():
     assert (c.batch_size, RunConfig(task="agnews", target="x").batch_size) == (8, 4)
     # no test-set evaluation while training unless asked; a checkpoint every 100 steps
     assert (c.eval_every, c.checkpoint_every) == (0, 100)
+    assert (c.eval_batch_size, c.device, c.dtype, c.attention, c.k, c.max_eval) == (32, "auto", "fp32", "auto", None, None)
 
 
 @pytest.mark.parametrize("name", ["steps", "batch_size", "checkpoint_every", "eval_batch_size"])

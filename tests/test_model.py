@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from fixtures import TOKENIZER_DIR, first_rows
-from minway.model import SIZES, GPT2, GPT2Config
+from minway.model import SIZES, GPT2, GPT2Config, init_weights
 from minway.packing import pack
 from weights.checkpoint import load_gpt2
 
@@ -338,3 +338,21 @@ def test_released_sizes_have_the_published_shapes(size, layers, heads, width):
 def test_released_sizes_have_the_published_parameter_counts(size, count):
     with torch.device("meta"):
         assert GPT2(SIZES[size]).num_parameters() == count
+
+
+def test_init_weights_is_gpt2s_initialisation():
+    """N(0, 0.02) weights, residual projections N(0, 0.02 / sqrt(2 n_layer)), zero biases, unit LayerNorm gains;
+    the seed decides the draw."""
+    config = GPT2Config(vocab_size=500, n_positions=64, n_embd=96, n_layer=8, n_head=4)
+    model = init_weights(GPT2(config), seed=3)
+    for name, p in model.named_parameters():
+        if name.endswith("bias"):
+            assert torch.all(p == 0), name
+        elif name.startswith("ln_f") or ".ln_" in name:
+            assert torch.all(p == 1), name
+        else:
+            std = 0.02 / 4 if name.endswith("c_proj.weight") else 0.02  # sqrt(2 * 8) = 4
+            assert p.std().item() == pytest.approx(std, rel=0.05), name
+            assert abs(p.mean().item()) < std / 10, name
+    assert torch.equal(init_weights(GPT2(config), seed=3).wte.weight, model.wte.weight)
+    assert not torch.equal(init_weights(GPT2(config), seed=4).wte.weight, model.wte.weight)

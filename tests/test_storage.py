@@ -299,3 +299,23 @@ def test_a_run_directory_is_reused_or_refused_but_never_clobbered(tmp_path):
     with ExitStack() as locks:  # training again from scratch keeps nothing of the old run
         assert storage.open_run_dir(CONFIG, tmp_path, False, True, IDENTITY, locks)[1] is None
     assert sorted(p.name for p in run_dir.iterdir()) == ["config.json", "lock"]
+
+
+def sparse(path, size):
+    """A file of ``size`` bytes of which none is written."""
+    with open(path, "wb") as f:
+        f.truncate(size)
+    return path
+
+
+@pytest.mark.parametrize("name, read, limit", [
+    ("results.json", lambda path: storage.read_results(path.parent), 2 ** 30),
+    ("log.jsonl", lambda path: read_log(path, 1), 2 ** 31),
+    ("prompt.safetensors", load_prompt, 2 ** 30),
+    ("checkpoint.safetensors", lambda path: storage.checkpoint_step(path, 3), 2 ** 30),
+])
+def test_a_state_file_over_its_limit_is_refused_unread(tmp_path, name, read, limit):
+    """Limits far above any real file (a log of a million steps is 300 MB), each pinned here by its value."""
+    with pytest.raises(MinwayError) as error:
+        read(sparse(tmp_path / name, limit + 1))
+    assert f"holds {limit + 1:,} bytes, more than the {limit:,} it may" in str(error.value)

@@ -181,6 +181,17 @@ def test_a_data_file_over_4_gib_is_refused_unread(tmp_path, name):
     assert "holds 4,294,967,297 bytes, more than the 4,294,967,296 it may" in str(error.value)
 
 
+def test_a_line_longer_than_a_text_and_its_label_is_refused_unread(tmp_path):
+    """A text may hold 16 MiB, its line 64 characters more; beyond that nothing more is read."""
+    path = tmp_path / "train.tsv"
+    with open(path, "wb") as f:  # sparse: 16 MiB + 66 NUL bytes and no line end
+        f.truncate(16 * 2 ** 20 + 66)
+    with pytest.raises(MinwayError) as error:
+        read_tsv(path, 2)
+    assert (f"{path} has a line of more than 16,777,280 characters: one example a line, a text of at most 16 MiB"
+            in str(error.value))
+
+
 def test_data_files_are_utf8_whatever_the_locale(tmp_path, ascii_locale):  # noqa: F811
     rows = [("un café très réussi", 1), ("naïve", 0)]
     plain = write_tsv(tmp_path / "a.tsv", rows)

@@ -135,3 +135,13 @@ def test_single_bytes_must_have_the_ids_below_256(tmp_path, misplace):
     (tmp_path / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
     with pytest.raises(MinwayError, match="does not give ids 0-255 to the 256 single bytes"):
         load_tokenizer(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["vocab.json", "merges.txt"])
+def test_a_bpe_file_over_64_mib_is_refused_unread(tmp_path, name):
+    for other in ("vocab.json", "merges.txt"):
+        (tmp_path / other).write_bytes((GPT2_DIR / other).read_bytes())
+    with open(tmp_path / name, "wb") as f:  # sparse: nothing is written
+        f.truncate(2 ** 26 + 1)
+    with pytest.raises(MinwayError, match="holds 67,108,865 bytes, more than the 67,108,864 it may"):
+        load_tokenizer(tmp_path)

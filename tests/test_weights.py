@@ -17,7 +17,7 @@ from minway.cli import run_cli
 from minway.errors import MinwayError
 from minway.model import GPT2Config
 from weights import demo_checkpoint, resolve
-from weights.checkpoint import all_finite, load_gpt2, load_token_embeddings, read_config
+from weights.checkpoint import all_finite, load_gpt2, load_token_embeddings, read_config, tensor_files
 from weights.random_checkpoint import GPT2_EMBEDDING_NORM, write_random_checkpoint
 from weights.resolve import resolve_checkpoint
 
@@ -604,3 +604,13 @@ def test_random_checkpoint_command_line_error_is_one_line(tmp_path):
     assert result.returncode != 0
     assert result.stderr.strip().startswith("error: ") and "\n" not in result.stderr.strip()
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("name", ["config.json", "model.safetensors.index.json"])
+def test_a_checkpoint_json_over_64_mib_is_refused_unread(tmp_path, name):
+    (tmp_path / "config.json").write_text("{}")
+    with open(tmp_path / name, "wb") as f:  # sparse: nothing is written
+        f.truncate(2 ** 26 + 1)
+    read = read_config if name == "config.json" else tensor_files
+    with pytest.raises(MinwayError, match="holds 67,108,865 bytes, more than the 67,108,864 it may"):
+        read(tmp_path)
