@@ -8,6 +8,7 @@ The models are random GPT-2s, sharpened as in test_model.py so that differences 
 """
 import importlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from safetensors.torch import save_file
 
 from conftest import ROOT
 from fixtures import TOKENIZER_DIR, assert_one_line_error, first_rows, run_cli_in_process
+from fixtures import ascii_locale  # noqa: F401  (pytest fixture)
 from fixtures import tiny_checkpoint, tiny_data  # noqa: F401  (pytest fixtures)
 from minway import adapters, training
 from minway.adapters import read_adapter, write_adapter
@@ -118,6 +120,19 @@ def test_export_does_not_overwrite_an_adapter_unless_forced(tiny_checkpoint, tmp
     assert torch.equal(read_adapter(tmp_path / "adapter").prompt, torch.ones(3, 48))
     adapters.export(tmp_path / "run", tmp_path / "adapter", force=True)
     assert torch.equal(read_adapter(tmp_path / "adapter").prompt, torch.zeros(3, 48))
+
+
+def test_export_takes_a_run_directory_or_its_prompt_file(tiny_checkpoint, tmp_path):  # noqa: F811
+    (tmp_path / "run").mkdir()
+    config = RunConfig(task="sst2", target=TARGET, model=str(tiny_checkpoint))
+    save_prompt(tmp_path / "run" / "prompt.safetensors", torch.ones(3, 48), config, [1, 2, 3])
+    assert adapters.export(tmp_path / "run" / "prompt.safetensors", tmp_path / "from-file") == config
+    assert torch.equal(read_adapter(tmp_path / "from-file").prompt, torch.ones(3, 48))
+    # a name without a suffix is a run directory, also when it is missing: the error names its prompt file
+    with pytest.raises(MinwayError, match=re.escape(str(tmp_path / "no-run" / "prompt.safetensors"))):
+        adapters.export(tmp_path / "no-run", tmp_path / "none")
+    with pytest.raises(MinwayError, match=re.escape(str(tmp_path / "no-prompt.safetensors"))):
+        adapters.export(tmp_path / "no-prompt.safetensors", tmp_path / "none")
 
 
 # ---------------------------------------------------------------- minway -> PEFT -> minway
@@ -293,6 +308,15 @@ def test_a_base_model_here_is_judged_by_its_config(tmp_path, tiny_checkpoint):  
     llama = tmp_path / "llama-but-named-gpt2"
     llama.mkdir()
     (llama / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(MinwayError, match="model_type 'llama'"):
+        read_adapter(adapter_with(tmp_path / "b", {"base_model_name_or_path": str(llama)}))
+
+
+def test_a_base_models_config_is_read_in_utf8_whatever_the_locale(tmp_path, ascii_locale):  # noqa: F811
+    llama = tmp_path / "modèle-llama"
+    llama.mkdir()
+    (llama / "config.json").write_text(json.dumps({"model_type": "llama", "_name_or_path": "modèle"},
+                                                  ensure_ascii=False), encoding="utf-8")
     with pytest.raises(MinwayError, match="model_type 'llama'"):
         read_adapter(adapter_with(tmp_path / "b", {"base_model_name_or_path": str(llama)}))
 

@@ -2,8 +2,9 @@
 import pytest
 
 from fixtures import tiny_checkpoint  # noqa: F401  (pytest fixture)
-from minway.evaluation import projection_report, summary
+from minway.evaluation import measure, projection_report, summary
 from minway.prompt import c_proj
+from minway.tasks import TASKS, encode_options
 from minway.tokenizer import load_tokenizer
 from weights import load_gpt2
 
@@ -21,6 +22,17 @@ def test_f1_lemmatises_and_f1_no_lemma_does_not(tiny_checkpoint, metric):  # noq
     assert report["f1_released_code"] == pytest.approx(1 / 3)
     assert report["position_match"] == pytest.approx(1 / 3)
     assert report["marked"] == "[Children] [went] [-Child] [-go] home"  # the projection, marked against the target
+
+
+def test_measure_shows_no_progress_unless_asked(tiny_checkpoint, capsys):  # noqa: F811
+    """Training measures the prompt under its own bar (--eval-every): measure draws none of its own by default."""
+    tokenizer, model = load_tokenizer(tiny_checkpoint), load_gpt2(tiny_checkpoint)
+    options = encode_options(TASKS["sst2"], tokenizer)
+    prompt, inputs = c_proj(model, tokenizer.encode("Is it good?")), [tokenizer.encode(" A fine film.")] * 3
+    results = measure(model, tokenizer, options.outputs, prompt, None, inputs, [1, 0, 1])
+    assert 0 <= results["accuracy"] <= 1 and capsys.readouterr().err == ""
+    measure(model, tokenizer, options.outputs, prompt, None, inputs, [1, 0, 1], progress=True)
+    assert "test (continuous)" in capsys.readouterr().err
 
 
 def report(f1, unreachable=(), ceiling=1.0, marked="Is this movie good?"):

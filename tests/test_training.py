@@ -60,3 +60,21 @@ def test_only_an_overflow_of_the_update_is_blamed_on_the_learning_rate():
         training._update(Optimizer("value cannot be converted to type float without overflow"), config)
     with pytest.raises(RuntimeError, match="^CUDA error: an illegal memory access$"):
         training._update(Optimizer("CUDA error: an illegal memory access"), config)
+
+
+def test_a_run_another_process_finished_meanwhile_is_read_not_trained(tiny_checkpoint, tiny_data, tmp_path,  # noqa: F811
+                                                                      monkeypatch):
+    """Found unfinished at the first look, finished when its lock is taken: its results are returned as stored."""
+    first, second = (tiny_config(tiny_checkpoint, tiny_data, gamma=g) for g in (0.5, 0.25))
+    stored = training.train(first, tmp_path, progress=False)
+    monkeypatch.setattr(training, "reusable_results", lambda *args: None)  # the first look sees nothing yet
+    trained = []
+    train_group = training._train_group
+
+    def recording(todo, *args):
+        trained.extend(config.run_id() for config, _ in todo)
+        return train_group(todo, *args)
+    monkeypatch.setattr(training, "_train_group", recording)
+    results = training.train_many([first, second], tmp_path, resume=True, progress=False)
+    assert trained == [second.run_id()]
+    assert results[0] == stored and results[1]["run_id"] == second.run_id()
