@@ -657,6 +657,8 @@ EQUIVALENT = [
      "256 is no byte: chr(256) is then given to byte 0, as it is without it"),
     ("minway/kernels/projection.py", "chunk = max(kp, CHUNK_ELEMENTS // width)", "chunk = min(kp, CHUNK_ELEMENTS // width)",
      "the chunks are then of the fewest rows allowed: the same result, more slowly"),
+    ("minway/kernels/flash_attention.py", "if start_m >= TQ:", "if start_m > TQ:",
+     "a query block that starts at TQ holds no query: it runs, and every store of it is masked"),
     ("minway/kernels/flash_attention.py", "dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)",
      "dq = torch.empty(q.shape, device=q.device)",
      "autograd casts a gradient to its input's dtype: an fp32 buffer more, rounded to the same values on a GPU"),

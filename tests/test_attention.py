@@ -236,6 +236,26 @@ def test_triton_varlen_matches_each_row_alone(dtype):
     check_varlen(VARLEN_QUERIES, VARLEN_KEYS, 16, dtype)
 
 
+def test_triton_varlen_never_uses_what_lies_past_the_keys():
+    """The keys and values of the rows are followed in memory by NaN: a masked load that takes what
+    lies there (instead of its zero) would turn the output or a gradient into NaN."""
+    lengths, key_lengths = [3, 17, 20], [7, 17, 21]  # the last row ends inside a key block
+    q, k, v, do = packed_rows(lengths, key_lengths, 16, torch.float32, seed=6)
+
+    def before_nan(x):
+        padded = torch.full((x.shape[0] + 64, *x.shape[1:]), float("nan"))
+        padded[:x.shape[0]] = x
+        return padded[:x.shape[0]]
+    q, k, v, do = (before_nan(x) for x in (q, k, v, do))
+    q, k, v = (x.requires_grad_() for x in (q, k, v))
+    out = varlen_attention(q, k, v, lengths, key_lengths, backend="triton")
+    got = (out, *torch.autograd.grad(out, (q, k, v), do))
+    exact_inputs = [x.detach().double().requires_grad_() for x in (q, k, v)]
+    exact = naive_rows(*exact_inputs, lengths, key_lengths)
+    want = (exact, *torch.autograd.grad(exact, exact_inputs, do.double()))
+    assert max(max_errors(got, want)) < 1e-5
+
+
 def test_triton_varlen_backward_takes_a_gradient_that_is_not_contiguous():
     """The gradient of the output may come strided (the head dim not the fastest, or the heads the
     fastest): the kernel reads it as it reads a contiguous one."""
@@ -258,6 +278,7 @@ def test_triton_varlen_backward_takes_a_gradient_that_is_not_contiguous():
 def test_varlen_in_padded_buckets_matches_each_row_alone(backend):
     from minway.kernels.attention import _buckets
     assert _buckets(VARLEN_QUERIES) == [[0, 6], [1], [2], [3, 4], [5]]  # by queries: 1, 2, 17-32, 33-64, 5-8
+    assert _buckets([3, 4, 8, 9, 16, 17]) == [[0, 1], [2], [3, 4], [5]]  # 3-4, 5-8, 9-16, 17-32
     check_varlen(VARLEN_QUERIES, VARLEN_KEYS, 16, torch.float32, backend=backend)
 
 

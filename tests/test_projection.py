@@ -152,6 +152,18 @@ def test_zero_vectors_have_cosine_zero(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_the_cosine_is_the_same_at_any_norm(backend):
+    """Embeddings scaled to norms far below and above 1 give the cosines of the unscaled ones."""
+    g = torch.Generator().manual_seed(2)
+    q, E = torch.randn(5, 24, generator=g), torch.randn(300, 24, generator=g)
+    unscaled = nearest_tokens(q, E, k=4, metric="cos", backend=backend)
+    for scale in (1e-2, 1e3):
+        got = nearest_tokens(q, E * scale, k=4, metric="cos", backend=backend)
+        assert torch.equal(got.indices, unscaled.indices), scale
+        torch.testing.assert_close(got.scores, unscaled.scores, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_minus_zero_ties_with_zero(backend):
     """0 x -1 is -0.0, which equals +0.0: the tie goes to the lowest index, whatever the zero's sign."""
     E = torch.tensor([[-1.0], [1.0], [-1.0]])

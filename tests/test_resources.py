@@ -80,6 +80,20 @@ def test_tokenizer_dir_order(monkeypatch, tmp_path):
         resources.tokenizer_dir()
 
 
+@pytest.mark.parametrize("kept", ["vocab.json", "merges.txt"])
+def test_a_checkpoint_with_one_bpe_file_of_two_uses_gpt2s(tiny_checkpoint, tmp_path, capsys, monkeypatch,  # noqa: F811
+                                                          kept):
+    """Its own files are used only as a pair: one alone is not read."""
+    monkeypatch.setattr(tokenizer, "_FALLBACK_NOTED", set())
+    half = tmp_path / "half"
+    shutil.copytree(tiny_checkpoint, half)
+    (half / kept).write_text("not read")
+    (half / ({"vocab.json", "merges.txt"} - {kept}).pop()).unlink()
+    text = "A target, tokenised."
+    assert load_checkpoint_tokenizer(half).encode(text) == load_checkpoint_tokenizer(tiny_checkpoint).encode(text)
+    assert str(TOKENIZER_DIR) in capsys.readouterr().err
+
+
 def test_a_checkpoint_without_bpe_files_uses_gpt2s_and_says_so_once(tiny_checkpoint, tmp_path, capsys,  # noqa: F811
                                                                      monkeypatch):
     monkeypatch.setattr(tokenizer, "_FALLBACK_NOTED", set())

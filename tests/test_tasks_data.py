@@ -8,7 +8,7 @@ import pytest
 
 from fixtures import SHIPPED_DATA, TOKENIZER_DIR, ascii_locale, first_rows, tiny_checkpoint, write_tsv  # noqa: F401
 from minway import data
-from minway.data import Example, find_split, load_split, read_jsonl, read_tsv, sample_per_class
+from minway.data import HUB_SOURCES, Example, find_split, load_split, read_jsonl, read_tsv, sample_per_class
 from minway.errors import MinwayError
 from minway.tasks import TASKS, encode_options, get_task, split_options
 from minway.config import RunConfig
@@ -198,6 +198,30 @@ def test_data_files_are_utf8_whatever_the_locale(tmp_path, ascii_locale):  # noq
     packed = tmp_path / "a.tsv.gz"
     packed.write_bytes(gzip.compress(plain.read_bytes()))
     assert read_tsv(plain, 2) == read_tsv(packed, 2) == [Example(*row) for row in rows]
+
+
+def test_json_lines_are_utf8_whatever_the_locale(tmp_path, ascii_locale):  # noqa: F811
+    path = tmp_path / "a.jsonl"
+    path.write_text('{"text": "un café très réussi", "label": 1}\n{"text": "naïve", "label": 0}\n', encoding="utf-8")
+    assert read_jsonl(path, 2) == [Example("un café très réussi", 1), Example("naïve", 0)]
+
+
+# Each Hub copy's labels, as its dataset card names them, and the label word each must become.
+HUB_LABELS = {
+    "sst2": {"negative": "terrible", "positive": "great"},
+    "sst5": {"very negative": "terrible", "negative": "bad", "neutral": "okay", "positive": "good",
+             "very positive": "great"},
+    "agnews": {0: "World", 1: "Sports", 2: "Business", 3: "Technology"},  # World, Sports, Business, Sci/Tech
+    "subj": {"subjective": "subjective", "objective": "objective"},
+    # coarse_label: ABBR, ENTY, DESC, HUM, LOC, NUM
+    "trec": {0: "Expression", 1: "Entity", 2: "Description", 3: "Human", 4: "Location", 5: "Number"},
+}
+
+
+@pytest.mark.parametrize("task", sorted(HUB_LABELS))
+def test_each_hub_label_becomes_its_label_word(task):
+    label_map = HUB_SOURCES[task][3]
+    assert {source: TASKS[task].label_words[ours] for source, ours in label_map.items()} == HUB_LABELS[task]
 
 
 def test_read_tsv_without_examples(tmp_path):
