@@ -598,6 +598,7 @@ REGRESSIONS = [
 # and named in the summary, for its entry is wrong. tests/test_mutants.py checks that each entry
 # is still a mutant of today's code.
 _WHOLE_BLOCKS = "the causal mask applied to blocks the queries see whole: it is all true there"
+_BATCH_DEFAULT = "the evaluation batch size changes memory and speed, not results (beyond rounding)"
 EQUIVALENT = [
     ("minway/model.py", "C = x.shape[-1]", "C = x.shape[1]", "x is (N, d): axis 1 is the last"),
     ("minway/dropout.py", "keep = torch.cat([self._keep((sum(lengths), x.shape[-1]), generator)",
@@ -657,11 +658,29 @@ EQUIVALENT = [
      "256 is no byte: chr(256) is then given to byte 0, as it is without it"),
     ("minway/kernels/projection.py", "chunk = max(kp, CHUNK_ELEMENTS // width)", "chunk = min(kp, CHUNK_ELEMENTS // width)",
      "the chunks are then of the fewest rows allowed: the same result, more slowly"),
+    *(("minway/kernels/flash_attention.py", f"{start}, {n} = _row({starts}, row)", f"{start}, {n} = _row(row, {starts})",
+       "_row adds the row to the pointer: row + STARTS is STARTS + row")
+      for start, n, starts in (("q_start", "TQ", "Q_STARTS"), ("k_start", "TK", "K_STARTS"))),
+    ("minway/kernels/attention.py", "weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)",
+     "weights = torch.softmax(scores, dim=-1).nan_to_num()", "nan_to_num's nan is 0.0 by default"),
+    ("minway/kernels/projection_triton.py",
+     '_BLOCKS = {"bf16": {16: (128, 32, 4), 32: (128, 32, 4), 64: (64, 32, 4), 128: (64, 16, 4)},',
+     '_BLOCKS = {"bf16": {16: (128, 32, 4), 32: (128, 32, 4), 64: (64, 32, 4), 128: (64, 16, 5)},',
+     "a fifth pipeline stage changes speed on a GPU, not results; it fits the shared memory (64 x 16 tiles)"),
     ("minway/kernels/flash_attention.py", "if start_m >= TQ:", "if start_m > TQ:",
      "a query block that starts at TQ holds no query: it runs, and every store of it is masked"),
     ("minway/kernels/flash_attention.py", "dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)",
      "dq = torch.empty(q.shape, device=q.device)",
      "autograd casts a gradient to its input's dtype: an fp32 buffer more, rounded to the same values on a GPU"),
+    *(("minway/classify.py", 'def predict(model, prompt, inputs, options, batch_size=32, progress=False, desc="eval"):',
+       f'def predict(model, prompt, inputs, options, batch_size={n}, progress=False, desc="eval"):', _BATCH_DEFAULT)
+      for n in (31, 33)),
+    *(("minway/evaluation.py", "batch_size=32, progress=False, hard_prompt=True):",
+       f"batch_size={n}, progress=False, hard_prompt=True):", _BATCH_DEFAULT) for n in (31, 33)),
+    ("minway/reachability.py",
+     "own = nearest_tokens(embeddings[tokens].float(), embeddings, k=1, metric=metric).indices[:, 0]",
+     "own = nearest_tokens(embeddings[tokens].float(), embeddings, k=2, metric=metric).indices[:, 0]",
+     "the nearest token comes first whatever k"),
     ("minway/adapters.py",
      'return named.group(1) if named and "gpt2" not in base.lower().replace("-", "") else None',
      'return named.group() if named and "gpt2" not in base.lower().replace("-", "") else None',

@@ -298,7 +298,7 @@ def test_what_is_not_a_prompt_of_gpt2_is_refused_in_one_line(tmp_path, config, t
 
 
 @pytest.mark.parametrize("base", ["openai-community/gpt2-large", "gpt2", "distilgpt2", "sshleifer/tiny-gpt2",
-                                  "microsoft/DialoGPT-small", None])
+                                  "microsoft/DialoGPT-small", "someone/bert-to-gpt-2", None])
 def test_gpt2_models_and_unnamed_ones_are_read(tmp_path, base):
     assert read_adapter(adapter_with(tmp_path, {"base_model_name_or_path": base})).base_model == base
 

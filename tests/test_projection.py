@@ -151,6 +151,21 @@ def test_zero_vectors_have_cosine_zero(backend):
     assert 7 not in got.indices[[0, 2]]
 
 
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_embeddings_in_any_layout_give_the_same_neighbours(backend, metric):
+    """A transposed matrix (columns contiguous) and every other column of a wider one, as a caller may pass."""
+    g = torch.Generator().manual_seed(3)
+    q, E = torch.randn(4, 24, generator=g), torch.randn(150, 24, generator=g)
+    wide = torch.randn(150, 48, generator=g)
+    wide[:, ::2] = E
+    expected = nearest_tokens(q, E, k=3, metric=metric, backend=backend)
+    for layout in (E.t().contiguous().t(), wide[:, ::2]):
+        assert layout.stride(1) != 1 and torch.equal(layout, E)
+        got = nearest_tokens(q, layout, k=3, metric=metric, backend=backend)
+        assert torch.equal(got.indices, expected.indices) and torch.equal(got.scores, expected.scores)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_the_cosine_is_the_same_at_any_norm(backend):
     """Embeddings scaled to norms far below and above 1 give the cosines of the unscaled ones."""

@@ -47,6 +47,8 @@ def error_of(path):
     ({"template": " It was ."}, "must hold '{}'"),
     ({"template": " {} or {} ."}, "must hold '{}'"),
     ({"template": " It was {x} {} ."}, "no other brace"),
+    ({"template": " It was {} }."}, "no other brace"),
+    ({"template": " { It was {} ."}, "no other brace"),
     ({"template": 3}, "must hold '{}'"),
     ({"label_words": ["good"]}, "at least two distinct words"),
     ({"label_words": ["good", "good"]}, "at least two distinct words"),

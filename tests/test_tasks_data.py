@@ -181,6 +181,14 @@ def test_a_data_file_over_4_gib_is_refused_unread(tmp_path, name):
     assert "holds 4,294,967,297 bytes, more than the 4,294,967,296 it may" in str(error.value)
 
 
+def test_a_line_of_a_16_mib_text_and_its_label_is_read(tmp_path):
+    """The longest line read: a text of 16 MiB, then 64 characters (the tab, the label, spaces, the line end)."""
+    path = tmp_path / "train.tsv"
+    text = "x" * 2 ** 24
+    path.write_text("text\tlabel\n" + text + "\t1" + " " * 61 + "\n" + "short\t0\n", encoding="utf-8")
+    assert read_tsv(path, 2) == [Example(text, 1), Example("short", 0)]
+
+
 def test_a_line_longer_than_a_text_and_its_label_is_refused_unread(tmp_path):
     """A text may hold 16 MiB, its line 64 characters more; beyond that nothing more is read."""
     path = tmp_path / "train.tsv"

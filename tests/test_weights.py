@@ -17,7 +17,8 @@ from minway.cli import run_cli
 from minway.errors import MinwayError
 from minway.model import GPT2Config
 from weights import demo_checkpoint, resolve
-from weights.checkpoint import all_finite, load_gpt2, load_token_embeddings, read_config, tensor_files
+from weights.checkpoint import (all_finite, has_random_weights, load_gpt2, load_token_embeddings, read_config,
+                                tensor_files)
 from weights.random_checkpoint import GPT2_EMBEDDING_NORM, write_random_checkpoint
 from weights.resolve import resolve_checkpoint
 
@@ -614,3 +615,13 @@ def test_a_checkpoint_json_over_64_mib_is_refused_unread(tmp_path, name):
     read = read_config if name == "config.json" else tensor_files
     with pytest.raises(MinwayError, match="holds 67,108,865 bytes, more than the 67,108,864 it may"):
         read(tmp_path)
+
+
+def test_random_weights_are_known_by_their_config(checkpoint):
+    """weights.random_checkpoint marks its config.json; a checkpoint without the mark is taken as real."""
+    assert has_random_weights(checkpoint)
+    path = checkpoint / "config.json"
+    values = json.loads(path.read_text())
+    del values["minway_random_weights"]
+    path.write_text(json.dumps(values))
+    assert not has_random_weights(checkpoint)
