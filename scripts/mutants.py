@@ -51,6 +51,7 @@ per module, the survivors with their diffs).
 import argparse
 import ast
 import copy
+import functools
 import json
 import os
 import queue
@@ -148,11 +149,11 @@ class Site:
 class Source:
     """A module's text, its tree, and the source of single-line nodes (offsets are UTF-8 bytes)."""
 
-    def __init__(self, text, path="<source>", defaults=None):
+    def __init__(self, text, path="<source>"):
         self.text, self.path = text, path
         self.lines = text.encode().splitlines(keepends=True)
         self.tree = ast.parse(text)
-        self.defaults = _merge_defaults(project_defaults() if defaults is None else defaults, _defaults_of(self.tree))
+        self.defaults = _merge_defaults(project_defaults(), _defaults_of(self.tree))
         self.parents = {}
         for parent in ast.walk(self.tree):
             for name, value in ast.iter_fields(parent):
@@ -225,21 +226,14 @@ def _merge_defaults(a, b):
     return merged
 
 
-_PROJECT_DEFAULTS = None
-
-
-def project_defaults(root=ROOT):
+@functools.cache
+def project_defaults():
     """The defaults of every function of the project's packages, by name (see ``_defaults_of``)."""
-    global _PROJECT_DEFAULTS
-    if _PROJECT_DEFAULTS is None or root != ROOT:
-        found = {}
-        for package in PROJECT_PACKAGES:
-            for path in sorted((root / package).rglob("*.py")):
-                found = _merge_defaults(found, _defaults_of(ast.parse(path.read_text(encoding="utf-8"))))
-        if root != ROOT:
-            return found
-        _PROJECT_DEFAULTS = found
-    return _PROJECT_DEFAULTS
+    found = {}
+    for package in PROJECT_PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            found = _merge_defaults(found, _defaults_of(ast.parse(path.read_text(encoding="utf-8"))))
+    return found
 
 
 def _restates_default(src, call, keyword):
