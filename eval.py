@@ -9,7 +9,7 @@ them to eval.json beside it. ``--positions`` prints, per position, the target to
 nearest token under each metric, the score (dot product, squared L2 distance, cosine),
 the margin to the second nearest, and the top-5 neighbours.
 
-A PEFT prompt-tuning adapter of a GPT-2 model (minway/adapters.py) gets that table at
+A PEFT prompt-tuning adapter of a GPT-2 model (minway/run/adapters.py) gets that table at
 once, and the projection under each metric; with --target, its prompt F1 against that
 text; with --task or --task-file, its continuous and hard-prompt accuracy.
 """
@@ -17,11 +17,11 @@ import json
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from minway.choices import METRICS
-from minway.cli import Parser, run_cli
+from minway.run.choices import METRICS
+from minway.run.cli import Parser, run_cli
 from minway.errors import MinwayError
-from minway.targets import resolve_target
-from minway.task_file import data_dir_of, read_task_file
+from minway.run.targets import resolve_target
+from minway.run.task_file import data_dir_of, read_task_file
 from minway.tasks import get_task
 
 SCORE_NAMES = {"dot": "dot", "l2": "distance^2", "cos": "cosine"}  # what nearest_tokens' scores are
@@ -59,7 +59,7 @@ def build_parser():
     adapter.add_argument("--target", help="the text its projection is scored against (default: none)")
     task = adapter.add_mutually_exclusive_group()
     task.add_argument("--task", help="the paper's task to measure its accuracy on (default: none)")
-    task.add_argument("--task-file", help="a task of your own to measure it on (see minway/task_file.py; "
+    task.add_argument("--task-file", help="a task of your own to measure it on (see minway/run/task_file.py; "
                                           "default: none)")
     p.add_argument("--data-dir", help="holds <task>/{train,test}.tsv (default: $MINWAY_DATA, else the data that "
                                       "ships with minway); for a task file, the directory its data files are "
@@ -85,7 +85,7 @@ def main(argv=None):
     elif args.task:
         task = get_task(args.task).name
     # torch comes in with this, after the arguments are read: --help and mistakes answer at once
-    from minway.adapters import is_adapter
+    from minway.run.adapters import is_adapter
 
     path = Path(args.run)
     if is_adapter(path):
@@ -99,8 +99,8 @@ def main(argv=None):
 
 def measure_run(args, path):
     from minway.evaluation import measure, summary
-    from minway.setup import Setup
-    from minway.storage import load_prompt
+    from minway.run.model_and_data import Setup
+    from minway.run.storage import load_prompt
 
     prompt, config, target_ids = load_prompt(path)
     overrides = {k: v for k, v in (("model", args.model), ("data_dir", args.data_dir), ("max_eval", args.max_eval),
@@ -128,7 +128,7 @@ def measure_run(args, path):
 def require_training_files(args, run_dir, now):
     """Without --model and --data-dir a run is measured on the files it was trained on: refuse other
     weights or data found under the same names (its results.json keeps their fingerprints)."""
-    from minway.storage import read_results
+    from minway.run.storage import read_results
 
     try:
         trained_on = (read_results(run_dir) or {}).get("identity")
@@ -146,10 +146,10 @@ def measure_adapter(args, directory, target, task):
     definition) where they are given."""
     import torch
 
-    from minway.adapters import read_adapter
+    from minway.run.adapters import read_adapter
     from minway.evaluation import measure, summary
-    from minway.setup import resolve_device
-    from minway.tokenizer import load_checkpoint_tokenizer
+    from minway.run.model_and_data import resolve_device
+    from minway.run.tokenizer import load_checkpoint_tokenizer
     from weights import load_gpt2, read_config, resolve_checkpoint
 
     adapter = read_adapter(directory)
@@ -185,7 +185,7 @@ def measure_adapter(args, directory, target, task):
 def test_set(task, tokenizer, data_dir, max_eval, prompt_length, n_positions):
     """(each label's output, test inputs, labels) of a task, encoded as for training, checked to fit the
     model's context after a prompt of ``prompt_length`` vectors."""
-    from minway.data import load_split
+    from minway.run.data import load_split
     from minway.tasks import encode_inputs, encode_options
 
     common, options = encode_options(task, tokenizer)
@@ -199,7 +199,7 @@ def test_set(task, tokenizer, data_dir, max_eval, prompt_length, n_positions):
 
 
 def write_json(results, path):
-    from minway.storage import atomic_write_text
+    from minway.run.storage import atomic_write_text
 
     atomic_write_text(Path(path), json.dumps(results, indent=2) + "\n")
     print(f"written: {path}")

@@ -1,4 +1,4 @@
-"""Run the paper's experiments as one resumable sweep (minway/sweep.py tells how).
+"""Run the paper's experiments as one resumable sweep (minway/experiments/runner.py tells how).
 
     python sweep.py --preset main --models gpt2-large --device cuda --dtype bf16
     python sweep.py --preset gamma --tasks sst2 --seeds 1 --targets-limit 4 --dry-run
@@ -12,11 +12,11 @@ import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from minway.choices import ATTENTIONS, DTYPES, METRICS
-from minway.cli import Parser, output_dir, run_cli
+from minway.run.choices import ATTENTIONS, DTYPES, METRICS
+from minway.run.cli import Parser, output_dir, run_cli
 from minway.errors import MinwayError
-from minway.presets import GROUP_FILES, MODEL_SIZES, PAPER_TASKS, PRESETS
-from minway.task_file import data_dir_of, read_task_file
+from minway.experiments.presets import GROUP_FILES, MODEL_SIZES, PAPER_TASKS, PRESETS
+from minway.run.task_file import data_dir_of, read_task_file
 from minway.tasks import get_task
 
 # (field of RunConfig, type, default: train.py's, help) of the options every run of the grid takes
@@ -45,7 +45,7 @@ def build_parser():
     tasks = grid.add_mutually_exclusive_group()
     tasks.add_argument("--tasks", help=f"some of {', '.join(PAPER_TASKS)}{preset}")
     tasks.add_argument("--task-file", help="instead of --tasks, a JSON file defining a task of your own "
-                                           "(see minway/task_file.py; default: none)")
+                                           "(see minway/run/task_file.py; default: none)")
     grid.add_argument("--groups", help=f"target groups: some of {', '.join(GROUP_FILES)}{preset}")
     grid.add_argument("--seeds", help=f"e.g. 1,2,3{preset}")
     grid.add_argument("--gammas", help=f"constrained gammas, e.g. 0.003,0.01; each run gets its gamma = 0 twin{preset}")
@@ -134,8 +134,10 @@ def main(argv=None):
     # torch comes in with these, after the arguments are read: --help and mistakes answer at once
     import torch
 
-    from minway import figures, report, resources
-    from minway.sweep import expand, import_ray, is_finished, make_chunks, print_plan, run_sweep
+    from minway import resources
+    from minway.experiments import figures
+    from minway.experiments import report
+    from minway.experiments.runner import expand, import_ray, is_finished, make_chunks, print_plan, run_sweep
 
     sweep_dir = output_dir(args.sweep_dir or Path("sweeps") / args.preset, "--sweep-dir")
     output_dir(args.out, "--out")

@@ -8,14 +8,14 @@
 Natural-Instructions definitions (natural_prompts.json), the PILE sentences (pile.json,
 and pile_n=L.json of L tokens) and the tasks' true definitions (good_prompts.json).
 --task-file defines a task of your own: its template, label words and data files
-(minway/task_file.py tells the format).
+(minway/run/task_file.py tells the format).
 """
 
-from minway.choices import ATTENTIONS, DTYPES, METRICS
-from minway.cli import Parser, output_dir, run_cli
+from minway.run.choices import ATTENTIONS, DTYPES, METRICS
+from minway.run.cli import Parser, output_dir, run_cli
 from minway.errors import MinwayError
-from minway.targets import resolve_target
-from minway.task_file import data_dir_of, read_task_file
+from minway.run.targets import resolve_target
+from minway.run.task_file import data_dir_of, read_task_file
 from minway.tasks import TASKS
 
 
@@ -23,7 +23,7 @@ def build_parser():
     p = Parser(description=__doc__)
     task = p.add_argument_group("task (exactly one)").add_mutually_exclusive_group(required=True)
     task.add_argument("--task", help=f"one of {', '.join(TASKS)} (SST-2 etc. accepted)")
-    task.add_argument("--task-file", help="a JSON file defining a task of your own (see minway/task_file.py)")
+    task.add_argument("--task-file", help="a JSON file defining a task of your own (see minway/run/task_file.py)")
     target = p.add_argument_group("target text (exactly one)")
     target.add_argument("--target", help="the text the prompt should project to")
     target.add_argument("--target-file", help="a file holding the target text")
@@ -83,11 +83,11 @@ def main(argv=None):
     if args.task_file:
         task, data_dir = read_task_file(args.task_file), args.data_dir or data_dir_of(args.task_file)
     # torch comes in with these, after the arguments are read: --help and mistakes answer at once
-    from minway.config import RunConfig
+    from minway.run.config import RunConfig
     from minway.evaluation import summary
-    from minway.identity import check_identity, identity_of
-    from minway.storage import read_results
-    from minway.training import compare, train
+    from minway.run.identity import check_identity, identity_of
+    from minway.run.storage import read_results
+    from minway.run.training import compare, train
 
     config = RunConfig(
         task=task, target=target, model=args.model, gamma=args.gamma, steps=args.steps,

@@ -3,7 +3,7 @@
     python benchmarks/bench_multi_prompt.py [--quick] [--device cuda|cpu] [--dtype fp32|bf16]
         [--model-size gpt2] [--ks 1,4,8,16,32]
 
-Both sides run the step of ``minway.training``: ``bank_losses`` on a PromptBank, the
+Both sides run the step of ``minway.run.training``: ``bank_losses`` on a PromptBank, the
 backward pass, per-prompt gradient clipping and an AdamW step, on a random-weight
 GPT-2. minway: one bank of K prompts, each with its own batch of ``--batch`` rows, in one
 forward pass of K x batch rows. Baseline: K banks of one prompt, stepped in turn, which
@@ -15,11 +15,11 @@ import argparse
 import torch
 
 from common import bench, print_table, save
-from minway.config import DTYPES
+from minway.run.config import DTYPES
 from minway.model import GPT2, SIZES, init_weights
 from minway.objective import bank_losses
 from minway.prompt import PromptBank
-from minway.training import _clip_each
+from minway.run.training import _clip_each
 
 OUTPUT_TOKENS = 3  # the tail of each row carries the loss, like " great ." and end-of-text
 GAMMA, LR, CLIP = 0.01, 0.01, 1.0

@@ -55,7 +55,7 @@ def time_steps(steps, device, repeats, warmup):
 
 
 def minway_step(config, ids, n_prompt, dtype, device, attention):
-    """The step of ``minway.training``: a PromptBank of one prompt and its objective."""
+    """The step of ``minway.run.training``: a PromptBank of one prompt and its objective."""
     model = init_weights(GPT2(config, attention=attention)).to(device, dtype).freeze()
     bank = PromptBank(model, [list(range(n_prompt))])
     optimizer = torch.optim.AdamW(bank.parameters(), lr=0.01)

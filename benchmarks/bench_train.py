@@ -55,15 +55,15 @@ import torch  # noqa: E402
 
 from minway import resources  # noqa: E402
 from minway.classify import predict  # noqa: E402
-from minway.data import load_split  # noqa: E402
+from minway.run.data import load_split  # noqa: E402
 from minway.dropout import step_generator  # noqa: E402
 from minway.model import GPT2, SIZES, GPT2Config, init_weights  # noqa: E402
 from minway.objective import bank_losses  # noqa: E402
 from minway.prompt import PromptBank  # noqa: E402
-from minway.storage import atomic_write_text  # noqa: E402
+from minway.run.storage import atomic_write_text  # noqa: E402
 from minway.tasks import encode_options, get_task  # noqa: E402
-from minway.tokenizer import load_tokenizer  # noqa: E402
-from minway.training import BatchSchedule, _clip_each  # noqa: E402
+from minway.run.tokenizer import load_tokenizer  # noqa: E402
+from minway.run.training import BatchSchedule, _clip_each  # noqa: E402
 
 TARGET = "Write a question about the given fact. The answer must be the fact."
 GAMMA, LR, CLIP, SEED = 0.01, 0.01, 1.0, 1

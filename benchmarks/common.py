@@ -13,7 +13,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from minway.storage import atomic_write_text  # noqa: E402
+from minway.run.storage import atomic_write_text  # noqa: E402
 
 
 def device_name(device):

@@ -493,7 +493,7 @@ def main():
     os.environ["TRITON_CACHE_DIR"] = cache_dir  # the compile check fills it, the launches below read it
     sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
     from common import device_name, triton_version
-    from minway.storage import atomic_write_text
+    from minway.run.storage import atomic_write_text
 
     device = torch.device("cpu" if args.dry_run else "cuda")
     if device.type == "cuda" and not torch.cuda.is_available():

@@ -11,7 +11,7 @@ The tokens that every option shares go after the input and carry no loss; the lo
 example is the mean cross-entropy over the rest of its option and the end-of-text token.
 Label order is that of the data files (``minway/resources/data/<task>/README.md``).
 
-A user's task is a ``Task`` too, read from a file that names its data (``minway.task_file``);
+A user's task is a ``Task`` too, read from a file that names its data (``minway.run.task_file``);
 a run keeps its definition, the dict of its fields, as its ``task``.
 """
 import re

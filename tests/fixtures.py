@@ -17,7 +17,7 @@ import torch
 
 from conftest import ROOT
 from minway import resources
-from minway.cli import run_cli
+from minway.run.cli import run_cli
 from minway.model import GPT2, GPT2Config, init_weights
 from weights.random_checkpoint import write_random_checkpoint
 

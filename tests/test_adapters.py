@@ -21,17 +21,18 @@ from conftest import ROOT
 from fixtures import TOKENIZER_DIR, assert_one_line_error, first_rows, run_cli_in_process
 from fixtures import ascii_locale  # noqa: F401  (pytest fixture)
 from fixtures import tiny_checkpoint, tiny_data  # noqa: F401  (pytest fixtures)
-from minway import adapters, training
-from minway.adapters import read_adapter, write_adapter
+from minway.run import adapters
+from minway.run import training
+from minway.run.adapters import read_adapter, write_adapter
 from minway.batch import embed_rows
 from minway.classify import predict
-from minway.config import RunConfig
+from minway.run.config import RunConfig
 from minway.errors import MinwayError
 from minway.metrics import prompt_f1
 from minway.packing import pack
-from minway.storage import load_prompt, save_prompt
+from minway.run.storage import load_prompt, save_prompt
 from minway.tasks import encode_inputs, encode_options, get_task
-from minway.tokenizer import load_tokenizer
+from minway.run.tokenizer import load_tokenizer
 from weights import load_gpt2
 
 TARGET = "Write a question about the given fact."
@@ -357,15 +358,15 @@ def test_target_and_task_are_for_adapters(tmp_path, monkeypatch, capsys):
 
 
 def test_the_export_command_must_be_named(monkeypatch, capsys):
-    result = run_cli_in_process("minway.adapters", [], monkeypatch, capsys)
+    result = run_cli_in_process("minway.run.adapters", [], monkeypatch, capsys)
     assert_one_line_error(result, "command")
 
 
 def test_the_export_commands_help_says_what_it_does():
-    result = subprocess.run([sys.executable, "-m", "minway.adapters", "--help"], cwd=ROOT, capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "minway.run.adapters", "--help"], cwd=ROOT, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0 and "Soft prompts of Hugging Face PEFT" in result.stdout, result.stdout
-    export = subprocess.run([sys.executable, "-m", "minway.adapters", "export", "--help"], cwd=ROOT,
+    export = subprocess.run([sys.executable, "-m", "minway.run.adapters", "export", "--help"], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
     assert export.returncode == 0, export.stderr
     for said in ("a run directory holding prompt.safetensors", "the adapter directory to write", "overwrite"):

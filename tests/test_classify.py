@@ -4,7 +4,7 @@ import torch
 
 from fixtures import TINY, TOKENIZER_DIR, sharp_model
 from minway.classify import option_nll, option_nll_naive, predict
-from minway.data import load_split
+from minway.run.data import load_split
 from minway.tasks import TASKS, encode_options, get_task
 
 
@@ -15,7 +15,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from minway.tokenizer import load_tokenizer
+    from minway.run.tokenizer import load_tokenizer
     return load_tokenizer(TOKENIZER_DIR)
 
 

@@ -10,8 +10,8 @@ import pytest
 
 from conftest import ROOT
 from fixtures import assert_one_line_error, offline_env
-from minway import choices
-from minway.config import DTYPES, RunConfig
+from minway.run import choices
+from minway.run.config import DTYPES, RunConfig
 
 SCRIPTS = ("train.py", "eval.py", "sweep.py")
 

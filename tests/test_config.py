@@ -4,7 +4,7 @@ from dataclasses import replace
 
 import pytest
 
-from minway.config import RunConfig
+from minway.run.config import RunConfig
 from minway.errors import MinwayError
 
 

@@ -5,7 +5,7 @@ from fixtures import tiny_checkpoint  # noqa: F401  (pytest fixture)
 from minway.evaluation import measure, projection_report, summary
 from minway.prompt import c_proj
 from minway.tasks import TASKS, encode_options
-from minway.tokenizer import load_tokenizer
+from minway.run.tokenizer import load_tokenizer
 from weights import load_gpt2
 
 

@@ -22,13 +22,13 @@ from safetensors.torch import load_file, save_file
 from conftest import ROOT
 from fixtures import finished_results, first_rows, offline_env, write_tsv
 from fixtures import tiny_checkpoint, tiny_data  # noqa: F401  (pytest fixtures)
-from minway import training
-from minway.config import RunConfig
+from minway.run import training
+from minway.run.config import RunConfig
 from minway.errors import MinwayError
-from minway.files import DirectoryLock
-from minway.identity import identity
-from minway.setup import Setup
-from minway.storage import save_checkpoint, save_prompt
+from minway.run.files import DirectoryLock
+from minway.run.identity import identity
+from minway.run.model_and_data import Setup
+from minway.run.storage import save_checkpoint, save_prompt
 
 TARGET = "Write a question about the given fact."
 SCRIPTS = {"train": "train.py", "eval": "eval.py", "sweep": "sweep.py"}
@@ -415,8 +415,8 @@ def test_a_name_that_climbs_or_nests_stays_one_directory_inside_out(tiny_checkpo
 
 def test_a_run_is_reused_only_on_the_files_it_was_trained_on(tiny_checkpoint, tiny_data, setup, tmp_path, capsys):
     import train as train_cli
-    from minway.sweep import PlannedRun
-    from minway.sweep_state import is_finished
+    from minway.experiments.runner import PlannedRun
+    from minway.experiments.state import is_finished
 
     data = shutil.copytree(tiny_data, tmp_path / "data")
     args = train_args(tiny_checkpoint, data, out=tmp_path / "out", steps=1)
@@ -490,7 +490,7 @@ def test_a_huge_number_of_steps_starts_at_once(tiny_checkpoint, tiny_data, setup
 
 
 def test_memory_beyond_the_device_is_refused_saying_what_fits(setup, tiny_checkpoint, tiny_data, monkeypatch):
-    from minway import memory
+    from minway.run import memory
 
     config = run_config(tiny_checkpoint, tiny_data, batch_size=40, eval_batch_size=4)
     c, dtype = setup.model_config, setup.dtype
@@ -538,7 +538,7 @@ def test_memory_estimates_describe_the_passes_the_model_is_given(dropout):
     """The rows memory.py estimates a training step and an evaluation batch by are those of the packed
     passes that minway.batch and minway.classify build (rows of one length, options of two)."""
     from fixtures import sharp_model
-    from minway import memory
+    from minway.run import memory
     from minway.batch import bank_output_nll
     from minway.classify import option_nll
     from minway.dropout import step_generator
@@ -566,7 +566,7 @@ def test_a_cuda_device_is_checked_against_the_devices_present(monkeypatch):
 
 
 def test_a_sweep_directory_in_use_is_refused(tmp_path):
-    from minway.sweep import run_sweep
+    from minway.experiments.runner import run_sweep
 
     (tmp_path / "sweep").mkdir()
     with DirectoryLock(tmp_path / "sweep"):

@@ -10,13 +10,13 @@ from dataclasses import replace
 import pytest
 import torch
 
-import minway.training
+import minway.run.training
 from fixtures import first_rows, tiny_checkpoint, write_tsv  # noqa: F401
-from minway.config import RunConfig
+from minway.run.config import RunConfig
 from minway.prompt import c_proj
-from minway.setup import Setup
-from minway.storage import load_prompt
-from minway.training import train, train_many
+from minway.run.model_and_data import Setup
+from minway.run.storage import load_prompt
+from minway.run.training import train, train_many
 
 STEPS = 5
 TARGETS = [("Write a short and positive review of the film.", 0.0, 1),
@@ -136,14 +136,14 @@ class Killed(Exception):
 
 def kill_at(monkeypatch, step):
     """Make training die inside the forward pass of ``step`` (counted from 0), as a kill would."""
-    real, calls = minway.training.bank_losses, []
+    real, calls = minway.run.training.bank_losses, []
 
     def dying(*args, **kwargs):
         if len(calls) == step:
             raise Killed
         calls.append(step)
         return real(*args, **kwargs)
-    monkeypatch.setattr(minway.training, "bank_losses", dying)
+    monkeypatch.setattr(minway.run.training, "bank_losses", dying)
 
 
 @pytest.mark.parametrize("lose_one_checkpoint", [False, True], ids=["same-step", "mixed-steps"])
@@ -201,12 +201,12 @@ def test_a_config_given_twice_is_trained_once(configs, separate, tmp_path):
 
 def test_each_run_keeps_its_own_checkpoint_interval(configs, tmp_path, monkeypatch):
     saved = []
-    real = minway.training.save_checkpoint
+    real = minway.run.training.save_checkpoint
 
     def spy(path, prompt, adam_state, step, identity):
         saved.append((path.parent.name, step))
         return real(path, prompt, adam_state, step, identity)
-    monkeypatch.setattr(minway.training, "save_checkpoint", spy)
+    monkeypatch.setattr(minway.run.training, "save_checkpoint", spy)
     first, second = replace(configs[0], checkpoint_every=2), replace(configs[1], checkpoint_every=3)
     train_many([first, second], tmp_path, progress=False)
     assert [s for name, s in saved if name == first.run_id()] == [2, 4, STEPS]

@@ -5,7 +5,7 @@ import torch
 from fixtures import TOKENIZER_DIR
 from minway.evaluation import projection_report
 from minway.reachability import REACHABLE, UNREACHABLE, reachability
-from minway.tokenizer import load_tokenizer
+from minway.run.tokenizer import load_tokenizer
 
 
 def sphere_points(n, d, seed):

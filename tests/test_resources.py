@@ -6,10 +6,11 @@ import shutil
 import pytest
 
 from fixtures import SHIPPED_PROMPTS, TOKENIZER_DIR, tiny_checkpoint  # noqa: F401
-from minway import resources, tokenizer
+from minway import resources
+from minway.run import tokenizer
 from minway.errors import MinwayError
-from minway.targets import find_named_target, resolve_target
-from minway.tokenizer import load_checkpoint_tokenizer
+from minway.run.targets import find_named_target, resolve_target
+from minway.run.tokenizer import load_checkpoint_tokenizer
 
 PAPER_FILES = ["good_prompts.json", "natural_prompts.json", "pile.json", "pile_n=14.json", "pile_n=28.json",
                "pile_n=4.json", "pile_n=56.json", "pile_n=7.json"]

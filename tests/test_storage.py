@@ -11,11 +11,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from fixtures import finished_results
-from minway import files, storage
-from minway.config import RunConfig
+from minway.run import files
+from minway.run import storage
+from minway.run.config import RunConfig
 from minway.errors import MinwayError
-from minway.files import DirectoryLock
-from minway.storage import (atomic_save, atomic_write_text, load_prompt, read_checkpoint, read_log, save_checkpoint,
+from minway.run.files import DirectoryLock
+from minway.run.storage import (atomic_save, atomic_write_text, load_prompt, read_checkpoint, read_log, save_checkpoint,
                             save_prompt)
 
 CONFIG = RunConfig(task="sst2", target="Write a question about the given fact.", model="gpt2", gamma=0.5,
@@ -107,7 +108,7 @@ def test_a_locked_directory_refuses_a_second_holder_and_names_the_first(tmp_path
 
 def test_a_lock_left_by_a_killed_process_blocks_nothing(tmp_path):
     code = (f"import os, sys; sys.path.insert(0, {str(storage.Path(files.__file__).parents[1])!r})\n"
-            f"from minway.files import DirectoryLock\n"
+            f"from minway.run.files import DirectoryLock\n"
             f"DirectoryLock({str(tmp_path)!r}).__enter__(); print('held', flush=True); os.kill(os.getpid(), 9)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.stdout == "held\n" and result.returncode == -9

@@ -7,12 +7,12 @@ from collections import defaultdict
 
 import pytest
 
-import minway.sweep as sweep
+import minway.experiments.runner as sweep
 from fixtures import SHIPPED_PROMPTS, TOKENIZER_DIR, run_script, tiny_checkpoint, tiny_data  # noqa: F401
 from minway.errors import MinwayError
-from minway.presets import PRESETS, Grid
-from minway.report import choose_gammas, write_report
-from minway.sweep import expand, make_chunks, run_sweep
+from minway.experiments.presets import PRESETS, Grid
+from minway.experiments.report import choose_gammas, write_report
+from minway.experiments.runner import expand, make_chunks, run_sweep
 TOO_LONG = "word " * 1100  # more tokens than the tiny model's context of 1024
 
 
@@ -44,7 +44,7 @@ def test_true_targets_are_the_tasks_own_definitions():
 
 
 def test_length_groups_hold_targets_of_their_token_length():
-    from minway.tokenizer import load_tokenizer
+    from minway.run.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(TOKENIZER_DIR)
     runs = expand(PRESETS["length"], SHIPPED_PROMPTS)
@@ -217,7 +217,7 @@ def test_a_stopped_sweep_continues_without_repeating_finished_runs(tiny_sweep):
 
 
 def test_report_numbers_are_the_means_of_the_runs(tiny_sweep):
-    from minway.figures import write_figures
+    from minway.experiments.figures import write_figures
 
     root = tiny_sweep["root"]
     write_report(root / "sweep")
@@ -244,7 +244,7 @@ def test_a_finished_sweep_trains_nothing(tiny_sweep, monkeypatch):
 
 
 def test_size_figure_from_two_models(tmp_path):
-    from minway.figures import require_matplotlib, size_figure
+    from minway.experiments.figures import require_matplotlib, size_figure
 
     def row(model, gamma, acc, f1):
         stat = lambda v: {"mean": v, "std": 0.01}  # noqa: E731
@@ -284,8 +284,8 @@ def test_dry_run_lists_the_runs(tiny_sweep, tmp_path):
 
 def test_bad_input_is_one_line(capsys, monkeypatch):
     import sweep as sweep_cli  # the command line, sweep.py
-    from minway.cli import run_cli
-    from minway.figures import require_matplotlib
+    from minway.run.cli import run_cli
+    from minway.experiments.figures import require_matplotlib
 
     def error_of(argv):
         with pytest.raises(SystemExit) as exit_info:

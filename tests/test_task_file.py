@@ -8,13 +8,13 @@ import pytest
 
 from fixtures import TOKENIZER_DIR, assert_one_line_error, first_rows, run_cli_in_process, run_script, write_tsv
 from fixtures import tiny_checkpoint  # noqa: F401  (pytest fixture)
-from minway.config import RunConfig
-from minway.data import load_split
+from minway.run.config import RunConfig
+from minway.run.data import load_split
 from minway.errors import MinwayError
-from minway.setup import Setup
-from minway.task_file import read_task_file
+from minway.run.model_and_data import Setup
+from minway.run.task_file import read_task_file
 from minway.tasks import TASKS, encode_options, get_task
-from minway.tokenizer import load_tokenizer
+from minway.run.tokenizer import load_tokenizer
 
 TARGET = "Write a question about the given fact."
 DEFINITION = {"name": "reviews", "template": " All in all, it was {} .", "label_words": ["bad", "good"],

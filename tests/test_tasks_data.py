@@ -7,12 +7,12 @@ import types
 import pytest
 
 from fixtures import SHIPPED_DATA, TOKENIZER_DIR, ascii_locale, first_rows, tiny_checkpoint, write_tsv  # noqa: F401
-from minway import data
-from minway.data import HUB_SOURCES, Example, find_split, load_split, read_jsonl, read_tsv, sample_per_class
+from minway.run import data
+from minway.run.data import HUB_SOURCES, Example, find_split, load_split, read_jsonl, read_tsv, sample_per_class
 from minway.errors import MinwayError
 from minway.tasks import TASKS, encode_options, get_task, split_options
-from minway.config import RunConfig
-from minway.setup import Setup
+from minway.run.config import RunConfig
+from minway.run.model_and_data import Setup
 
 # The option texts of the paper's code (Min et al.'s templates, index 1): the template is
 # stripped, then a space is put in front of it (the "direct" formulation).
@@ -83,7 +83,7 @@ def test_option_texts_are_the_papers(name):
 
 @pytest.mark.parametrize("name", sorted(PAPER_SPLITS))
 def test_options_split_as_the_released_code_splits_them(name):
-    from minway.tokenizer import load_tokenizer
+    from minway.run.tokenizer import load_tokenizer
     tokenizer = load_tokenizer(TOKENIZER_DIR)
     common_text, output_texts = PAPER_SPLITS[name]
     common, outputs = encode_options(get_task(name), tokenizer)
@@ -446,7 +446,7 @@ def test_sample_per_class_on_real_data():
 
 @pytest.mark.parametrize("task", sorted(TASKS))
 def test_inputs_are_truncated_and_outputs_never(tiny_checkpoint, tmp_path, task):
-    from minway.tokenizer import load_tokenizer
+    from minway.run.tokenizer import load_tokenizer
     tokenizer = load_tokenizer(TOKENIZER_DIR)
     limit = (256 if task in LONG_INPUT_TASKS else 128) - 16
     common_text, output_texts = PAPER_SPLITS[task]

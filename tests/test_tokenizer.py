@@ -6,7 +6,7 @@ from fixtures import TOKENIZER_DIR as GPT2_DIR
 from fixtures import ascii_locale, shipped_lines  # noqa: F401  (pytest fixture)
 from minway.errors import MinwayError
 from minway.tasks import TASKS
-from minway.tokenizer import EOT, gpt2_byte_alphabet, load_tokenizer
+from minway.run.tokenizer import EOT, gpt2_byte_alphabet, load_tokenizer
 
 
 def test_check_sentence_from_the_data_readme():

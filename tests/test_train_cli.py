@@ -22,14 +22,14 @@ from safetensors.torch import load_file, save_file
 from conftest import ROOT
 from fixtures import assert_one_line_error, first_rows, offline_env, run_cli_in_process, run_script, write_tsv
 from fixtures import short_context_checkpoint, tiny_checkpoint, tiny_data  # noqa: F401  (pytest fixtures)
-from minway import training
-from minway.config import RunConfig
+from minway.run import training
+from minway.run.config import RunConfig
 from minway.errors import MinwayError
 from minway.metrics import prompt_f1
 from minway.objective import Loss
-from minway.setup import Setup
-from minway.storage import read_checkpoint, read_log, save_prompt
-from minway.tokenizer import load_tokenizer
+from minway.run.model_and_data import Setup
+from minway.run.storage import read_checkpoint, read_log, save_prompt
+from minway.run.tokenizer import load_tokenizer
 
 TARGET = "Write a question about the given fact."
 METRIC_NAMES = ("dot", "l2", "cos")

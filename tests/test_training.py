@@ -1,11 +1,11 @@
-"""Training in process (minway.training): the dropout masks of each step, the unconstrained twin of ``compare``."""
+"""Training in process (minway.run.training): the dropout masks of each step, the unconstrained twin of ``compare``."""
 from dataclasses import replace
 
 import pytest
 
 from fixtures import tiny_checkpoint, tiny_data  # noqa: F401  (pytest fixtures)
-from minway import training
-from minway.config import RunConfig
+from minway.run import training
+from minway.run.config import RunConfig
 from minway.errors import MinwayError
 
 

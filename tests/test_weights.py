@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from conftest import ROOT
 from fixtures import TOKENIZER_DIR
-from minway.cli import run_cli
+from minway.run.cli import run_cli
 from minway.errors import MinwayError
 from minway.model import GPT2Config
 from weights import demo_checkpoint, resolve

@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from minway import validation
+from minway.run import validation
 from minway.errors import MinwayError
-from minway.files import read_json
+from minway.run.files import read_json
 from minway.model import GPT2, GPT2Config
 
 CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")

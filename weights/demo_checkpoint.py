@@ -10,7 +10,7 @@ its target, and gamma = 0 lets it drift.
 import json
 import sys
 
-from minway.cli import Parser, run_cli
+from minway.run.cli import Parser, run_cli
 from minway.errors import MinwayError
 from minway.model import GPT2Config
 from weights.random_checkpoint import GPT2_EMBEDDING_NORM, write_random_checkpoint

@@ -22,8 +22,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from minway import memory, resources, validation
-from minway.cli import Parser, output_dir, run_cli
+from minway import resources
+from minway.run import memory
+from minway.run import validation
+from minway.run.cli import Parser, output_dir, run_cli
 from minway.errors import MinwayError
 from minway.model import GPT2, SIZES, GPT2Config, init_weights
 from weights.checkpoint import CONV1D_WEIGHTS

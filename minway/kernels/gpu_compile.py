@@ -26,6 +26,7 @@ import warnings
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import redirect_stdout
 from multiprocessing import get_context
+from pathlib import Path
 
 import torch
 
@@ -236,9 +237,8 @@ def main(argv=None):
           f"{len(failed)} failed; {len(spilling)} spill registers ({sum(r['hot'] for r in spilling)} of them hot); "
           "* marks the hot ones")
     if args.json:
-        from minway.storage import atomic_write_text
-        atomic_write_text(args.json, json.dumps({"triton": triton.__version__, "seconds": seconds, "jobs": args.jobs,
-                                                 "results": results}, indent=1))
+        Path(args.json).write_text(json.dumps({"triton": triton.__version__, "seconds": seconds, "jobs": args.jobs,
+                                               "results": results}, indent=1), encoding="utf-8")
     return 1 if failed else 0
 
 

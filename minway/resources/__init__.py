@@ -6,7 +6,7 @@
 
 A directory is the one a command-line flag names, else the one an environment variable
 names, else the copy shipped here: the first of these that is given is the only one used.
-Datasets have their own lookup, in minway.data (it adds a download).
+Datasets have their own lookup, in minway.run.data (it adds a download).
 """
 import os
 from pathlib import Path

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from minway import validation
+from minway.run import validation
 from minway.errors import MinwayError
 from minway.tasks import get_task
 
@@ -16,7 +16,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 @dataclass(frozen=True)
 class RunConfig:
-    task: str | dict               # a task of the paper by name, or a task file's definition (minway.task_file)
+    task: str | dict               # a task of the paper by name, or a task file's definition (minway.run.task_file)
     target: str
     model: str = "gpt2-large"
     gamma: float = 0.01

@@ -5,7 +5,7 @@ its command line is sweep.py.
     python sweep.py --preset gamma --tasks sst2 --seeds 1 --dry-run
     python sweep.py --preset size --ray auto          # on a running Ray cluster
 
-A sweep is a grid (minway.presets): tasks x target prompts x seeds x gamma x model. The
+A sweep is a grid (minway.experiments.presets): tasks x target prompts x seeds x gamma x model. The
 targets come in groups read from a prompts directory in the layout of the paper's
 release: NI (32 Natural Instructions definitions), PILE (30 sentences), TRUE (5 true
 definitions of the run's own task) and PILE-4 ... PILE-56 (PILE sentences of exactly
@@ -16,7 +16,7 @@ Runs of one model, task and schedule train together, K prompts per batch
 (``--prompts-per-batch``). The sweep state, ``<sweep-dir>/sweep.json``, says which
 runs are done, failed (with the error) or pending; a finished run is never trained
 again, and a killed sweep continues where it stopped. At the end the sweep writes
-``report.md``, ``report.json`` and figures (see minway.report and minway.figures).
+``report.md``, ``report.json`` and figures (see minway.experiments.report and minway.experiments.figures).
 """
 import os
 from collections import defaultdict
@@ -25,15 +25,15 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from minway.config import RunConfig
+from minway.run.config import RunConfig
 from minway.errors import MinwayError
-from minway.files import DirectoryLock
-from minway.presets import GROUP_FILES, Grid
-from minway.setup import Setup
-from minway.sweep_state import SweepState, is_finished
-from minway.targets import read_prompts_file
+from minway.run.files import DirectoryLock
+from minway.experiments.presets import GROUP_FILES, Grid
+from minway.run.model_and_data import Setup
+from minway.experiments.state import SweepState, is_finished
+from minway.run.targets import read_prompts_file
 from minway.tasks import canonical_name, get_task
-from minway.training import train, train_many
+from minway.run.training import train, train_many
 
 CRASH_ONCE_ENV = "MINWAY_SWEEP_CRASH_ONCE"
 

@@ -30,7 +30,7 @@ import dataclasses
 from pathlib import Path
 
 from minway.errors import MinwayError
-from minway.files import read_json
+from minway.run.files import read_json
 from minway.tasks import TASKS, Task, canonical_name
 
 FIELDS = [f.name for f in dataclasses.fields(Task)]

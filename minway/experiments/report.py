@@ -16,8 +16,8 @@ The Avg rows of Table 2 average the groups of irrelevant targets (all but TRUE);
 the report also holds TRUE targets (for example ``--report-with sweeps/main`` on the
 ``true`` sweep) it sets their drop against that average, per task, as Table 5 does.
 
-    python -m minway.report sweeps/main        # rewrite report.md and report.json
-    python -m minway.report sweeps/true sweeps/main   # the first sweep's report, with the runs of both
+    python -m minway.experiments.report sweeps/main        # rewrite report.md and report.json
+    python -m minway.experiments.report sweeps/true sweeps/main   # the first sweep's report, with the runs of both
 """
 import json
 from collections import defaultdict
@@ -25,11 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-from minway.cli import Parser, run_cli
+from minway.run.cli import Parser, run_cli
 from minway.metrics import relative_drop
-from minway.storage import atomic_write_text, read_results
-from minway.presets import GROUP_FILES, MODEL_SIZES, PAPER_TASKS
-from minway.sweep_state import SweepState
+from minway.run.storage import atomic_write_text, read_results
+from minway.experiments.presets import GROUP_FILES, MODEL_SIZES, PAPER_TASKS
+from minway.experiments.state import SweepState
 
 F1_THRESHOLD = 0.98
 MEASURES = ("acc_unconstrained", "acc_constrained", "relative_drop", "f1", "f1_unconstrained", "length")
@@ -226,7 +226,7 @@ def write_report(sweep_dir, also=()):
 
 
 def main(argv=None):
-    p = Parser(prog="python -m minway.report", description="Rewrite a sweep's report.md and report.json.")
+    p = Parser(prog="python -m minway.experiments.report", description="Rewrite a sweep's report.md and report.json.")
     p.add_argument("sweep_dir", help="the sweep directory (it holds sweep.json)")
     p.add_argument("also", nargs="*", help="other sweep directories whose finished runs the tables take in")
     args = p.parse_args(argv)

@@ -16,7 +16,7 @@ import tiktoken
 
 from minway import resources
 from minway.errors import MinwayError
-from minway.files import read_json, read_text
+from minway.run.files import read_json, read_text
 
 EOT = "<|endoftext|>"
 MAX_BPE_FILE = 2 ** 26  # GPT-2's vocab.json is 1 MB, its merges.txt 456 KB

@@ -19,12 +19,12 @@ from pathlib import Path
 import torch
 
 from minway.errors import MinwayError
-from minway.files import atomic_write
+from minway.run.files import atomic_write
 from minway.prompt import d_proj
-from minway.report import build_report
-from minway.storage import load_prompt
-from minway.sweep_state import SweepState
-from minway.tokenizer import load_checkpoint_tokenizer
+from minway.experiments.report import build_report
+from minway.run.storage import load_prompt
+from minway.experiments.state import SweepState
+from minway.run.tokenizer import load_checkpoint_tokenizer
 from weights import load_token_embeddings, resolve_checkpoint
 
 ACCURACY_COLOUR, F1_COLOUR = "tab:blue", "tab:orange"

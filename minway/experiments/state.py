@@ -4,11 +4,11 @@ import json
 import math
 from pathlib import Path
 
-from minway import validation
+from minway.run import validation
 from minway.errors import MinwayError
-from minway.files import read_json
-from minway.identity import check_identity, identity_of
-from minway.storage import MAX_STATE_FILE, atomic_write_text, read_results
+from minway.run.files import read_json
+from minway.run.identity import check_identity, identity_of
+from minway.run.storage import MAX_STATE_FILE, atomic_write_text, read_results
 from minway.tasks import get_task
 
 STATUSES = ("done", "failed", "pending")

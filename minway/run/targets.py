@@ -9,7 +9,7 @@ from pathlib import Path
 
 from minway import resources
 from minway.errors import MinwayError
-from minway.files import read_json, read_text
+from minway.run.files import read_json, read_text
 
 MAX_TARGET_FILE = 2 ** 20     # a target fits a model's context: a few KB
 MAX_PROMPTS_FILE = 64 * 2 ** 20

@@ -1,4 +1,4 @@
-"""What a run keeps on disk, in ``<out>/<run-id>/``, every write atomic (minway.files):
+"""What a run keeps on disk, in ``<out>/<run-id>/``, every write atomic (minway.run.files):
 
     lock                    held by the process that trains the run (its pid and host)
     config.json             the RunConfig
@@ -18,12 +18,12 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 import minway
-from minway import validation
-from minway.config import RunConfig
+from minway.run import validation
+from minway.run.config import RunConfig
 from minway.errors import MinwayError
 from minway.evaluation import summary
-from minway.files import DirectoryLock, atomic_write, atomic_write_text, read_json, regular_file
-from minway.identity import check_identity
+from minway.run.files import DirectoryLock, atomic_write, atomic_write_text, read_json, regular_file
+from minway.run.identity import check_identity
 
 # what a run that trains again from step 0 must not keep: a kill before its end would leave them stale
 TRAINED_FILES = ("checkpoint.safetensors", "prompt.safetensors", "results.json", "summary.txt", "eval.json")

@@ -16,7 +16,7 @@ GROUP_FILES = {"NI": "natural_prompts.json", "PILE": "pile.json", "TRUE": "good_
 
 @dataclass(frozen=True)
 class Grid:
-    tasks: tuple[str | dict, ...]  # the paper's by name, or a task file's definition (minway.task_file)
+    tasks: tuple[str | dict, ...]  # the paper's by name, or a task file's definition (minway.run.task_file)
     groups: tuple[str, ...]
     gammas: tuple[float, ...]
     seeds: tuple[int, ...] = (1, 2, 3)

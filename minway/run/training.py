@@ -23,16 +23,16 @@ import torch
 from tqdm.auto import tqdm
 
 import minway
-from minway.config import RunConfig
+from minway.run.config import RunConfig
 from minway.dropout import step_generator
 from minway.errors import MinwayError
 from minway.evaluation import measure
-from minway.identity import identity_of
+from minway.run.identity import identity_of
 from minway.metrics import prompt_f1, relative_drop
 from minway.objective import bank_losses
 from minway.prompt import PromptBank, d_proj
-from minway.setup import Setup
-from minway.storage import (atomic_write_text, checkpoint_step, open_run_dir, read_checkpoint, read_log,
+from minway.run.model_and_data import Setup
+from minway.run.storage import (atomic_write_text, checkpoint_step, open_run_dir, read_checkpoint, read_log,
                             reusable_results, save_checkpoint, save_prompt, write_results)
 
 ADAM_EPS, ADAM_BETAS = 1e-8, (0.9, 0.999)  # the released code's AdamW

@@ -21,7 +21,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from minway.data import find_split
+from minway.run.data import find_split
 from minway.errors import MinwayError
 from minway.tasks import get_task
 from weights.resolve import resolve_checkpoint

@@ -8,7 +8,7 @@ Layouts read (``text<TAB>label`` with a header line, label an integer; each file
 
 A task of a task file names its own files, in that format or as JSON lines (``.jsonl``,
 ``{"text": ..., "label": 0}`` a line), relative to the data directory, which is then the task
-file's own unless ``--data-dir`` names another (``minway.task_file``).
+file's own unless ``--data-dir`` names another (``minway.run.task_file``).
 
 The data directory is ``--data-dir``, else ``$MINWAY_DATA``, else the five tasks
 that ship with minway (``minway/resources/data``), then the download cache. A
@@ -28,7 +28,7 @@ from pathlib import Path
 
 from minway import resources
 from minway.errors import MinwayError
-from minway.files import atomic_write_text, regular_file
+from minway.run.files import atomic_write_text, regular_file
 from minway.tasks import Task
 
 SHIPPED_DATA = resources.DATA

@@ -7,13 +7,13 @@ import os
 
 import torch
 
-from minway import memory
-from minway.config import DTYPES, RunConfig
-from minway.data import load_split, sample_per_class
+from minway.run import memory
+from minway.run.config import DTYPES, RunConfig
+from minway.run.data import load_split, sample_per_class
 from minway.errors import MinwayError
-from minway.identity import identity
+from minway.run.identity import identity
 from minway.tasks import encode_inputs, encode_options, get_task
-from minway.tokenizer import load_checkpoint_tokenizer
+from minway.run.tokenizer import load_checkpoint_tokenizer
 from weights import load_gpt2, read_config, resolve_checkpoint
 from weights.checkpoint import has_random_weights
 

@@ -7,7 +7,7 @@ import math
 import numbers
 import re
 
-from minway.choices import ATTENTIONS, DTYPES, METRICS
+from minway.run.choices import ATTENTIONS, DTYPES, METRICS
 from minway.errors import MinwayError
 
 MAX_INT = 2 ** 63 - 1   # every count must fit a torch int64

@@ -12,7 +12,7 @@ before the text, and neither adds a BOS token there: GPT-2's tokenizer adds none
 minway's prompt takes the place the released code gave to BOS. (A prompt trained with PEFT
 on inputs that begin with <|endoftext|> is measured by minway on inputs without it.)
 
-    python -m minway.adapters export runs/<run-id> DIR    # a minway prompt as a PEFT adapter
+    python -m minway.run.adapters export runs/<run-id> DIR    # a minway prompt as a PEFT adapter
 
 PEFT loads the directory with ``PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(base), DIR)``;
 ``eval.py DIR`` reads it, or any prompt-tuning adapter of a GPT-2 model, back.
@@ -25,10 +25,10 @@ from typing import NamedTuple
 import torch
 from safetensors import SafetensorError, safe_open
 
-from minway.cli import Parser, run_cli
+from minway.run.cli import Parser, run_cli
 from minway.errors import MinwayError
-from minway.files import read_json, regular_file
-from minway.storage import MAX_STATE_FILE, atomic_save, atomic_write_text, load_prompt
+from minway.run.files import read_json, regular_file
+from minway.run.storage import MAX_STATE_FILE, atomic_save, atomic_write_text, load_prompt
 from weights.resolve import hub_id
 
 CONFIG, WEIGHTS, TENSOR = "adapter_config.json", "adapter_model.safetensors", "prompt_embeddings"
@@ -152,7 +152,7 @@ def export(run, out, force=False):
 
 
 def main(argv=None):
-    parser = Parser(prog="python -m minway.adapters", description=__doc__)
+    parser = Parser(prog="python -m minway.run.adapters", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     export_parser = commands.add_parser("export", help="write a minway prompt as a PEFT prompt-tuning adapter",
                                         description="Write a minway prompt as a PEFT prompt-tuning adapter.")
