@@ -1,5 +1,5 @@
-"""The README's section "Reading any soft prompt" runs as written: its bash and Python blocks,
-taken from the README itself, in order, in an empty directory that sees the repository's
+"""docs/soft-prompts.md ("Reading any soft prompt") runs as written: its bash and Python blocks,
+taken from the page itself, in order, in an empty directory that sees the repository's
 command lines and examples (offline, on the random checkpoint its first command makes)."""
 import json
 import os
@@ -13,16 +13,14 @@ from conftest import ROOT
 from fixtures import offline_env
 
 pytestmark = pytest.mark.slow
-SECTION = "## Reading any soft prompt"
+PAGE = ROOT / "docs" / "soft-prompts.md"
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```$", re.S | re.M)
 
 
 def section_blocks():
-    """(language, code) of each bash or python block of the section."""
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    start = text.index(SECTION)
-    end = text.find("\n## ", start + len(SECTION))
-    return [(m.group(1), m.group(2)) for m in FENCE.finditer(text[start:end]) if m.group(1) in ("bash", "python")]
+    """(language, code) of each bash or python block of the page."""
+    text = PAGE.read_text(encoding="utf-8")
+    return [(m.group(1), m.group(2)) for m in FENCE.finditer(text) if m.group(1) in ("bash", "python")]
 
 
 def test_the_section_runs_as_written(tmp_path):
