@@ -1,14 +1,13 @@
 """A continuous prompt in front of embedded text, and the loss on an output text.
 
-Every row of a batch is ``[prompt (L vectors)] [input tokens] [output tokens]``. The
-output tokens carry the loss: the token at position t is predicted from the hidden state
-at t - 1, so only those positions go through the 50257-way head, and the last output
-token (end-of-text) is never an input. Rows are packed (``minway.packing``): no arithmetic
-is spent on padding.
+Every row of a batch is ``[prompt (L vectors)] [input tokens] [output tokens]``. The output
+tokens carry the loss: the token at position t is predicted from the hidden state at t - 1,
+so only those positions go through the vocabulary-wide head, and the last output token
+(end-of-text) is never an input. Rows are packed (``minway.packing``): laid end to end, no
+arithmetic spent on padding.
 
-``output_nll`` runs each row whole: the plain statement of the loss. Training uses
-``bank_output_nll``, which gives each prompt a row of its own in the pass, run once, and
-lets the text of all its rows continue that row (same result, less work).
+``output_nll`` is the loss of one prompt's rows; ``bank_output_nll`` the same for K prompts
+in one pass, each row led by its own prompt (``minway.run.training`` trains K prompts at once).
 """
 import torch
 import torch.nn.functional as F
@@ -45,28 +44,38 @@ def mean_nll(logits, outputs):
     return torch.stack([row.mean() for row in nll.split([len(o) for o in outputs])])
 
 
-def output_nll(model, prompt, inputs, outputs):
-    """Mean negative log-likelihood per row (B,) of ``outputs[b]`` after the prompt and ``inputs[b]``:
-    ``prompt`` (L, d) leads every row, (B, L, d) a prompt per row."""
-    prompts = prompt.expand(len(inputs), -1, -1) if prompt.dim() == 2 else prompt
-    rows = texts(inputs, outputs)
-    embeds = embed_rows(model, rows, prompts)
-    packed = pack([prompts.shape[1] + len(r) for r in rows], device=embeds.device)
-    return mean_nll(model(embeds=embeds, packed=packed, logit_counts=[len(o) for o in outputs]).logits, outputs)
+def output_nll(model, prompt, inputs, outputs, dropout=None):
+    """Mean negative log-likelihood per row (B,) of ``outputs[b]`` after the prompt (L, d) and ``inputs[b]``.
+
+    Without dropout the prompt is the same in every row, and under the causal mask nothing that
+    follows it changes its hidden states: it runs once, as a row of its own, and the text of
+    every row continues it (with a 14-token prompt, 30 tokens of text and 8 rows, 98 of 352
+    positions are not computed). ``dropout``: (p, the generator of this step's masks) trains
+    with GPT-2's dropout (``minway.dropout``); each row then has masks of its own, so each row
+    runs its own copy of the prompt, as the released code does.
+    """
+    require_tokens(inputs)
+    rows, L, device = texts(inputs, outputs), len(prompt), prompt.device
+    counts = [len(o) for o in outputs]  # logits are needed at the last len(output) tokens of a row
+    if dropout is None:
+        embeds = torch.cat([prompt.to(model.wte.weight.dtype), embed_rows(model, rows)])
+        # row 0 is the prompt; row 1 + b continues its L tokens with text b
+        packed = pack([L] + [len(r) for r in rows], [()] + [[(0, L)]] * len(rows), device=device)
+        counts = [0] + counts
+    else:
+        p, generator = dropout
+        embeds = embed_rows(model, rows, prompt.expand(len(rows), -1, -1))  # a copy per row
+        packed = pack([L + len(r) for r in rows], device=device)
+        dropout = PromptDropout(p, [generator], [len(rows)])
+    logits = model(embeds=embeds, packed=packed, logit_counts=counts, dropout=dropout).logits
+    return mean_nll(logits, outputs)
 
 
 def bank_output_nll(model, vectors, lengths, owner, inputs, outputs, dropout=None):
-    """``output_nll`` with a prompt per row: row r is led by the first ``lengths[owner[r]]`` of
-    the vectors (K, L_max, d) of prompt ``owner[r]``.
-
-    A prompt is the same in all its rows, and under the causal mask nothing after it changes
-    its hidden states: each prompt is a row of its own, run once, and the text of each of its
-    rows continues it. With a 14-token prompt, 30 tokens of text and 8 rows, 98 of the 352
-    positions are not computed.
-
-    ``dropout``: (p, a generator per prompt) trains with GPT-2's dropout (``minway.dropout``).
-    Each row then has masks of its own, so each row runs its own copy of the prompt, as the
-    released code does; the rows must come grouped by prompt.
+    """``output_nll`` of K prompts in one pass: row r is led by the first ``lengths[owner[r]]`` of the
+    vectors (K, L_max, d) of prompt ``owner[r]``; without dropout each prompt is a row of its own that
+    its rows continue. ``dropout``: (p, a generator per prompt); the rows must then come grouped by
+    prompt. For K = 1 it computes exactly what ``output_nll`` computes.
     """
     require_tokens(inputs)
     lengths, owner = lengths.tolist(), owner.tolist()
@@ -75,12 +84,12 @@ def bank_output_nll(model, vectors, lengths, owner, inputs, outputs, dropout=Non
     counts = [len(o) for o in outputs]
     if dropout:
         p, generators = dropout
-        rows_per_prompt = [owner.count(k) for k in range(len(lengths))]
         if owner != sorted(owner):
             raise ValueError("the rows of a batch with dropout must be grouped by prompt, in prompt order")
-        embeds = embed_rows(model, rows, [prompts[k] for k in owner])
+        copies = [copy for k in range(len(lengths)) for copy in prompts[k].expand(owner.count(k), -1, -1)]
+        embeds = embed_rows(model, rows, copies)
         packed = pack([lengths[k] + len(r) for k, r in zip(owner, rows)], device=embeds.device)
-        dropout = PromptDropout(p, generators, rows_per_prompt)
+        dropout = PromptDropout(p, generators, [owner.count(k) for k in range(len(lengths))])
     else:
         embeds = torch.cat([*(x.to(model.wte.weight.dtype) for x in prompts), embed_rows(model, rows)])
         K = len(lengths)

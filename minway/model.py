@@ -73,16 +73,19 @@ class CausalSelfAttention(nn.Module):
         """x (N, d): the tokens of a pass, laid out as ``packed`` says. ``queries``: (layout, index)
         to attend from those tokens only (every key and value is still made)."""
         C = x.shape[-1]
-        k, v = F.linear(x, self.c_attn.weight[C:], self.c_attn.bias[C:]).split(C, dim=-1)
+        # the weight holds q, k and v one after another: k and v of every token, q only where asked
+        k, v = F.linear(x, self.c_attn.weight[C:], self.c_attn.bias[C:]).split(C, dim=-1)  # (N, C) each
         layout, at = queries or (packed, slice(None))
-        q = F.linear(x[at], self.c_attn.weight[:C], self.c_attn.bias[:C])
-        keys, values = self._heads(k), self._heads(v)
-        if packed.key_lengths != packed.lengths:  # some rows continue others: gather each row's keys
+        q = F.linear(x[at], self.c_attn.weight[:C], self.c_attn.bias[:C])  # (Nq, C)
+        keys, values = self._heads(k), self._heads(v)  # (N, H, C / H)
+        if packed.key_lengths != packed.lengths:
+            # some rows continue others: each row's keys are those of its prefix rows, then its own,
+            # gathered end to end: (sum of key_lengths, H, C / H)
             keys, values = keys[packed.key_index], values[packed.key_index]
         probabilities_dropout = None if dropout is None else dropout.for_probabilities(layout)
         y = varlen_attention(self._heads(q), keys, values, layout.lengths, layout.key_lengths, self.backend,
-                             probabilities_dropout)
-        return drop(self.c_proj(y.reshape(-1, C)), dropout, layout)
+                             probabilities_dropout)  # (Nq, H, C / H)
+        return drop(self.c_proj(y.reshape(-1, C)), dropout, layout)  # (Nq, C)
 
     def _heads(self, x):
         """(N, C) -> (N, n_head, C / n_head)"""

@@ -3,9 +3,12 @@
 The whole model on one page, with no autograd, batching or caching, so that
 each step of the paper's setting can be read off directly: token and position
 embeddings, n_layer pre-norm blocks of causal self-attention and an MLP, a
-final layer norm, and logits from the tied token-embedding matrix. It loads
-the same Hugging Face checkpoint directory (config.json + model.safetensors)
-as the PyTorch model, which makes it a second, independent oracle for tests.
+final layer norm, and logits from the tied token-embedding matrix. Prompt tuning
+is one line of it: a continuous prompt is L embedding vectors put before the
+embeddings of the text's tokens (``forward``'s ``prompt``), and ``output_loss`` is
+the loss of one example as the released code computes it. It loads the same
+Hugging Face checkpoint directory (config.json + model.safetensors) as the
+PyTorch model, which makes it a second, independent oracle for tests.
 """
 import json
 from pathlib import Path
@@ -73,19 +76,33 @@ def attention(x, params, name, n_head):
     return linear(heads.transpose(1, 0, 2).reshape(T, C), params, f"{name}.c_proj")
 
 
-def forward(token_ids, params, config) -> np.ndarray:
-    """Logits (T, vocab) for a sequence of T token ids."""
-    token_ids = np.asarray(token_ids)
-    if len(token_ids) > config["n_positions"]:
-        raise MinwayError(f"{len(token_ids)} tokens exceed the model's {config['n_positions']} positions; shorten the text")
+def forward(token_ids, params, config, prompt=None) -> np.ndarray:
+    """Logits (T, vocab) for a sequence of token ids, after the L vectors of a continuous ``prompt``
+    (L, d) when one is given (it takes the place of a first token: T = L + len(token_ids))."""
+    x = params["wte.weight"][np.asarray(token_ids, dtype=int)]
+    if prompt is not None:
+        x = np.concatenate([np.asarray(prompt, dtype=x.dtype), x])  # embeddings in place of tokens
+    if len(x) > config["n_positions"]:
+        raise MinwayError(f"{len(x)} positions exceed the model's {config['n_positions']} positions; shorten the text")
     eps = config["layer_norm_epsilon"]
-    x = params["wte.weight"][token_ids] + params["wpe.weight"][: len(token_ids)]
+    x = x + params["wpe.weight"][: len(x)]
     for i in range(config["n_layer"]):
         block = f"h.{i}"
         x = x + attention(layer_norm(x, params, f"{block}.ln_1", eps), params, f"{block}.attn", config["n_head"])
         hidden = gelu(linear(layer_norm(x, params, f"{block}.ln_2", eps), params, f"{block}.mlp.c_fc"))
         x = x + linear(hidden, params, f"{block}.mlp.c_proj")
     return layer_norm(x, params, "ln_f", eps) @ params["wte.weight"].T
+
+
+def output_loss(prompt, input_ids, output_ids, params, config) -> float:
+    """The loss of one example, as the released code computes it: the mean cross-entropy of the output
+    tokens (a label's words, then end-of-text) after the prompt (L, d) and the input's tokens."""
+    logits = forward(list(input_ids) + list(output_ids[:-1]), params, config, prompt)
+    first = len(prompt) + len(input_ids) - 1  # the position whose logits predict the first output token
+    logits = logits[first:]
+    log_probs = logits - logits.max(-1, keepdims=True)
+    log_probs = log_probs - np.log(np.exp(log_probs).sum(-1, keepdims=True))
+    return float(-log_probs[np.arange(len(output_ids)), output_ids].mean())
 
 
 def generate(token_ids, n_new, params, config) -> list[int]:

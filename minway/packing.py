@@ -8,6 +8,17 @@ them. Attention is causal within a row and aligned at its end: the i-th of a row
 queries, among its k keys, sees the first k - q + i + 1 of them.
 
 ``Packed`` says where everything is; ``pack`` builds it from the rows' lengths and prefixes.
+Two rows: a prompt p0 p1 p2, then a text a0 a1 that continues it,
+``pack([3, 2], [(), [(0, 3)]])``:
+
+    token of the pass   p0 p1 p2 a0 a1          starts      [0, 3, 5]
+    positions            0  1  2  3  4          key_lengths [3, 5]
+    keys of row 0       p0 p1 p2                key_index   [0, 1, 2,  0, 1, 2, 3, 4]
+    keys of row 1       p0 p1 p2 a0 a1
+
+a0, the first of row 1's 2 queries among its 5 keys, sees the first 5 - 2 + 0 + 1 = 4 of
+them (p0 p1 p2 a0), as it would in the whole sequence p0 p1 p2 a0 a1; the prompt's tokens
+are computed once, whatever number of rows continue them.
 """
 from itertools import accumulate
 from typing import NamedTuple

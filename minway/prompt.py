@@ -49,3 +49,7 @@ class PromptBank(torch.nn.Module):
 
     def prompt(self, k):
         return self.vectors[k, :int(self.lengths[k])]
+
+    def target(self, k):
+        """c-proj of prompt k's target: where it started."""
+        return self.targets[k, :int(self.lengths[k])]

@@ -86,3 +86,51 @@ def test_too_long_sequence_is_refused(checkpoint):
     params, config = numpy_gpt2.load(directory)
     with pytest.raises(MinwayError, match="exceed the model's 64 positions"):
         numpy_gpt2.forward(np.zeros(65, dtype=int), params, config)
+
+
+@pytest.fixture(scope="module")
+def minway_model(checkpoint):
+    from weights import load_gpt2
+    return load_gpt2(checkpoint[1]).freeze()
+
+
+def test_a_prompt_of_embeddings_gives_the_logits_of_the_pytorch_model(checkpoint, minway_model):
+    """The prompt's L vectors stand in place of tokens: the one-page model and the PyTorch one agree on
+    one row, at every position, prompt and text."""
+    params, config = numpy_gpt2.load(checkpoint[1], dtype=np.float64)
+    prompt = np.random.default_rng(0).normal(0, 0.5, (4, 48))
+    for ids in SEQUENCES[:2]:
+        logits = numpy_gpt2.forward(np.array(ids), params, config, prompt=prompt)
+        assert logits.shape == (len(prompt) + len(ids), VOCAB)
+        embeds = torch.cat([torch.tensor(prompt, dtype=torch.float32), minway_model.embed(torch.tensor(ids))])
+        with torch.no_grad():
+            expected = minway_model(embeds=embeds).logits.double().numpy()
+        assert np.abs(logits - expected).max() <= 1e-4
+    # a prompt that is the embeddings of tokens is those tokens
+    as_tokens = numpy_gpt2.forward([5, 17, 200], params, config)
+    as_prompt = numpy_gpt2.forward([200], params, config, prompt=params["wte.weight"][[5, 17]])
+    assert np.array_equal(as_tokens, as_prompt)
+
+
+def test_the_loss_of_one_example_is_the_librarys(checkpoint, minway_model):
+    from minway.batch import output_nll
+
+    params, config = numpy_gpt2.load(checkpoint[1], dtype=np.float64)
+    prompt = np.random.default_rng(1).normal(0, 0.5, (3, 48))
+    for input_ids, output_ids in (([5, 17, 200, 3], [42, 7, 0]), ([9], [4])):
+        ours = numpy_gpt2.output_loss(prompt, input_ids, output_ids, params, config)
+        with torch.no_grad():
+            library = output_nll(minway_model, torch.tensor(prompt, dtype=torch.float32), [input_ids], [output_ids])
+        assert ours == pytest.approx(float(library[0]), abs=1e-5)
+        # by hand, from the logits of the whole sequence
+        logits = numpy_gpt2.forward(input_ids + output_ids, params, config, prompt=prompt)
+        log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        first = len(prompt) + len(input_ids) - 1
+        expected = -np.mean([log_probs[first + j, t] for j, t in enumerate(output_ids)])
+        assert ours == pytest.approx(expected, abs=1e-9)
+
+
+def test_a_prompt_and_text_longer_than_the_context_is_refused(checkpoint):
+    params, config = numpy_gpt2.load(checkpoint[1])
+    with pytest.raises(MinwayError, match="65 positions exceed the model's 64 positions"):
+        numpy_gpt2.forward(np.zeros(61, dtype=int), params, config, prompt=np.zeros((4, 48), dtype=np.float32))

@@ -26,3 +26,10 @@ def test_the_last_tokens_of_each_row_as_queries():
     assert index.tolist() == [2, 3, 4]
     assert queries.lengths == [1, 2, 0] and queries.starts.tolist() == [0, 1, 3, 3]
     assert queries.key_lengths == layout.key_lengths and queries.positions.tolist() == [2, 2, 3]
+
+
+def test_the_example_of_the_docstring():
+    layout = pack([3, 2], [(), [(0, 3)]])
+    assert layout.starts.tolist() == [0, 3, 5] and layout.key_lengths == [3, 5]
+    assert layout.positions.tolist() == [0, 1, 2, 3, 4]
+    assert layout.key_index.tolist() == [0, 1, 2, 0, 1, 2, 3, 4]

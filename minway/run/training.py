@@ -1,14 +1,15 @@
-"""Wayward prompt tuning: train prompts, then measure them.
+"""Training wayward prompts as runs: ``minway.loop.train_prompt``'s loop for K prompts of one
+model at once, with checkpoints, logs, resume and results on disk.
 
-``train`` trains one prompt. ``train_many`` trains K prompts at once on the one
-frozen model: every step puts the K prompts' batches side by side in one batch
-(each row led by its own prompt), so the weights are read once for all K. The
-prompts are independent (own schedule, own AdamW state, own gradient clipping),
-and K prompts trained together end where K separate runs end.
+``train`` trains one prompt; ``train_many`` trains K prompts at once on the one frozen model:
+every step puts the K prompts' batches side by side in one batch (each row led by its own
+prompt), so the weights are read once for all K. The prompts are independent (each its own
+batches, dropout masks, schedule, AdamW state and gradient clipping), and K prompts trained
+together end where K separate runs end; one prompt ends exactly where ``train_prompt`` ends.
 
-The batch order of a run is fixed by its seed, so a run resumed from its checkpoint
-continues with the same batches and optimiser state as if it had never stopped (bitwise on
-CPU when it resumes in the same group).
+The batch order of a run is fixed by its seed, so a run resumed from its checkpoint continues
+with the same batches and optimiser state as if it had never stopped (bitwise on CPU when it
+resumes in the same group).
 """
 import json
 import math
@@ -25,6 +26,7 @@ from tqdm.auto import tqdm
 import minway
 from minway.run.config import RunConfig
 from minway.dropout import step_generator
+from minway.loop import ADAM_BETAS, BatchSchedule, clip_gradient, learning_rate, released_adam_eps
 from minway.errors import MinwayError
 from minway.evaluation import measure
 from minway.run.identity import identity_of
@@ -34,25 +36,6 @@ from minway.prompt import PromptBank, d_proj
 from minway.run.model_and_data import Setup
 from minway.run.storage import (atomic_write_text, checkpoint_step, open_run_dir, read_checkpoint, read_log,
                             reusable_results, save_checkpoint, save_prompt, write_results)
-
-ADAM_EPS, ADAM_BETAS = 1e-8, (0.9, 0.999)  # the released code's AdamW
-
-
-class BatchSchedule:
-    """The example indices of each step, fixed by the seed: epochs in shuffled order, each cut
-    into batches; as in the released code's data loader, an epoch whose size is not a multiple
-    of the batch size ends in a shorter batch. Any step's batch is drawn on its own, so that
-    nothing is built ahead (a run may be long) and a resumed run starts where it stopped."""
-
-    def __init__(self, n_examples, batch_size, seed):
-        self.n_examples, self.batch_size, self.seed = n_examples, batch_size, seed
-        self.per_epoch = math.ceil(n_examples / batch_size)
-
-    def __getitem__(self, step):
-        epoch, index = divmod(step, self.per_epoch)
-        order = np.random.default_rng([self.seed, epoch]).permutation(self.n_examples)
-        return order[index * self.batch_size:(index + 1) * self.batch_size]
-
 
 def train(config: RunConfig, out="runs", resume=False, force=False, progress=True, setup=None):
     """Train one prompt; returns its results dict (also written to disk)."""
@@ -97,6 +80,8 @@ def _checkpoint_step(run_dir, steps):
 
 
 def _train_group(todo, start, setup, progress):
+    """``minway.loop.train_prompt`` for the prompts of ``todo`` [(config, run directory)] at once, from
+    step ``start``, with a log line per step and prompt and checkpoints; their results."""
     configs, run_dirs = [c for c, _ in todo], [d for _, d in todo]
     base, K, model = configs[0], len(configs), setup.model
     targets = [setup.target_ids(c) for c in configs]
@@ -106,13 +91,7 @@ def _train_group(todo, start, setup, progress):
         _restore(bank, optimizer, run_dirs, base.steps, setup.identity)
     gammas = torch.tensor([c.gamma for c in configs], device=bank.vectors.device)
     schedules = [BatchSchedule(len(setup.train_inputs), base.batch_size, c.seed) for c in configs]
-    target_texts = [setup.tokenizer.decode(t) for t in targets]
-    logs = []
-    for run_dir in run_dirs:
-        path = run_dir / "log.jsonl"
-        atomic_write_text(path, "".join(line + "\n" for line in read_log(path, start)))
-        logs.append(open(path, "a"))
-
+    logs = _open_logs(run_dirs, start)
     desc = f"{setup.task.name} gamma={base.gamma:g}" if K == 1 else f"{K} prompts"
     # leave=None: the bar stays when it is the only one, and goes when it runs below a sweep's
     bar = tqdm(range(start, base.steps), initial=start, total=base.steps, desc=desc, disable=not progress,
@@ -120,17 +99,9 @@ def _train_group(todo, start, setup, progress):
     f1 = [math.nan] * K
     try:
         for step in bar:
-            optimizer.param_groups[0]["lr"] = base.lr * (1 - step / base.steps)  # linear decay, no warm-up
-            optimizer.param_groups[0]["eps"] = released_adam_eps(step + 1)
-            batches = [schedule[step] for schedule in schedules]
-            rows = [i for batch in batches for i in batch]
-            owner = torch.arange(K, device=gammas.device).repeat_interleave(
-                torch.tensor([len(batch) for batch in batches], device=gammas.device))
-            dropout = None
-            if base.dropout:
-                dropout = (base.dropout, [step_generator(c.seed, step, model.wte.weight.device) for c in configs])
-            loss = bank_losses(model, bank, owner, [setup.train_inputs[i] for i in rows],
-                               [setup.train_outputs[i] for i in rows], gammas, dropout)
+            optimizer.param_groups[0].update(lr=learning_rate(base.lr, step, base.steps),
+                                             eps=released_adam_eps(step + 1))
+            loss = _bank_step_loss(setup, bank, configs, [schedule[step] for schedule in schedules], gammas, step)
             total, ce, distance = (x.detach().tolist() for x in loss)
             _require_finite(total, "loss", run_dirs, step, start, base)
             loss.total.sum().backward()
@@ -139,14 +110,11 @@ def _train_group(todo, start, setup, progress):
             _update(optimizer, base)
             optimizer.zero_grad(set_to_none=True)
 
-            measured = step % 10 == 0 or step == base.steps - 1
             for k, config in enumerate(configs):
                 entry = {"step": step, "loss": total[k], "ce": ce[k], "distance": distance[k],
-                         "lr": optimizer.param_groups[0]["lr"],
-                         "grad_norm": grad_norms[k]}
-                if measured:
-                    ids = d_proj(bank.prompt(k), model.wte.weight, config.metric).indices[:, 0].tolist()
-                    f1[k] = entry["f1"] = prompt_f1(setup.tokenizer.decode(ids), target_texts[k])
+                         "lr": optimizer.param_groups[0]["lr"], "grad_norm": grad_norms[k]}
+                if step % 10 == 0 or step == base.steps - 1:
+                    f1[k] = entry["f1"] = _prompt_f1(setup, bank.prompt(k), targets[k], config.metric)
                 if config.eval_every and (step + 1) % config.eval_every == 0 and step + 1 < base.steps:
                     entry["test"] = measure(model, setup.tokenizer, setup.options, bank.prompt(k), targets[k],
                                             setup.test_inputs, setup.test_labels, config.metric,
@@ -167,15 +135,31 @@ def _train_group(todo, start, setup, progress):
             for k, (c, d) in enumerate(zip(configs, run_dirs))]
 
 
-def released_adam_eps(t):
-    """The eps that makes update t (1, 2, ...) of torch's AdamW the released code's.
+def _bank_step_loss(setup, bank, configs, batches, gammas, step):
+    """The losses (K,) of one step: the K prompts' batches side by side, rows grouped by prompt, each
+    prompt's dropout masks drawn from its own run's seed and the step."""
+    rows = [i for batch in batches for i in batch]
+    owner = torch.arange(len(batches), device=gammas.device).repeat_interleave(
+        torch.tensor([len(batch) for batch in batches], device=gammas.device))
+    p = configs[0].dropout
+    dropout = (p, [step_generator(c.seed, step, gammas.device) for c in configs]) if p else None
+    return bank_losses(setup.model, bank, owner, [setup.train_inputs[i] for i in rows],
+                       [setup.train_outputs[i] for i in rows], gammas, dropout)
 
-    The released code trains with transformers' AdamW, which adds eps to sqrt(v) before correcting
-    v's bias; torch's adds it after. The same 1e-8 there is worth 1e-8 / sqrt(1 - beta2^t) here
-    (3.2e-7 at the first update): not a rounding matter, since it changes the update of every
-    gradient entry below about 1e-5 by a sizeable part of the learning rate.
-    """
-    return ADAM_EPS / math.sqrt(1 - ADAM_BETAS[1] ** t)
+
+def _prompt_f1(setup, prompt, target_ids, metric):
+    ids = d_proj(prompt, setup.model.wte.weight, metric).indices[:, 0].tolist()
+    return prompt_f1(setup.tokenizer.decode(ids), setup.tokenizer.decode(target_ids))
+
+
+def _open_logs(run_dirs, start):
+    """Each run's log.jsonl, kept to the steps before ``start``, open for appending."""
+    logs = []
+    for run_dir in run_dirs:
+        path = run_dir / "log.jsonl"
+        atomic_write_text(path, "".join(line + "\n" for line in read_log(path, start)))
+        logs.append(open(path, "a"))
+    return logs
 
 
 def _require_finite(values, what, run_dirs, step, start, config):
@@ -206,10 +190,8 @@ def _update(optimizer, config):
 
 
 def _clip_each(grad, max_norm):
-    """Clip each prompt's gradient to ``max_norm`` on its own, as torch's clip_grad_norm_ would; its norms."""
-    norms = grad.flatten(1).norm(dim=1)
-    grad.mul_((max_norm / (norms + 1e-6)).clamp(max=1.0)[:, None, None])
-    return norms
+    """Clip each prompt's gradient (K, L_max, d) on its own; their norms (K,)."""
+    return torch.stack([clip_gradient(g, max_norm) for g in grad])
 
 
 def _adam_slice(optimizer, bank, k):
