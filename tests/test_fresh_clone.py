@@ -6,6 +6,7 @@ The clone is of the committed HEAD (uncommitted changes are not in it). The demo
 the interpreter of this test run (MINWAY_PYTHON), offline, on a random-weight checkpoint.
 """
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -68,6 +69,24 @@ def test_the_demo_runs_on_a_clone_alone(clone, demo):
     assert (run_dir / "summary.txt").is_file()
 
 
+def test_the_readmes_own_commands_run_as_written_in_the_venv(clone, demo, tmp_path):
+    """The quick start's block for a user's own commands, from a fresh shell, after the demo, with its
+    `.venv` activated as the README says (here a .venv whose python is this test's interpreter)."""
+    readme = (clone / "README.md").read_text(encoding="utf-8")
+    [block] = [b for b in re.findall(r"^```bash\n(.*?)^```$", readme, re.S | re.M) if b.startswith(". .venv/bin/activate")]
+    venv = clone / ".venv" / "bin"
+    venv.mkdir(parents=True)
+    (venv / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    (venv / "python").chmod(0o755)
+    (venv / "activate").write_text(f'export VIRTUAL_ENV="{venv.parent}"\nexport PATH="{venv}:$PATH"\n')
+    try:
+        result = run(["bash", "-euo", "pipefail", "-c", block], cwd=clone, env=alone_env(tmp_path))
+    finally:
+        shutil.rmtree(venv.parent)
+    assert result.stdout.count("prompt F1 [dot (main)]") == 2  # train.py --compare, then eval.py
+    assert "unconstrained vs constrained" in result.stdout and "position 0:" in result.stdout
+
+
 def test_a_paper_prompt_by_name_on_a_clone_alone(clone, demo, tmp_path):
     result = run([sys.executable, "train.py", "--task", "trec", "--model", "weights/random-demo", "--target-name",
                   PAPER_TARGET, "--k", "1", "--steps", "1", "--max-eval", "4", "--no-progress"],
@@ -94,6 +113,13 @@ def test_the_wheel_holds_every_shipped_file(clone, wheel):
                    for f in ("train.tsv.gz", "test.tsv.gz", "README.md"))):
         assert f"minway/resources/{name}" in shipped, name
     assert shipped <= set(zipfile.ZipFile(wheel).namelist())
+
+
+def test_the_wheel_holds_every_module(clone, wheel):
+    """Every package of the layout (the method, the kernels, the run machinery, the experiments, weights)."""
+    modules = {m for m in git("ls-files", "minway", "weights", cwd=clone).splitlines() if m.endswith(".py")}
+    assert {"minway/loop.py", "minway/run/training.py", "minway/experiments/runner.py"} <= modules
+    assert modules <= set(zipfile.ZipFile(wheel).namelist())
 
 
 def test_the_wheel_installs_no_top_level_name_another_distribution_ships(wheel):

@@ -93,7 +93,7 @@ def test_every_layer_is_populated_as_the_layout_says():
     by_layer = {n: {m for m in graph if layer(m) == n} for n in range(len(LAYERS))}
     assert {"minway.errors", "minway.resources"} <= by_layer[0]
     assert {"minway.kernels.projection", "minway.kernels.flash_attention", "minway.kernels.gpu_compile"} <= by_layer[1]
-    assert {"minway.model", "minway.objective", "minway.metrics", "minway.prompt"} <= by_layer[2]
+    assert {"minway.model", "minway.objective", "minway.loop", "minway.metrics", "minway.prompt"} <= by_layer[2]
     assert {"minway.run.training", "minway.run.storage", "weights.checkpoint"} <= by_layer[3]
     assert {"minway.experiments.runner", "minway.experiments.report"} <= by_layer[4]
     assert {"train", "eval", "sweep"} == by_layer[5]
