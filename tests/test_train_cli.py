@@ -549,7 +549,7 @@ def error_runs(tiny_checkpoint, tiny_data, tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize("case, fragments", [
     ("unknown task", ["nosuchtask", "sst2, sst5, agnews, subj, trec"]),
-    ("missing weights", ["no-such-model-xyz", "could not be downloaded", "python -m weights.random_checkpoint"]),
+    ("missing weights", ["no checkpoint 'no-such-model-xyz'", "could not be downloaded"]),
     ("nan", ["step 1", "lower --lr"]),
     ("corrupt prompt", ["corrupt-run/prompt.safetensors", "not a valid minway prompt file"]),
 ])
