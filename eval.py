@@ -32,7 +32,7 @@ def position_table(prompt, target_ids, tokenizer, embeddings):
     from minway.prompt import d_proj
 
     neighbours = {m: d_proj(prompt, embeddings, m, k=5) for m in METRICS}
-    shown = lambda i: repr(tokenizer.token_strings([i])[0])  # noqa: E731
+    shown = lambda i: f"'{tokenizer.token_strings([i])[0]}'"  # noqa: E731 - quoted: a leading space shows
     lines = []
     for pos in range(len(prompt)):
         target = None if target_ids is None else target_ids[pos]
