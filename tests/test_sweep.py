@@ -12,7 +12,8 @@ from fixtures import SHIPPED_PROMPTS, TOKENIZER_DIR, run_script, tiny_checkpoint
 from minway.errors import MinwayError
 from minway.experiments.presets import PRESETS, Grid
 from minway.experiments.report import choose_gammas, write_report
-from minway.experiments.runner import expand, make_chunks, run_sweep
+from minway.experiments.plan import expand
+from minway.experiments.runner import make_chunks, run_sweep
 TOO_LONG = "word " * 1100  # more tokens than the tiny model's context of 1024
 
 
