@@ -19,7 +19,7 @@ def runs_in(directory):
     if not directory.is_dir():
         return []
     return sorted(d for d in directory.iterdir() if d.is_dir() and not d.is_symlink()
-                  and ((d / "config.json").is_file() or (d / "prompt.safetensors").is_file()))
+                  and ((d / "config.json").is_file() or (d / PROMPT).is_file()))
 
 
 def state_of(run_dir):

@@ -11,6 +11,7 @@ from minway import resources
 from minway.errors import MinwayError
 from minway.run.files import read_json, read_text
 from minway.run.suggest import did_you_mean
+from minway.run.tokenizer import load_tokenizer
 
 MAX_TARGET_FILE = 2 ** 20     # a target fits a model's context: a few KB
 MAX_PROMPTS_FILE = 64 * 2 ** 20
@@ -61,8 +62,6 @@ def _listing(files):
 def target_table(text=""):
     """[(name, file name, length in GPT-2 tokens, target)] of the targets in the prompts directory whose
     name or target holds ``text`` (any case); a one-line error, with the names closest, when none does."""
-    from minway.run.tokenizer import load_tokenizer
-
     directory = resources.prompts_dir()
     everything = [(name, file.name, target) for file in sorted(directory.glob("*.json"))
                   for name, target in read_prompts_file(file).items()]
