@@ -17,12 +17,17 @@ import json
 from dataclasses import asdict, replace
 from pathlib import Path
 
+from minway.run import validation
+from minway.run.adapters import is_adapter
 from minway.run.choices import METRICS
-from minway.run.cli import Parser, run_cli
+from minway.run.cli import Parser, progress_bars, run_cli
+from minway.run.devices import check_device
 from minway.errors import MinwayError
+from minway.run.run_dirs import listing, prompt_file, runs_in
 from minway.run.targets import resolve_target
 from minway.run.task_file import data_dir_of, read_task_file
 from minway.tasks import get_task
+from weights.resolve import resolve_checkpoint
 
 SCORE_NAMES = {"dot": "dot", "l2": "distance^2", "cos": "cosine"}  # what nearest_tokens' scores are
 
@@ -32,7 +37,7 @@ def position_table(prompt, target_ids, tokenizer, embeddings):
     from minway.prompt import d_proj
 
     neighbours = {m: d_proj(prompt, embeddings, m, k=5) for m in METRICS}
-    shown = lambda i: repr(tokenizer.token_strings([i])[0])  # noqa: E731
+    shown = lambda i: f"'{tokenizer.token_strings([i])[0]}'"  # noqa: E731 - quoted: a leading space shows
     lines = []
     for pos in range(len(prompt)):
         target = None if target_ids is None else target_ids[pos]
@@ -49,7 +54,7 @@ def position_table(prompt, target_ids, tokenizer, embeddings):
 def build_parser():
     p = Parser(description=__doc__)
     p.add_argument("run", help="a run directory holding prompt.safetensors (or the file itself), or a PEFT "
-                               "prompt-tuning adapter directory (adapter_config.json)")
+                               "prompt-tuning adapter directory (adapter_config.json); a folder of runs lists them")
     p.add_argument("--positions", action="store_true", help="print the per-position table (always for an adapter)")
     p.add_argument("--model", help="checkpoint to use (default: the one the run was trained on; for an adapter, "
                                    "its base model)")
@@ -68,7 +73,8 @@ def build_parser():
     p.add_argument("--max-eval", type=int, help="evaluate on the first N test examples only (default: the run's)")
     p.add_argument("--json", help="write the measures there (default: eval.json beside a run's prompt; none for "
                                   "an adapter)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (there are none when stderr is not a "
+                                                              "terminal)")
     return p
 
 
@@ -84,22 +90,29 @@ def main(argv=None):
         task = read_task_file(args.task_file)
     elif args.task:
         task = get_task(args.task).name
-    # torch comes in with this, after the arguments are read: --help and mistakes answer at once
-    from minway.run.adapters import is_adapter
-
+    # every option, and the paths, are checked before torch is imported (by measure_*): a mistake answers at once
+    check_device(validation.device(args.device), "auto")
+    if args.max_eval is not None:
+        validation.whole("--max-eval", args.max_eval, 1)
+    if args.model is not None:
+        resolve_checkpoint(args.model)
     path = Path(args.run)
+    if path.is_dir() and not (path / "prompt.safetensors").exists() and runs_in(path):
+        print(f"{path} is a folder of runs: pass one of them to measure it")
+        print("\n".join(listing(runs_in(path))))
+        return
     if is_adapter(path):
         measure_adapter(args, path, target, task)
     elif target is not None or task is not None:
         raise MinwayError("--target, --task and --task-file are for a PEFT adapter: a run is measured against its "
                           "own target and task")
     else:
-        measure_run(args, path / "prompt.safetensors" if path.is_dir() or not path.suffix else path)
+        measure_run(args, prompt_file(path))
 
 
 def measure_run(args, path):
     from minway.evaluation import measure, summary
-    from minway.run.model_and_data import Setup
+    from minway.run.model_and_data import RANDOM_WEIGHTS_NOTE, Setup
     from minway.run.storage import load_prompt
 
     prompt, config, target_ids = load_prompt(path)
@@ -117,10 +130,13 @@ def measure_run(args, path):
                           f"{setup.model.config.n_embd}: pass --model with the checkpoint it was trained on")
     prompt = prompt.to(setup.device)
     results = measure(setup.model, setup.tokenizer, setup.options, prompt, target_ids, setup.test_inputs,
-                      setup.test_labels, config.metric, config.eval_batch_size, progress=not args.no_progress)
+                      setup.test_labels, config.metric, config.eval_batch_size,
+                      progress=progress_bars(args.no_progress))
     if args.positions:
         print(position_table(prompt, target_ids, setup.tokenizer, setup.model.wte.weight))
     results["config"] = asdict(config)
+    if setup.random_weights:
+        print(RANDOM_WEIGHTS_NOTE)
     print(summary(results, config.target))
     write_json(results, args.json or path.parent / "eval.json")
 
@@ -148,9 +164,10 @@ def measure_adapter(args, directory, target, task):
 
     from minway.run.adapters import read_adapter
     from minway.evaluation import measure, summary
-    from minway.run.model_and_data import resolve_device
+    from minway.run.model_and_data import RANDOM_WEIGHTS_NOTE, resolve_device
     from minway.run.tokenizer import load_checkpoint_tokenizer
-    from weights import load_gpt2, read_config, resolve_checkpoint
+    from weights import load_gpt2, read_config
+    from weights.checkpoint import has_random_weights
 
     adapter = read_adapter(directory)
     model_name = args.model or adapter.base_model
@@ -172,10 +189,12 @@ def measure_adapter(args, directory, target, task):
                                            model.config.n_positions)
     metric = args.metric or "dot"
     results = measure(model, tokenizer, options, prompt, target_ids, inputs, labels, metric,
-                      progress=not args.no_progress)
+                      progress=progress_bars(args.no_progress))
     print(f"{directory}: a prompt of {length} vectors of width {width}, read on {checkpoint}")
     same_length = target_ids is not None and len(target_ids) == length
     print(position_table(prompt, target_ids if same_length else None, tokenizer, model.wte.weight))
+    if has_random_weights(checkpoint):
+        print(RANDOM_WEIGHTS_NOTE)
     print(summary(results, target))
     results.update(adapter=str(directory), checkpoint=str(checkpoint), target=target, task=task)
     if args.json:

@@ -12,9 +12,12 @@ import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
+from minway import resources
 from minway.run.choices import ATTENTIONS, DTYPES, METRICS
-from minway.run.cli import Parser, output_dir, run_cli
+from minway.run.cli import Parser, output_dir, progress_bars, run_cli
+from minway.run.devices import check_device, has_gpu_driver
 from minway.errors import MinwayError
+from minway.experiments.plan import expand, other_plan
 from minway.experiments.presets import GROUP_FILES, MODEL_SIZES, PAPER_TASKS, PRESETS
 from minway.run.task_file import data_dir_of, read_task_file
 from minway.tasks import get_task
@@ -61,7 +64,11 @@ def build_parser():
     run.add_argument("--attention", choices=ATTENTIONS, default="auto", help="attention implementation")
     run.add_argument("--metric", choices=METRICS, default="dot", help="nearest neighbour of d-proj (the paper: dot)")
     p.add_argument("--out", default="runs", help="where run directories go (shared with train.py)")
-    p.add_argument("--sweep-dir", help="sweep state, report and figures (default: sweeps/<preset>)")
+    p.add_argument("--sweep-dir", help="sweep state, report and figures (default: sweeps/<preset>, or "
+                                       "sweeps/<preset>-<task> for --task-file)")
+    p.add_argument("--new-plan", action="store_true",
+                   help="replace the state a --sweep-dir holds of another plan by this one's (the runs stay in "
+                        "--out, and the finished ones are reused)")
     p.add_argument("--prompts-per-batch", type=int,
                    help="K prompts trained together in one batch (default: 8 on a GPU or Ray; 1 on a CPU, "
                         "where a step is compute-bound and batching prompts gains nothing)")
@@ -75,7 +82,8 @@ def build_parser():
                         "the true preset's Table 5; default: none)")
     p.add_argument("--no-figures", action="store_true", help="write the report without figures")
     p.add_argument("--positions-run", help="run id of the per-position figure (default: the first done)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (there are none when stderr is not a "
+                                                              "terminal: a line per run and per chunk instead)")
     return p
 
 
@@ -91,6 +99,22 @@ def _split(text, kind, flag):
     if not values:
         raise MinwayError(f"{flag} is empty")
     return values
+
+
+GRID_OPTIONS = ("task_file", "tasks", "groups", "seeds", "gammas", "models", "targets_limit", "prompts_dir")
+
+
+def plan_of(args):
+    """What the sweep sweeps, in words: the preset, and the options that change its grid."""
+    given = [f"--{name.replace('_', '-')} {getattr(args, name)}" for name in GRID_OPTIONS
+             if getattr(args, name) is not None]
+    return args.preset + (f", with {' '.join(given)}" if given else "")
+
+
+def default_sweep_dir(args, grid):
+    """sweeps/<preset>, or sweeps/<preset>-<task> for a task of a task file: a sweep of a task of one's own
+    is never written into the directory of the paper's preset."""
+    return Path("sweeps") / (f"{args.preset}-{grid.tasks[0]['name']}" if args.task_file else args.preset)
 
 
 def grid_from_args(args):
@@ -131,52 +155,64 @@ def _dirs(text):
 
 def main(argv=None):
     args = parse_args(argv)
-    # torch comes in with these, after the arguments are read: --help and mistakes answer at once
-    import torch
-
-    from minway import resources
-    from minway.experiments import figures
-    from minway.experiments import report
-    from minway.experiments.runner import expand, import_ray, is_finished, make_chunks, print_plan, run_sweep
-
-    sweep_dir = output_dir(args.sweep_dir or Path("sweeps") / args.preset, "--sweep-dir")
-    output_dir(args.out, "--out")
-    also = _dirs(args.report_with)
-    if args.report_only:
-        written = report.write_report(sweep_dir, also)
-        if not args.no_figures:
-            written += figures.write_figures(sweep_dir, args.positions_run)
-        print("written: " + ", ".join(map(str, written)))
-        return
-    if args.prompts_per_batch is None:
-        on_gpu = args.ray or (args.device != "cpu" and torch.cuda.is_available())
-        args.prompts_per_batch = 8 if on_gpu else 1
-    if args.prompts_per_batch < 1:
+    # the whole plan is checked before torch is imported: a mistake answers at once
+    if args.prompts_per_batch is not None and args.prompts_per_batch < 1:
         raise MinwayError("--prompts-per-batch must be at least 1")
     if args.max_retries < 0:
         raise MinwayError("--max-retries must be at least 0")
+    also = _dirs(args.report_with)
     grid = grid_from_args(args)
+    sweep_dir = output_dir(args.sweep_dir or default_sweep_dir(args, grid), "--sweep-dir")
+    output_dir(args.out, "--out")
+    if args.report_only:
+        print("written: " + ", ".join(map(str, write_report_and_figures(args, sweep_dir, also))))
+        return
     runs = expand(grid, resources.prompts_dir(args.prompts_dir), run_fields_from_args(args))
+    check_device(args.device, args.attention)
+    other = other_plan(sweep_dir, runs)
+    advice = "pass --sweep-dir DIR for this plan, or --new-plan to replace that state (the runs stay in --out)"
+    if other and not args.dry_run and not args.new_plan:
+        raise MinwayError(f"{other}: {advice}")
+    import torch
+
+    from minway.experiments.runner import import_ray, is_finished, make_chunks, print_plan, run_sweep
+
+    if args.prompts_per_batch is None:
+        on_gpu = args.ray or (args.device != "cpu" and has_gpu_driver() and torch.cuda.is_available())
+        args.prompts_per_batch = 8 if on_gpu else 1
     if args.dry_run:
         todo = [r for r in runs if not is_finished(r, args.out)]
         print_plan(runs, args.out, make_chunks(todo, args.prompts_per_batch))
+        if other:
+            print(f"note: {other}, which the sweep will refuse: {advice}")
         return
     if not args.no_figures:
-        figures.require_matplotlib()  # fail now, not after hours of training
+        from minway.experiments.figures import require_matplotlib
+
+        require_matplotlib()  # fail now, not after hours of training
     if args.ray:
         import_ray()
-    settings = {"preset": args.preset, "grid": asdict(grid), "run_fields": run_fields_from_args(args)}
+    settings = {"preset": args.preset, "plan": plan_of(args), "grid": asdict(grid),
+                "run_fields": run_fields_from_args(args)}
     state = run_sweep(runs, args.out, sweep_dir, args.prompts_per_batch, args.ray, args.max_retries, settings,
-                      progress=not args.no_progress)
-    written = report.write_report(sweep_dir, also)
-    if not args.no_figures:
-        written += figures.write_figures(sweep_dir, args.positions_run)
+                      progress=progress_bars(args.no_progress))
+    written = write_report_and_figures(args, sweep_dir, also)
     print(f"{state.count('done')} done, {state.count('failed')} failed, {state.count('pending')} pending")
     print("written: " + ", ".join(map(str, written)))
     if state.count("failed"):
         print(f"error: {state.count('failed')} of {len(runs)} runs failed: {state.path} holds their errors",
               file=sys.stderr)
         sys.exit(1)
+
+
+def write_report_and_figures(args, sweep_dir, also):
+    """The paths written."""
+    from minway.experiments import figures, report
+
+    written = report.write_report(sweep_dir, also)
+    if not args.no_figures:
+        written += figures.write_figures(sweep_dir, args.positions_run)
+    return written
 
 
 if __name__ == "__main__":

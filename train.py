@@ -1,22 +1,55 @@
 """Train a wayward prompt: solve a task while projecting to a chosen text.
 
     python train.py --task sst2 --target "Write a question about the given fact." [--model gpt2-large]
+    python train.py --task sst2 --target "Write a question about the given fact." --model weights/random-demo
     python train.py --task sst2 --target-name subtask047_misc_answering_science_questions
     python train.py --task-file my-task/task.json --target "Write a question about the given fact."
+    python train.py --list-targets [TEXT]
 
---target-name picks one of the paper's target prompts, which ship with minway: the 32
-Natural-Instructions definitions (natural_prompts.json), the PILE sentences (pile.json,
-and pile_n=L.json of L tokens) and the tasks' true definitions (good_prompts.json).
+--model names GPT-2 (downloaded when it is nowhere here) or a checkpoint directory, such
+as weights/random-demo, the random-weight one the demo writes. --target-name picks one
+of the paper's target prompts, which ship with minway: the 32 Natural-Instructions
+definitions (natural_prompts.json), the PILE sentences (pile.json, and pile_n=L.json of
+L tokens) and the tasks' true definitions (good_prompts.json); --list-targets lists them.
 --task-file defines a task of your own: its template, label words and data files
 (minway/run/task_file.py tells the format).
 """
 
+import argparse
+import os
+import sys
+from dataclasses import replace
+
+from minway.experiments.presets import GROUP_FILES
 from minway.run.choices import ATTENTIONS, DTYPES, METRICS
-from minway.run.cli import Parser, output_dir, run_cli
+from minway.run.cli import Parser, output_dir, progress_bars, run_cli
+from minway.run.config import RunConfig
+from minway.run.devices import check_device
 from minway.errors import MinwayError
-from minway.run.targets import resolve_target
+from minway.run.run_dirs import require_resumable
+from minway.run.targets import resolve_target, target_table
 from minway.run.task_file import data_dir_of, read_task_file
 from minway.tasks import TASKS
+from weights.resolve import resolve_checkpoint
+
+
+class ListTargets(argparse.Action):
+    """--list-targets [TEXT]: print the paper's targets (those whose name or text holds TEXT) and exit,
+    as --help does, before the options that must be given are asked for."""
+
+    def __call__(self, parser, namespace, text, option_string=None):
+        group_of = {file: group for group, file in GROUP_FILES.items()}
+        rows = [("name", "group", "file", "tokens", "text")]
+        rows += [(name, group_of.get(file, "-"), file, str(tokens), target)
+                 for name, file, tokens, target in target_table(text)]
+        widths = [max(len(row[i]) for row in rows) for i in range(4)]
+        try:
+            for row in rows:
+                print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[4])
+            sys.stdout.flush()
+        except BrokenPipeError:  # the reader had enough (| head): no error, and none as Python exits
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        parser.exit()
 
 
 def build_parser():
@@ -27,11 +60,16 @@ def build_parser():
     target = p.add_argument_group("target text (exactly one)")
     target.add_argument("--target", help="the text the prompt should project to")
     target.add_argument("--target-file", help="a file holding the target text")
-    target.add_argument("--target-name", help="the name of a target in --prompts-file, e.g. one of the paper's")
+    target.add_argument("--target-name", help="the name of a target in --prompts-file, e.g. one of the paper's "
+                                              "(--list-targets lists them)")
     target.add_argument("--prompts-file", help="JSON {name: text} to look --target-name up in: a path, or the name "
                                                "of one of the paper's files, e.g. pile_n=14.json (default: every "
                                                "file of $MINWAY_PROMPTS, else of the paper's, which ship with minway)")
-    p.add_argument("--model", default="gpt2-large", help="gpt2, gpt2-medium, gpt2-large, gpt2-xl or a checkpoint dir")
+    p.add_argument("--list-targets", nargs="?", const="", metavar="TEXT", action=ListTargets,
+                   help="list the paper's target prompts (name, group, file, tokens, text) whose name or text "
+                        "holds TEXT (default: all), and exit")
+    p.add_argument("--model", default="gpt2-large", help="gpt2, gpt2-medium, gpt2-large, gpt2-xl or a checkpoint dir, "
+                                                          "e.g. weights/random-demo")
     p.add_argument("--gamma", type=float, default=0.01, help="weight of the distance to the target (0: unconstrained)")
     p.add_argument("--steps", type=int, default=2000, help="optimiser steps")
     p.add_argument("--batch-size", type=int, help="training examples per step (default: the task's, 8; 4 for "
@@ -57,9 +95,11 @@ def build_parser():
     p.add_argument("--device", default="auto", help="cuda, cpu or auto")
     p.add_argument("--dtype", choices=DTYPES, default="fp32", help="of the model's weights")
     p.add_argument("--attention", choices=ATTENTIONS, default="auto", help="attention implementation")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint (the run "
+                                                         "of these very options: a run of other --steps is another)")
     p.add_argument("--force", action="store_true", help="train again even if the run exists")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (there are none when stderr is not a "
+                                                              "terminal)")
     return p
 
 
@@ -82,13 +122,7 @@ def main(argv=None):
     task, data_dir = args.task, args.data_dir
     if args.task_file:
         task, data_dir = read_task_file(args.task_file), args.data_dir or data_dir_of(args.task_file)
-    # torch comes in with these, after the arguments are read: --help and mistakes answer at once
-    from minway.run.config import RunConfig
-    from minway.evaluation import summary
-    from minway.run.identity import check_identity, identity_of
-    from minway.run.storage import read_results
-    from minway.run.training import compare, train
-
+    # every option is checked, and the run found, before torch is imported: a mistake answers at once
     config = RunConfig(
         task=task, target=target, model=args.model, gamma=args.gamma, steps=args.steps,
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, dropout=args.dropout, seed=args.seed,
@@ -96,7 +130,17 @@ def main(argv=None):
         eval_batch_size=args.eval_batch_size, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
         device=args.device, dtype=args.dtype, attention=args.attention, target_name=args.target_name,
         label_map=parse_label_map(args.label_map))
+    check_device(config.device, config.attention)
+    resolve_checkpoint(config.model)
     run_dir = output_dir(args.out, "--out") / config.run_id()
+    if args.resume and not args.force:
+        require_resumable(args.out, [config, replace(config, gamma=0.0)] if args.compare else [config])
+    from minway.evaluation import summary
+    from minway.run.identity import check_identity, identity_of
+    from minway.run.model_and_data import RANDOM_WEIGHTS_NOTE
+    from minway.run.storage import read_results
+    from minway.run.training import compare, train
+
     # a finished run is shown, not trained, when it was trained on the files it would use now
     results = None if args.force else read_results(run_dir)
     if results is not None:
@@ -105,12 +149,15 @@ def main(argv=None):
     if not finished:
         run = compare if args.compare else train
         # a finished run whose twin was never trained (--compare added later) is kept: only the twin trains
-        results = run(config, args.out, args.resume or results is not None, args.force, progress=not args.no_progress)
+        results = run(config, args.out, args.resume or results is not None, args.force,
+                      progress=progress_bars(args.no_progress))
     if results.get("random_weights"):
-        print("NOTE: this checkpoint has random weights: its accuracy means nothing, and its prompt F1 only shows "
-              "how far gamma holds a prompt on these embeddings, not what GPT-2 would do; the pipeline is what ran.")
+        print(RANDOM_WEIGHTS_NOTE)
     print(summary(results, target))
     print(f"results: {run_dir / 'results.json'}")
+    if "compare" in results:
+        twin_dir = run_dir.parent / results["compare"]["unconstrained_run"]
+        print(f"results of its unconstrained twin: {twin_dir / 'results.json'}")
     if finished:
         print("this run had finished before, so nothing was trained: pass --force to train it again")
 

@@ -15,7 +15,7 @@ import argparse
 import torch
 
 from common import bench, print_table, save
-from minway.run.config import DTYPES
+from minway.run.model_and_data import DTYPES
 from minway.model import GPT2, SIZES, init_weights
 from minway.objective import bank_losses
 from minway.prompt import PromptBank

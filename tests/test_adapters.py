@@ -129,8 +129,9 @@ def test_export_takes_a_run_directory_or_its_prompt_file(tiny_checkpoint, tmp_pa
     save_prompt(tmp_path / "run" / "prompt.safetensors", torch.ones(3, 48), config, [1, 2, 3])
     assert adapters.export(tmp_path / "run" / "prompt.safetensors", tmp_path / "from-file") == config
     assert torch.equal(read_adapter(tmp_path / "from-file").prompt, torch.ones(3, 48))
-    # a name without a suffix is a run directory, also when it is missing: the error names its prompt file
-    with pytest.raises(MinwayError, match=re.escape(str(tmp_path / "no-run" / "prompt.safetensors"))):
+    # a name without a suffix is a run directory, also when it is missing: the error names the run there is
+    with pytest.raises(MinwayError, match=re.escape(f"{tmp_path / 'no-run'} does not exist: did you mean "
+                                                    f"{tmp_path / 'run'}?")):
         adapters.export(tmp_path / "no-run", tmp_path / "none")
     with pytest.raises(MinwayError, match=re.escape(str(tmp_path / "no-prompt.safetensors"))):
         adapters.export(tmp_path / "no-prompt.safetensors", tmp_path / "none")

@@ -11,7 +11,8 @@ import pytest
 from conftest import ROOT
 from fixtures import assert_one_line_error, offline_env
 from minway.run import choices
-from minway.run.config import DTYPES, RunConfig
+from minway.run.config import RunConfig
+from minway.run.model_and_data import DTYPES
 
 SCRIPTS = ("train.py", "eval.py", "sweep.py")
 
@@ -65,7 +66,9 @@ def test_the_defaults_of_train_and_sweep_are_runconfigs():
 def test_the_choices_are_the_implementations():
     from minway.kernels.attention import BACKENDS
     from minway.kernels.projection import METRICS
+    from minway.model import SIZES
     assert choices.METRICS == METRICS
+    assert choices.SIZES == tuple(SIZES)
     assert set(choices.DTYPES) == set(DTYPES)
     assert choices.ATTENTIONS == ("auto", *BACKENDS)
 

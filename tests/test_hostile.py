@@ -415,7 +415,7 @@ def test_a_name_that_climbs_or_nests_stays_one_directory_inside_out(tiny_checkpo
 
 def test_a_run_is_reused_only_on_the_files_it_was_trained_on(tiny_checkpoint, tiny_data, setup, tmp_path, capsys):
     import train as train_cli
-    from minway.experiments.runner import PlannedRun
+    from minway.experiments.plan import PlannedRun
     from minway.experiments.state import is_finished
 
     data = shutil.copytree(tiny_data, tmp_path / "data")

@@ -10,7 +10,8 @@ pytest.importorskip("ray", reason="Ray is not installed (pip install minway[ray]
 from fixtures import SHIPPED_PROMPTS, tiny_checkpoint, tiny_data  # noqa: E402,F401
 from minway.experiments.report import write_report  # noqa: E402
 from minway.experiments.presets import Grid  # noqa: E402
-from minway.experiments.runner import CRASH_ONCE_ENV, expand, run_sweep  # noqa: E402
+from minway.experiments.plan import expand  # noqa: E402
+from minway.experiments.runner import CRASH_ONCE_ENV, run_sweep  # noqa: E402
 from test_sweep import assert_report_matches_runs, tiny_fields, write_prompts  # noqa: E402
 
 

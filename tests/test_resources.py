@@ -5,12 +5,12 @@ import shutil
 
 import pytest
 
-from fixtures import SHIPPED_PROMPTS, TOKENIZER_DIR, tiny_checkpoint  # noqa: F401
+from fixtures import SHIPPED_PROMPTS, TOKENIZER_DIR, assert_one_line_error, run_script, tiny_checkpoint  # noqa: F401
 from minway import resources
 from minway.run import tokenizer
 from minway.errors import MinwayError
 from minway.run.targets import find_named_target, resolve_target
-from minway.run.tokenizer import load_checkpoint_tokenizer
+from minway.run.tokenizer import load_checkpoint_tokenizer, load_tokenizer
 
 PAPER_FILES = ["good_prompts.json", "natural_prompts.json", "pile.json", "pile_n=14.json", "pile_n=28.json",
                "pile_n=4.json", "pile_n=56.json", "pile_n=7.json"]
@@ -46,6 +46,56 @@ def test_a_name_in_several_files_is_refused_with_the_files():
     assert "\n" not in message and "6 prompt files" in message and "--prompts-file" in message
     for name in PAPER_FILES:
         assert (name in message) == name.startswith("pile"), name
+
+
+GROUPS = {"natural_prompts.json": "NI", "pile.json": "PILE", "good_prompts.json": "TRUE",
+          **{f"pile_n={n}.json": f"PILE-{n}" for n in (4, 7, 14, 28, 56)}}
+
+
+def list_targets(*text):
+    result = run_script("train.py", "--list-targets", *text)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    header, *rows = result.stdout.splitlines()
+    assert header.split() == ["name", "group", "file", "tokens", "text"]
+    return [row.split(None, 4) for row in rows]
+
+
+def test_the_papers_targets_are_listed_with_group_file_length_and_text():
+    tokenizer = load_tokenizer(TOKENIZER_DIR)
+    rows = list_targets()
+    assert len(rows) == sum(len(prompts(f)) for f in PAPER_FILES)
+    for name, group, file, tokens, text in rows:
+        target = prompts(file)[name]
+        assert group == GROUPS[file] and int(tokens) == len(tokenizer.encode(target))
+        assert text == " ".join(target.split())
+        if group.startswith("PILE-"):
+            assert tokens == group.removeprefix("PILE-")
+
+
+@pytest.mark.parametrize("text, names", [
+    ("subtask047", {"subtask047_misc_answering_science_questions"}),  # part of a name
+    ("SUBTASK047", {"subtask047_misc_answering_science_questions"}),  # any case
+    ("prompt00", {"prompt00"}),                                       # in six files: six rows
+    ("Positive, Negative", {f"SST-2_{i}" for i in (0, 1, 2)}),        # part of a text
+])
+def test_the_targets_listed_are_those_holding_the_text(text, names):
+    rows = list_targets(text)
+    assert {row[0] for row in rows} == names
+    assert len(rows) == (6 if text == "prompt00" else len(names))
+
+
+def test_a_part_of_a_target_name_gets_the_name_meant():
+    with pytest.raises(MinwayError) as error:
+        find_named_target("subtask047")
+    assert str(error.value).endswith("did you mean subtask047_misc_answering_science_questions? (train.py "
+                                     "--list-targets lists them)")
+    with pytest.raises(MinwayError, match=r"did you mean prompt00, "):
+        find_named_target("promt00")  # a typo
+
+
+def test_a_listing_that_finds_nothing_is_a_one_line_error_with_the_nearest_names():
+    assert_one_line_error(run_script("train.py", "--list-targets", "subtask04_"), "holds 'subtask04_'",
+                          "did you mean subtask040_qasc_question_generation")
 
 
 def test_prompts_file_by_path_or_by_the_name_of_a_paper_file(tmp_path):

@@ -12,7 +12,8 @@ from fixtures import SHIPPED_PROMPTS, TOKENIZER_DIR, run_script, tiny_checkpoint
 from minway.errors import MinwayError
 from minway.experiments.presets import PRESETS, Grid
 from minway.experiments.report import choose_gammas, write_report
-from minway.experiments.runner import expand, make_chunks, run_sweep
+from minway.experiments.plan import expand
+from minway.experiments.runner import make_chunks, run_sweep
 TOO_LONG = "word " * 1100  # more tokens than the tiny model's context of 1024
 
 
@@ -155,8 +156,8 @@ def assert_report_matches_runs(sweep_dir, out):
         got = [row[m] for m in ("acc_unconstrained", "acc_constrained", "relative_drop", "f1")]
         for (mean, std), stat in zip(want, got):
             assert stat["mean"] == pytest.approx(mean) and stat["std"] == pytest.approx(std, abs=1e-12)
-        f1 = want[3]
-        assert f"{100 * f1[0]:.1f} ± {100 * f1[1]:.1f}" in markdown
+        f1 = want[3]  # from 0 to 1, as everywhere in minway; accuracies in %, as the paper's tables
+        assert f"| {f1[0]:.2f} ± {f1[1]:.2f} |" in markdown and f"{100 * want[1][0]:.1f} ± " in markdown
     return report
 
 

@@ -6,7 +6,7 @@ from fixtures import TOKENIZER_DIR as GPT2_DIR
 from fixtures import ascii_locale, shipped_lines  # noqa: F401  (pytest fixture)
 from minway.errors import MinwayError
 from minway.tasks import TASKS
-from minway.run.tokenizer import EOT, gpt2_byte_alphabet, load_tokenizer
+from minway.run.tokenizer import EOT, gpt2_byte_alphabet, load_tokenizer, readable
 
 
 def test_check_sentence_from_the_data_readme():
@@ -33,13 +33,34 @@ def test_endoftext_in_text_is_ordinary_text():
     assert tokenizer.decode(ids) == "a <|endoftext|> b"
 
 
-def test_token_strings_show_partial_characters_as_replacement():
+def test_token_strings_show_the_bytes_of_partial_characters_never_a_replacement():
     tokenizer = load_tokenizer(GPT2_DIR)
-    ids = tokenizer.encode("Hi 日")  # "日" is three UTF-8 bytes, split over tokens
-    strings = tokenizer.token_strings(ids)
-    assert strings[0] == "Hi"
-    assert "\ufffd" in "".join(strings)
+    ids = tokenizer.encode("Hi 日")  # "日" is three UTF-8 bytes, e6 97 a5, each a token of its own
+    assert tokenizer.token_strings(ids) == ["Hi", " \\xe6", "\\x97", "\\xa5"]
     assert tokenizer.decode(ids) == "Hi 日"
+
+
+@pytest.mark.parametrize("text, kept, shown", [
+    ("TD’s", 2, "TD\\xe2\\x80"),        # ’ is e2 80 99: its last byte's token left out
+    ("TD’s", 4, "TD’s"),                  # and with it, the character whole
+    ("Hi 日", 3, "Hi \\xe6\\x97"),
+    ("a ’ b", 3, "a ’"),
+])
+def test_text_cut_inside_a_character_shows_its_bytes_never_a_replacement(text, kept, shown):
+    """A projected prompt may hold the first bytes of a character without the rest: its text (the
+    summary's projection, its marked words) shows them as escapes."""
+    tokenizer = load_tokenizer(GPT2_DIR)
+    assert tokenizer.decode(tokenizer.encode(text)[:kept]) == shown
+
+
+@pytest.mark.parametrize("data, shown", [
+    (b"\n", "\\n"), (b"\t", "\\t"), (b"\\", "\\\\"), (b" caf\xc3\xa9", " café"), (b"\xa0", "\\xa0"),
+    ("\u00a0".encode(), "\\u00a0"), ("\u200b".encode(), "\\u200b"), (" ".encode(), " "),
+])
+def test_readable_tokens_tell_a_byte_from_a_character(data, shown):
+    """Characters as themselves, those that do not print escaped; the byte a0 alone (part of a character)
+    and the character U+00A0 (a no-break space, bytes c2 a0) are written apart."""
+    assert readable(data) == shown
 
 
 def shipped_test_texts() -> list[str]:

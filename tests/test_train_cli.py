@@ -137,7 +137,9 @@ def test_a_finished_run_shows_its_summary_and_how_to_train_it_again(full_run, ti
     args = base_args(tiny_checkpoint, tiny_data, run_dir.parent, steps=6, **{"checkpoint-every": 2})
     importlib.import_module("train").main(list(map(str, args)))
     lines = capsys.readouterr().out.splitlines()
-    assert lines[:-1] == result.stdout.splitlines()  # the summary of the run
+    trained, *summary = result.stdout.splitlines()
+    assert trained.startswith(f"trained {run_dir.name}: 6 steps in ")  # no bars: a line at the run's end
+    assert lines[:-1] == summary  # the summary of the run, nothing trained
     assert "nothing was trained" in lines[-1] and "--force" in lines[-1]
     assert {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()} == before
 
@@ -549,7 +551,7 @@ def error_runs(tiny_checkpoint, tiny_data, tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize("case, fragments", [
     ("unknown task", ["nosuchtask", "sst2, sst5, agnews, subj, trec"]),
-    ("missing weights", ["no-such-model-xyz", "could not be downloaded", "python -m weights.random_checkpoint"]),
+    ("missing weights", ["no checkpoint 'no-such-model-xyz'", "could not be downloaded"]),
     ("nan", ["step 1", "lower --lr"]),
     ("corrupt prompt", ["corrupt-run/prompt.safetensors", "not a valid minway prompt file"]),
 ])

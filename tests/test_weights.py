@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import ROOT
-from fixtures import TOKENIZER_DIR
+from fixtures import TOKENIZER_DIR, assert_one_line_error, run_cli_in_process
 from minway.run.cli import run_cli
 from minway.errors import MinwayError
 from minway.model import GPT2Config
@@ -500,6 +501,73 @@ def test_failing_download_gives_the_same_error(isolated, monkeypatch):
     with pytest.raises(MinwayError, match=r"no checkpoint 'gpt2'") as error:
         resolve_checkpoint("gpt2")
     assert_how_to_get_weights(error)
+
+
+def test_offline_a_missing_name_points_to_the_checkpoints_here_the_demos_first(isolated, source, monkeypatch,
+                                                                             downloads):
+    """train.py's default, gpt2-large, offline beside the demo's checkpoint: the line names that one
+    first, as --model takes it, then the others, then how to get the one asked for."""
+    weights_dir, cache = isolated
+    shutil.copytree(source, weights_dir / "aaa-mine")
+    shutil.copytree(source, weights_dir / "random-demo")
+    make_hub_cache(cache, source, repo_id="openai-community/gpt2-medium")
+    monkeypatch.chdir(weights_dir.parent)  # the repository's root, where weights/ is
+    with pytest.raises(MinwayError) as error:
+        resolve_checkpoint("gpt2-large")
+    message = str(error.value)
+    assert "\n" not in message and len(message) < 500
+    assert ("checkpoints here: weights/random-demo (random weights, the demo's), weights/aaa-mine (random weights), "
+            "gpt2-medium (in the Hugging Face cache): pass one, e.g. --model weights/random-demo") in message
+    assert "hf download openai-community/gpt2-large" in message and "did you mean" not in message
+    assert resolve_checkpoint("weights/random-demo") == Path("weights/random-demo")  # as the line says
+
+
+def test_the_first_example_of_train_help_offline_names_the_demos_checkpoint(isolated, source, monkeypatch, capsys):
+    weights_dir, _ = isolated
+    shutil.copytree(source, weights_dir / "random-demo")
+    monkeypatch.chdir(weights_dir.parent)
+    import train
+    example = next(line for line in train.__doc__.splitlines() if line.strip().startswith("python train.py"))
+    args = shlex.split(example.split("python train.py", 1)[1].replace("[--model gpt2-large]", ""))
+    result = run_cli_in_process("train.py", args, monkeypatch, capsys)
+    assert_one_line_error(result, "no checkpoint 'gpt2-large'", "--model weights/random-demo")
+
+
+@pytest.mark.parametrize("typed, meant", [
+    ("weights/random-dem", "weights/random-demo"),  # weights/ is a folder here: a path, not a Hub id owner/name
+    ("./weights/random-dem", "weights/random-demo"),
+    ("runs/sst2-a/x/y", "runs/sst2-ab"),            # the first part missing is the one matched
+    ("ABS/weights/random-dem", "ABS/weights/random-demo"),
+])
+def test_a_missing_local_path_is_never_sent_to_the_hub_and_gets_the_nearest_names(isolated, source, monkeypatch,
+                                                                                  downloads, typed, meant):
+    weights_dir, _ = isolated
+    root = weights_dir.parent
+    typed, meant = typed.replace("ABS", str(root)), meant.replace("ABS", str(root))
+    monkeypatch.delenv("HF_HUB_OFFLINE")  # online: a path sent to the Hub would show in downloads
+    monkeypatch.chdir(root)
+    shutil.copytree(source, weights_dir / "random-demo")
+    (root / "runs" / "sst2-ab").mkdir(parents=True)
+    with pytest.raises(MinwayError, match="does not exist") as error:
+        resolve_checkpoint(typed)
+    assert str(error.value).endswith(f"does not exist: did you mean {meant}?")
+    assert downloads == []
+
+
+def test_an_owner_and_name_whose_owner_is_no_folder_here_is_a_hub_id(isolated, monkeypatch, downloads):
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    with pytest.raises(MinwayError, match="no checkpoint 'someone/tiny-gpt2'"):
+        resolve_checkpoint("someone/tiny-gpt2")
+    assert downloads == ["someone/tiny-gpt2"]
+
+
+def test_a_mistyped_name_gets_the_name_meant_not_a_download_command(isolated, source, downloads):
+    weights_dir, _ = isolated
+    shutil.copytree(source, weights_dir / "random-demo")
+    for typed, meant in (("gpt2-larg", "gpt2-large"), ("random-dem", "random-demo")):
+        with pytest.raises(MinwayError, match=f"no checkpoint '{typed}'.*did you mean .*{meant}") as error:
+            resolve_checkpoint(typed)
+        assert "hf download" not in str(error.value)
 
 
 # --- random checkpoints -------------------------------------------------------

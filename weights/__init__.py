@@ -1,8 +1,18 @@
 """Finding, validating, loading and downloading GPT-2 checkpoints.
 
 Downloaded checkpoints are kept under this directory, ``weights/<name>/`` (git-ignored).
-"""
-from weights.checkpoint import load_gpt2, load_token_embeddings, read_config
-from weights.resolve import resolve_checkpoint
 
-__all__ = ["load_gpt2", "load_token_embeddings", "read_config", "resolve_checkpoint"]
+The names below are imported when first asked for, not with the package: ``weights.checkpoint``
+imports torch, which ``python -m weights.random_checkpoint --help`` must not wait for.
+"""
+import importlib
+
+_MODULE_OF = {"load_gpt2": "weights.checkpoint", "load_token_embeddings": "weights.checkpoint",
+              "read_config": "weights.checkpoint", "resolve_checkpoint": "weights.resolve"}
+__all__ = list(_MODULE_OF)
+
+
+def __getattr__(name):
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module 'weights' has no attribute {name!r}")
+    return getattr(importlib.import_module(_MODULE_OF[name]), name)

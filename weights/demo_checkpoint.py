@@ -12,15 +12,16 @@ import sys
 
 from minway.run.cli import Parser, run_cli
 from minway.errors import MinwayError
-from minway.model import GPT2Config
 from weights.random_checkpoint import GPT2_EMBEDDING_NORM, write_random_checkpoint
-from weights.resolve import WEIGHTS_DIR, is_checkpoint, resolve_checkpoint
+from weights.resolve import DEMO_NAME, WEIGHTS_DIR, is_checkpoint, resolve_checkpoint
 
-RANDOM_DEMO = WEIGHTS_DIR / "random-demo"
+RANDOM_DEMO = WEIGHTS_DIR / DEMO_NAME
 
 
 def random_demo_checkpoint():
     """weights/random-demo/, written unless it is there already with embeddings at GPT-2's scale."""
+    from minway.model import GPT2Config  # torch comes in with it: --help answers at once
+
     if _embedding_norm(RANDOM_DEMO) != GPT2_EMBEDDING_NORM:
         write_random_checkpoint(RANDOM_DEMO, GPT2Config(n_embd=256, n_layer=4, n_head=4),
                                 embedding_norm=GPT2_EMBEDDING_NORM)

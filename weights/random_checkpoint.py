@@ -13,30 +13,35 @@ that the distance term of the wayward objective hardly pulls. ``embedding_norm``
 scales them to a chosen mean length (``GPT2_EMBEDDING_NORM`` is trained GPT-2
 small's), and scales the final layer norm's gain by the inverse, so that the logits,
 read through the same (tied) embeddings, keep the size of GPT-2's initialisation.
+
+torch is imported by the functions that build a model, so that ``--help`` and a mistyped
+option answer at once.
 """
 import json
 import shutil
 from dataclasses import replace
 from pathlib import Path
 
-import torch
-from safetensors.torch import save_file
-
 from minway import resources
-from minway.run import memory
 from minway.run import validation
+from minway.run.choices import SIZES
 from minway.run.cli import Parser, output_dir, run_cli
 from minway.errors import MinwayError
-from minway.model import GPT2, SIZES, GPT2Config, init_weights
-from weights.checkpoint import CONV1D_WEIGHTS
 
 # The mean L2 norm of a token embedding of trained GPT-2 small, about 3.9; at GPT-2's
 # initialisation (N(0, 0.02) per coordinate) it is 0.02 * sqrt(n_embd): 0.55 for d = 768.
 GPT2_EMBEDDING_NORM = 3.9
 
 
-def write_random_checkpoint(directory, config: GPT2Config, tokenizer_dir=None, seed=0, embedding_norm=None):
-    """``embedding_norm``: scale the token embeddings to this mean norm (None: GPT-2's initialisation)."""
+def write_random_checkpoint(directory, config, tokenizer_dir=None, seed=0, embedding_norm=None):
+    """``config``: a GPT2Config; ``embedding_norm``: scale the token embeddings to this mean norm (None: GPT-2's
+    initialisation)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from minway.model import GPT2, init_weights
+    from weights.checkpoint import CONV1D_WEIGHTS
+
     directory, tokenizer_dir = Path(directory), resources.tokenizer_dir(tokenizer_dir)
     directory.mkdir(parents=True, exist_ok=True)
     model = init_weights(GPT2(config), seed)
@@ -62,9 +67,10 @@ def write_random_checkpoint(directory, config: GPT2Config, tokenizer_dir=None, s
 
 
 def main():
-    parser = Parser(description="Write a random-weight GPT-2 checkpoint (Hugging Face layout).")
+    parser = Parser(prog="python -m weights.random_checkpoint",
+                    description="Write a random-weight GPT-2 checkpoint (Hugging Face layout).")
     parser.add_argument("out", help="the directory to write")
-    parser.add_argument("--size", choices=sorted(SIZES), help="one of the released shapes (overrides the next four)")
+    parser.add_argument("--size", choices=SIZES, help="one of the released shapes (overrides the next four)")
     parser.add_argument("--n-embd", type=int, default=48, help="width")
     parser.add_argument("--n-layer", type=int, default=2, help="blocks")
     parser.add_argument("--n-head", type=int, default=3, help="attention heads")
@@ -76,22 +82,35 @@ def main():
                                             "else GPT-2's files that ship with minway)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights")
     args = parser.parse_args()
-    config = SIZES[args.size] if args.size else replace(
+    check_arguments(args)
+    from minway.model import SIZES as SHAPES, GPT2Config  # torch comes in with it, after the arguments are checked
+
+    config = SHAPES[args.size] if args.size else replace(
         GPT2Config(), n_embd=args.n_embd, n_layer=args.n_layer, n_head=args.n_head, n_positions=args.n_positions)
-    check_arguments(args, config)
+    require_memory(config)
     print(write_random_checkpoint(args.out, config, args.tokenizer, args.seed, args.embedding_norm))
 
 
-def check_arguments(args, config):
-    """The sizes within validation.MODEL_SIZES, and the model and its copy for saving within free memory."""
-    for key, low, high in validation.MODEL_SIZES:
-        validation.whole(validation.flag(key), getattr(config, key), low, high)
-    if config.n_embd % config.n_head:
-        raise MinwayError(f"--n-embd {config.n_embd} is not divisible by --n-head {config.n_head}")
+def check_arguments(args):
+    """The sizes given within validation.MODEL_SIZES, and the other options in their ranges."""
+    if not args.size:
+        for key, low, high in validation.MODEL_SIZES:
+            if hasattr(args, key):
+                validation.whole(validation.flag(key), getattr(args, key), low, high)
+        if args.n_embd % args.n_head:
+            raise MinwayError(f"--n-embd {args.n_embd} is not divisible by --n-head {args.n_head}")
     if args.embedding_norm is not None:
         validation.real("--embedding-norm", args.embedding_norm, 0, low_open=True)
     validation.whole("--seed", args.seed, 0, validation.MAX_SEED)
     output_dir(args.out, "the output directory")
+
+
+def require_memory(config):
+    """The model and its copy for saving within free memory."""
+    import torch
+
+    from minway.run import memory
+
     memory.require(2 * memory.model_bytes(config, torch.float32), torch.device("cpu"),
                    f"a random checkpoint of {memory.parameters(config):,} parameters",
                    lambda _: "choose smaller --n-embd or --n-layer")

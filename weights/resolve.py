@@ -3,15 +3,21 @@
 In order: a directory path; ``weights/<name>/`` in this repository; the Hugging
 Face cache (``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else ``~/.cache/huggingface/hub``);
 a download with ``huggingface_hub`` into ``weights/<name>/`` when it is installed
-and the network answers; otherwise a one-line error that says how to get the files,
-or how to make a random-weight checkpoint instead.
+and the network answers; otherwise a one-line error that names the checkpoints there are
+here (the demo's first) and says how to get the files, or how to make a random-weight
+checkpoint instead. A name that looks like a path (``./x``, ``a/b/c``, or ``weights/x``
+where ``weights/`` is a folder here) is a path: a missing one is never looked for on the
+Hub, and its error names the existing paths closest to it. Free of torch.
 """
 import os
 from pathlib import Path
 
 from minway.errors import MinwayError
+from minway.run.files import read_json
+from minway.run.suggest import did_you_mean, missing_path_advice
 
 WEIGHTS_DIR = Path(__file__).resolve().parent
+DEMO_NAME = "random-demo"  # the demo's random-weight checkpoint, weights/random-demo/ (weights.demo_checkpoint)
 NEEDED_FILES = ("config.json", "model.safetensors", "vocab.json", "merges.txt")
 HUB_IDS = {name: f"openai-community/{name}" for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")}
 
@@ -63,6 +69,12 @@ def download(name, target):
     return target if is_checkpoint(target) else None
 
 
+def looks_like_a_path(name):
+    """Whether ``--model name`` is a path rather than a name of the Hub (``owner/name``)."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or \
+        ("/" in name and Path(name.split("/")[0]).is_dir())
+
+
 def resolve_checkpoint(name_or_path, allow_download=True):
     path = Path(name_or_path).expanduser()
     if path.is_file():
@@ -72,8 +84,10 @@ def resolve_checkpoint(name_or_path, allow_download=True):
             raise MinwayError(f"{path} is not a checkpoint directory: it needs config.json and model.safetensors")
         return path
     name = str(name_or_path)
-    if name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise MinwayError(f"checkpoint directory {path} does not exist")
+    if looks_like_a_path(name):
+        here = local_checkpoints()
+        advice = missing_path_advice(path) or (f"; {_listing(here)}" if here else "")
+        raise MinwayError(f"checkpoint directory {path} does not exist{advice}")
     local = WEIGHTS_DIR / name.replace("/", "--")
     if is_checkpoint(local):
         return local
@@ -84,10 +98,62 @@ def resolve_checkpoint(name_or_path, allow_download=True):
         downloaded = download(name_or_path, local)
         if downloaded:
             return downloaded
+    here = local_checkpoints()
+    typo = "" if name in HUB_IDS else did_you_mean(name, [*HUB_IDS, *(n for n, _ in here)])
+    if typo:
+        raise MinwayError(f"no checkpoint {name!r} here, and it could not be downloaded: {typo}")
+    get = (f"get {name} with `pip install huggingface_hub && hf download {hub_id(name)} {' '.join(NEEDED_FILES)} "
+           f"--local-dir {_as_given(local)}`")
+    if here:
+        raise MinwayError(f"no checkpoint {name!r} here, and it could not be downloaded; {_listing(here)}; or {get}")
     raise MinwayError(
-        f"no checkpoint {name_or_path!r}: not a directory, not in {WEIGHTS_DIR}/, not in the Hugging Face cache "
-        f"{hub_cache_dir()}, and it could not be downloaded; get it with `pip install huggingface_hub && "
-        f"hf download {hub_id(name_or_path)} {' '.join(NEEDED_FILES)} --local-dir {local}`, "
-        f"or pass --model DIR holding {', '.join(NEEDED_FILES)}; offline, a random-weight checkpoint runs the "
-        f"whole pipeline, though its accuracy means nothing: `python -m weights.random_checkpoint random-gpt2 "
-        f"--embedding-norm 3.9`, then --model random-gpt2")
+        f"no checkpoint {name!r}: not a directory, not in {_as_given(WEIGHTS_DIR)}/, not in the Hugging Face cache "
+        f"{hub_cache_dir()}, and it could not be downloaded: {get}, or pass --model DIR holding "
+        f"{', '.join(NEEDED_FILES)}; offline, a random-weight checkpoint runs the whole pipeline, though its accuracy "
+        f"means nothing: `python -m weights.random_checkpoint random-gpt2 --embedding-norm 3.9`, then --model "
+        f"random-gpt2")
+
+
+def local_checkpoints():
+    """[(what --model would name it by, a note)] of the checkpoints there are here: those in weights/ (the
+    demo's first), then those in the Hugging Face cache."""
+    found = []
+    if WEIGHTS_DIR.is_dir():
+        directories = sorted((d for d in WEIGHTS_DIR.iterdir() if is_checkpoint(d)),
+                             key=lambda d: (d.name != DEMO_NAME, d.name))
+        for directory in directories:
+            random = _random_weights(directory)
+            note = "random weights, the demo's" if directory.name == DEMO_NAME and random else \
+                "random weights" if random else ""
+            found.append((_as_given(directory), note))
+    cache = hub_cache_dir()
+    if cache.is_dir():
+        short = {repo: name for name, repo in HUB_IDS.items()}
+        for repo in sorted(cache.glob("models--*")):
+            repo_id = repo.name.removeprefix("models--").replace("--", "/")
+            if find_in_hub_cache(repo_id, cache):
+                found.append((short.get(repo_id, repo_id), "in the Hugging Face cache"))
+    return found
+
+
+def _listing(found):
+    """"checkpoints here: ..." of ``local_checkpoints()``."""
+    listed = ", ".join(f"{name} ({note})" if note else name for name, note in found[:6])
+    more = f" and {len(found) - 6} more" if len(found) > 6 else ""
+    return f"checkpoints here: {listed}{more}: pass one, e.g. --model {found[0][0]}"
+
+
+def _random_weights(directory):
+    try:
+        config = read_json(directory / "config.json", "checkpoint config", 2 ** 26)
+    except MinwayError:
+        return False
+    return isinstance(config, dict) and bool(config.get("minway_random_weights"))
+
+
+def _as_given(path):
+    """``path`` relative to the working directory when it is inside it, as a user would type it."""
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)

@@ -51,15 +51,16 @@ def _panels(plt, n):
 
 
 def _accuracy_and_f1(ax, xs, acc, acc_err, f1, f1_err, baseline=None):
-    """Accuracy on the left axis, F1 on a right one, both in %."""
+    """Accuracy on the left axis in %, as the paper's; prompt F1 on a right one, from 0 to 1, as everywhere
+    in minway."""
     ax.errorbar(xs, [100 * a for a in acc], [100 * e for e in acc_err], color=ACCURACY_COLOUR, marker="o",
                 capsize=3, label="Acc(p̃c)")
     if baseline is not None:
         ax.plot(xs, [100 * b for b in baseline], color=ACCURACY_COLOUR, linestyle=":", label="Acc(p*c)")
     ax.set_ylabel("accuracy (%)", color=ACCURACY_COLOUR)
     right = ax.twinx()
-    right.errorbar(xs, [100 * f for f in f1], [100 * e for e in f1_err], color=F1_COLOUR, marker="s", capsize=3)
-    right.set_ylabel("prompt F1 (%)", color=F1_COLOUR)
+    right.errorbar(xs, f1, f1_err, color=F1_COLOUR, marker="s", capsize=3)
+    right.set_ylabel("prompt F1", color=F1_COLOUR)
     ax.legend(loc="lower left", fontsize="small")
 
 
@@ -69,9 +70,29 @@ def _column(rows, measure, part="mean"):
 
 def _save(fig, path):
     fig.tight_layout()
+    _fit_titles(fig)
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format=Path(path).suffix[1:]))
     fig.clf()
     return path
+
+
+def _fit_titles(fig, smallest=5):
+    """Each title that sticks out of the figure (a run id, a checkpoint's path) in a smaller font, the
+    layout made again around it, until every title fits."""
+    renderer = fig.canvas.get_renderer()
+    titles = [ax.title for ax in fig.axes if ax.get_title()]
+    while True:
+        wide = [t for t in titles
+                if t.get_fontsize() > smallest and not _inside(t.get_window_extent(renderer), fig.bbox)]
+        if not wide:
+            return
+        for title in wide:
+            title.set_fontsize(title.get_fontsize() - 0.5)
+        fig.tight_layout()
+
+
+def _inside(box, outer):
+    return outer.x0 <= box.x0 and box.x1 <= outer.x1
 
 
 def gamma_figure(plt, rows, path):
@@ -158,7 +179,7 @@ def positions_figure(plt, run_dir, path):
     top.plot(xs, target_distance, "k_", markersize=12, label="to target token")
     top.set_ylabel("L2 distance")
     top.legend(fontsize="small")
-    top.set_title(f"{Path(run_dir).name}: {sum(hits)}/{len(hits)} positions project to the target ({config.metric})")
+    top.set_title(f"{Path(run_dir).name}\n{sum(hits)}/{len(hits)} positions project to the target ({config.metric})")
     bottom.bar(xs, nearest.margin.tolist(), color="tab:gray")
     bottom.set_ylabel(f"margin ({config.metric})")
     bottom.set_xticks(xs, load_checkpoint_tokenizer(checkpoint).token_strings(target_ids), rotation=90,

@@ -165,8 +165,10 @@ def build_report(sweep_dir, also=()):
 
 # ---------------------------------------------------------------- Markdown
 
-def _stat(stat, scale=1):
-    return "n/a" if stat["mean"] is None else f"{scale * stat['mean']:.1f} ± {scale * stat['std']:.1f}"
+def _stat(stat, scale=1, digits=1):
+    if stat["mean"] is None:
+        return "n/a"
+    return f"{scale * stat['mean']:.{digits}f} ± {scale * stat['std']:.{digits}f}"
 
 
 def _pct(stat):
@@ -174,9 +176,10 @@ def _pct(stat):
 
 
 def _row_cells(row):
+    """Accuracies and the drop in %, as the paper's tables; prompt F1 from 0 to 1, as everywhere in minway."""
     return [row["model"], row["task"], row["group"], f"{row['gamma']:g}", f"{row['length']['mean']:.1f}",
             str(row["n"]), _stat(row["relative_drop"]),
-            f"{_pct(row['acc_unconstrained'])} → {_pct(row['acc_constrained'])}", _pct(row["f1"])]
+            f"{_pct(row['acc_unconstrained'])} → {_pct(row['acc_constrained'])}", _stat(row["f1"], digits=2)]
 
 
 def _table(header, lines):
@@ -186,9 +189,11 @@ def _table(header, lines):
 
 def to_markdown(report):
     counts = report["counts"]
-    header = ["model", "task", "targets", "γ", "L", "n", "Δ̂ (%)", "Acc(p*c) → Acc(p̃c) (%)", "prompt F1 (%)"]
+    header = ["model", "task", "targets", "γ", "L", "n", "Δ̂ (%)", "Acc(p*c) → Acc(p̃c) (%)",
+              "prompt F1 (0 to 1)"]
+    settings = report["settings"]
     lines = [
-        f"# Sweep report: {report['settings'].get('preset', report['sweep_dir'])}", "",
+        f"# Sweep report: {settings.get('plan') or settings.get('preset') or report['sweep_dir']}", "",
         f"Runs: {counts['done']} done, {counts['failed']} failed, {counts['pending']} pending. "
         "Each row: mean ± std (population) over target prompts and seeds; L is the target length in tokens, "
         "n the number of (constrained, unconstrained twin) pairs. Rows of one task and group at several γ "
@@ -209,7 +214,7 @@ def to_markdown(report):
                           ("Δ̂", table["irrelevant_drop"], table["irrelevant_drop_mean"]))])
     if report["chosen_gamma"]:
         lines += ["", f"## The most accurate γ with prompt F1 > {F1_THRESHOLD} (the rule of Fig. 5)", ""]
-        lines += _table(header + ["F1 > 0.98"],
+        lines += _table(header + [f"F1 > {F1_THRESHOLD}"],
                         [_row_cells(r) + ["yes" if r["meets_threshold"] else "no"] for r in report["chosen_gamma"]])
     if report["failed"]:
         lines += ["", "## Failed runs", ""] + [f"- `{f['run_id']}`: {f['error']}" for f in report["failed"]]

@@ -20,71 +20,20 @@ again, and a killed sweep continues where it stopped. At the end the sweep write
 """
 import os
 from collections import defaultdict
-from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from minway.run.config import RunConfig
 from minway.errors import MinwayError
 from minway.run.files import DirectoryLock
-from minway.experiments.presets import GROUP_FILES, Grid
 from minway.run.model_and_data import Setup
 from minway.experiments.state import SweepState, is_finished
-from minway.run.targets import read_prompts_file
-from minway.tasks import canonical_name, get_task
 from minway.run.training import train, train_many
 
 CRASH_ONCE_ENV = "MINWAY_SWEEP_CRASH_ONCE"
 
 
-@dataclass(frozen=True)
-class PlannedRun:
-    config: RunConfig
-    group: str
-
-    @property
-    def run_id(self):
-        return self.config.run_id()
-
-    @property
-    def twin_id(self):
-        return replace(self.config, gamma=0.0).run_id()
-
-
-# ---------------------------------------------------------------- the grid
-
-def group_targets(prompts_dir, group, task):
-    """The (name, text) targets of one group; TRUE keeps the definitions of ``task`` only."""
-    if group not in GROUP_FILES:
-        raise MinwayError(f"unknown target group {group!r}: use some of {', '.join(GROUP_FILES)}")
-    path = Path(prompts_dir) / GROUP_FILES[group]
-    if not path.exists():
-        raise MinwayError(f"target group {group} needs {path}, which does not exist")
-    targets = read_prompts_file(path).items()
-    if group == "TRUE":  # names like "SST-2_0", "agnews_3": the task, then the definition's number
-        targets = [(name, text) for name, text in targets
-                   if canonical_name(name.rsplit("_", 1)[0]) == get_task(task).name]
-    return list(targets)
-
-
-def expand(grid: Grid, prompts_dir, run_fields=None):
-    """Every run of the grid, each constrained run followed by its twin (gamma = 0) once."""
-    runs = {}
-    for model in grid.models:
-        for task in grid.tasks:
-            for group in grid.groups:
-                targets = group_targets(prompts_dir, group, task)[:grid.targets_limit]
-                if not targets:
-                    raise MinwayError(f"target group {group} holds no target for task {get_task(task).name}")
-                for name, text in targets:
-                    for seed in grid.seeds:
-                        twin = RunConfig(task=task, target=text, model=model, gamma=0.0, seed=seed,
-                                         target_name=name, **(run_fields or {}))
-                        for config in [replace(twin, gamma=g) for g in grid.gammas if g > 0] + [twin]:
-                            runs.setdefault(config.run_id(), PlannedRun(config, group))
-    return list(runs.values())
-
+# ---------------------------------------------------------------- the chunks
 
 def make_chunks(runs, prompts_per_batch):
     """Runs that may share a batch (same setup and schedule), in chunks of at most K.
@@ -240,6 +189,8 @@ def _run_sweep(runs, out, sweep_dir, prompts_per_batch, ray_address, max_retries
                 bar.write(f"failed: {run_id}: {error}")
         _show(bar, state)
         bar.update(len(chunk))
+        if not progress:  # no bar shows where the sweep is: a line after each chunk does
+            print(f"sweep: {state.count('done')} of {len(runs)} runs done, {state.count('failed')} failed", flush=True)
 
     chunks = make_chunks(todo, prompts_per_batch)
     try:

@@ -28,11 +28,10 @@ from contextlib import redirect_stdout
 from multiprocessing import get_context
 from pathlib import Path
 
-import torch
-
 # Largest shared memory one block may opt in to (cudaDevAttrMaxSharedMemoryPerBlockOptin): A100, H100.
 SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# torch's dtypes by name: torch is imported by the launches, so that --help answers at once
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 # Representative shapes: gpt2-large (d = 1280, 20 heads of 64), GPT-2's vocabulary, batch 8
 # of 64 text tokens after a 14-token prompt; M = 14 is one prompt, 1024 a batch of them.
@@ -74,11 +73,13 @@ def name(config):
 
 
 def _projection_launch(config):
+    import torch
+
     from minway.kernels import projection_triton
 
     M, kp = config["M"], config["kp"]
     q = torch.empty(M, WIDTH)
-    E = torch.empty(VOCAB, WIDTH, dtype=DTYPES[config["dtype"]])
+    E = torch.empty(VOCAB, WIDTH, dtype=getattr(torch, DTYPES[config["dtype"]]))
     inv_qn = torch.empty(M) if config["metric"] == "cos" else None
     programs = 4 * 132  # an H100's SMs; only the vocabulary's split depends on it
     _, args, kwargs = projection_triton.launch(q, E, kp, config["metric"], inv_qn, config["arch"], programs)
@@ -89,9 +90,11 @@ def _attention_launch(config):
     """Inputs laid out as their callers make them. packed: q, k, v contiguous (N, H, D), the keys of
     each row its prompt's then its own, as ``GPT2`` gathers them; padded: q, k, v and the output
     gradient views into (B * T, 3C) and (B * T, C) tensors, as ``flash_attention`` packs them."""
+    import torch
+
     from minway.kernels import flash_attention
 
-    D, dtype = config["D"], DTYPES[config["dtype"]]
+    D, dtype = config["D"], getattr(torch, DTYPES[config["dtype"]])
     C = HEADS * D
     offsets = torch.arange(BATCH + 1)
     if config["layout"] == "packed":
@@ -211,7 +214,8 @@ def row(r):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m minway.kernels.gpu_compile", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", type=int, nargs="+", default=[80, 90], choices=sorted(SHARED_LIMIT))
     p.add_argument("--match", nargs="+", help="only the configurations whose name contains one of these")
     p.add_argument("--jobs", type=int, default=os.cpu_count(), help="compiles at a time")

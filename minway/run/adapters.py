@@ -17,19 +17,22 @@ on inputs that begin with <|endoftext|> is measured by minway on inputs without 
 PEFT loads the directory with ``PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(base), DIR)``;
 ``eval.py DIR`` reads it, or any prompt-tuning adapter of a GPT-2 model, back.
 """
+# torch comes in with the functions that read or write tensors, so that the command line answers
+# --help and a missing run at once
 import json
 import re
 from pathlib import Path
 from typing import NamedTuple
 
-import torch
 from safetensors import SafetensorError, safe_open
 
 from minway.run.cli import Parser, run_cli
 from minway.errors import MinwayError
-from minway.run.files import read_json, regular_file
-from minway.run.storage import MAX_STATE_FILE, atomic_save, atomic_write_text, load_prompt
+from minway.run.files import atomic_write_text, read_json, regular_file
+from minway.run.run_dirs import prompt_file
 from weights.resolve import hub_id
+
+MAX_ADAPTER_FILE = 2 ** 30  # far above an adapter's files (a prompt of gpt2-xl's whole context: 6.5 MB)
 
 CONFIG, WEIGHTS, TENSOR = "adapter_config.json", "adapter_model.safetensors", "prompt_embeddings"
 # other model families, named at the start of a word of a base model's name ("meta-llama/Llama-2-7b-hf")
@@ -38,7 +41,7 @@ OTHER_FAMILIES = re.compile(r"(?<![a-z])(llama|mistral|mixtral|qwen|gemma|phi|fa
 
 
 class Adapter(NamedTuple):
-    prompt: torch.Tensor    # (L, d), float32
+    prompt: "torch.Tensor"  # (L, d), float32
     base_model: str | None  # the adapter's base_model_name_or_path
 
 
@@ -75,7 +78,7 @@ def _read_config(directory):
     path = directory / CONFIG
     if not path.exists():
         raise MinwayError(f"{directory} holds no {CONFIG}: not a PEFT adapter")
-    config = read_json(path, "adapter config", MAX_STATE_FILE, "save the adapter again")
+    config = read_json(path, "adapter config", MAX_ADAPTER_FILE, "save the adapter again")
     if not isinstance(config, dict):
         raise MinwayError(f"{path} must hold a JSON object")
     return config
@@ -107,7 +110,7 @@ def _read_prompt(path):
         raise MinwayError(f"{path.parent} holds no {WEIGHTS}" + (
             " but a pickle (adapter_model.bin), which minway does not read: save the adapter again with "
             "safe_serialization=True" if pickled else ""))
-    regular_file(path, "adapter weights", MAX_STATE_FILE)
+    regular_file(path, "adapter weights", MAX_ADAPTER_FILE)
     try:
         with safe_open(str(path), framework="pt") as f:
             if TENSOR not in f.keys():
@@ -128,6 +131,8 @@ def _read_prompt(path):
 def write_adapter(directory, prompt, base_model):
     """``prompt`` (L, d) as a PEFT prompt-tuning adapter of ``base_model`` (a Hub id or a directory).
     PEFT fills in what else it needs (layers, heads) from the base model as it loads the adapter."""
+    from minway.run.storage import atomic_save
+
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config = {"peft_type": "PROMPT_TUNING", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model,
@@ -143,10 +148,12 @@ def base_model_id(model):
 
 def export(run, out, force=False):
     """Write the prompt of a run as a PEFT adapter in ``out``; the run's RunConfig."""
-    path = Path(run)
-    prompt, config, _ = load_prompt(path / "prompt.safetensors" if path.is_dir() or not path.suffix else path)
+    file = prompt_file(run)
     if is_adapter(out) and not force:
         raise MinwayError(f"{out} holds an adapter already: pass --force to overwrite it")
+    from minway.run.storage import load_prompt
+
+    prompt, config, _ = load_prompt(file)
     write_adapter(out, prompt, base_model_id(config.model))
     return config
 

@@ -30,6 +30,12 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
+def progress_bars(no_progress):
+    """Whether to draw progress bars: not when asked not to, nor when stderr is not a terminal (a log
+    file, a pipe), where a bar's redrawing would leave one endless line of carriage returns."""
+    return not no_progress and sys.stderr.isatty()
+
+
 def output_dir(path, flag):
     """The directory ``flag`` names for writing, refused at once when it, or a folder above it, is a file."""
     path = Path(path)

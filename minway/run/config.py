@@ -1,18 +1,14 @@
-"""The configuration of one run, and the id that names its directory."""
+"""The configuration of one run, and the id that names its directory. Free of torch: the command
+lines check a configuration, and find its run, before they import torch."""
 import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-import torch
-
 from minway.run import validation
 from minway.errors import MinwayError
 from minway.tasks import get_task
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
 
 @dataclass(frozen=True)
 class RunConfig:

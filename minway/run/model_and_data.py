@@ -3,19 +3,23 @@
 Everything that can be checked from files is checked before the model is loaded: the device,
 the checkpoint's config, the data, and the memory the model will take.
 """
-import os
-
 import torch
 
 from minway.run import memory
-from minway.run.config import DTYPES, RunConfig
+from minway.run.config import RunConfig
 from minway.run.data import load_split, sample_per_class
+from minway.run.devices import check_attention
 from minway.errors import MinwayError
 from minway.run.identity import identity
 from minway.tasks import encode_inputs, encode_options, get_task
 from minway.run.tokenizer import load_checkpoint_tokenizer
 from weights import load_gpt2, read_config, resolve_checkpoint
 from weights.checkpoint import has_random_weights
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # minway.run.choices.DTYPES
+RANDOM_WEIGHTS_NOTE = ("NOTE: this checkpoint has random weights: its accuracy means nothing, and its prompt F1 only "
+                       "shows how far gamma holds a prompt on these embeddings, not what GPT-2 would do; the pipeline "
+                       "is what ran.")
 
 
 def resolve_device(device):
@@ -31,18 +35,12 @@ def resolve_device(device):
     return device
 
 
-def check_attention(attention, device):
-    if attention == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise MinwayError("--attention triton runs on a CUDA device (or in Triton's interpreter with "
-                          "TRITON_INTERPRET=1, slowly): use --attention sdpa on a CPU")
-
-
 class Setup:
     def __init__(self, config: RunConfig):
         self.task = get_task(config.task)
         label_map = config.label_map or tuple(range(self.task.n_classes))
         self.device = torch.device(resolve_device(config.device))
-        check_attention(config.attention, self.device)
+        check_attention(config.attention, self.device.type)
         self.dtype = DTYPES[config.dtype]
         self.checkpoint_dir = resolve_checkpoint(config.model)
         self.model_config = read_config(self.checkpoint_dir)

@@ -10,6 +10,8 @@ from pathlib import Path
 from minway import resources
 from minway.errors import MinwayError
 from minway.run.files import read_json, read_text
+from minway.run.suggest import did_you_mean
+from minway.run.tokenizer import load_tokenizer
 
 MAX_TARGET_FILE = 2 ** 20     # a target fits a model's context: a few KB
 MAX_PROMPTS_FILE = 64 * 2 ** 20
@@ -38,9 +40,12 @@ def find_named_target(name, prompts_file=None):
         files = sorted(directory.glob("*.json"))
         if not files:
             raise MinwayError(f"--target-name {name} needs --prompts-file F.json (no prompt files in {directory})")
-    holding = [file for file in files if name in read_prompts_file(file)]
+    prompts = {file: read_prompts_file(file) for file in files}
+    holding = [file for file in files if name in prompts[file]]
     if not holding:
-        raise MinwayError(f"no target named {name!r} in {_listing(files)}")
+        typo = did_you_mean(name, [n for names in prompts.values() for n in names])
+        raise MinwayError(f"no target named {name!r} in {_listing(files)}" + (f": {typo}" if typo else "")
+                          + " (train.py --list-targets lists them)")
     if len(holding) > 1:
         raise MinwayError(f"--target-name {name} is in {len(holding)} prompt files: "
                           f"{_listing(holding)}; pass --prompts-file with one of them")
@@ -52,6 +57,21 @@ def _listing(files):
     if len(files) == 1:
         return str(files[0])
     return f"{', '.join(f.name for f in files)} (in {files[0].parent})"
+
+
+def target_table(text=""):
+    """[(name, file name, length in GPT-2 tokens, target)] of the targets in the prompts directory whose
+    name or target holds ``text`` (any case); a one-line error, with the names closest, when none does."""
+    directory = resources.prompts_dir()
+    everything = [(name, file.name, target) for file in sorted(directory.glob("*.json"))
+                  for name, target in read_prompts_file(file).items()]
+    rows = [row for row in everything if text.lower() in row[0].lower() or text.lower() in row[2].lower()]
+    if not rows:
+        typo = did_you_mean(text, [name for name, _, _ in everything])
+        raise MinwayError(f"no target of {directory} holds {text!r} in its name or text"
+                          + (f": {typo}" if typo else ""))
+    tokenizer = load_tokenizer(resources.tokenizer_dir())
+    return [(name, file, len(tokenizer.encode(target)), " ".join(target.split())) for name, file, target in rows]
 
 
 def resolve_target(text=None, file=None, name=None, prompts_file=None):

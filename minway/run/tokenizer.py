@@ -56,11 +56,32 @@ class Tokenizer:
         return self.encoding.encode_ordinary_batch(texts)
 
     def decode(self, ids) -> str:
-        return self.encoding.decode(list(ids))
+        """The text of ``ids``. A byte that makes no UTF-8 character (a projected prompt may hold a token
+        that is part of one, beside a token that does not complete it) is written \\xNN, never U+FFFD,
+        which would hide which byte it was."""
+        return self.encoding.decode(list(ids), errors="backslashreplace")
 
     def token_strings(self, ids) -> list[str]:
-        """Each id decoded on its own; a token holding part of a UTF-8 character shows as U+FFFD."""
-        return [self.encoding.decode_single_token_bytes(i).decode("utf-8", errors="replace") for i in ids]
+        """Each id on its own, as ``readable`` writes its bytes (for tables and figures, one token a cell)."""
+        return [readable(self.encoding.decode_single_token_bytes(i)) for i in ids]
+
+
+def readable(data: bytes) -> str:
+    """A token's bytes as a person reads them: UTF-8 characters as themselves; a byte that is no character
+    on its own (part of one: byte-level BPE cuts characters) as \\xNN; a backslash and the ASCII characters
+    that do not print as Python writes them (\\\\, \\n, \\t), and the others that do not print as \\uNNNN
+    (a no-break space is \\u00a0, the byte 0xa0 alone \\xa0). Never U+FFFD."""
+    out = []
+    for ch in data.decode("utf-8", errors="surrogateescape"):
+        if "\udc80" <= ch <= "\udcff":  # surrogateescape's stand-in for a byte 0x80-0xff that is no character
+            out.append(f"\\x{ord(ch) - 0xdc00:02x}")
+        elif ch == "\\" or (ch < "\x80" and not ch.isprintable()):
+            out.append(repr(ch)[1:-1])
+        elif not (ch.isprintable() or ch == " "):
+            out.append(f"\\u{ord(ch):04x}" if ord(ch) <= 0xFFFF else f"\\U{ord(ch):08x}")
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
 def load_tokenizer(directory) -> Tokenizer:

@@ -96,7 +96,8 @@ def _train_group(todo, start, setup, progress):
     # leave=None: the bar stays when it is the only one, and goes when it runs below a sweep's
     bar = tqdm(range(start, base.steps), initial=start, total=base.steps, desc=desc, disable=not progress,
                dynamic_ncols=True, leave=None)
-    f1 = [math.nan] * K
+    f1, total = [math.nan] * K, [math.nan] * K
+    started = time.time()
     try:
         for step in bar:
             optimizer.param_groups[0].update(lr=learning_rate(base.lr, step, base.steps),
@@ -130,6 +131,11 @@ def _train_group(todo, start, setup, progress):
         for log in logs:
             log.close()
         bar.close()
+    if not progress:  # no bar shows where the run got: a line at its end does
+        for k, run_dir in enumerate(run_dirs):
+            resumed = f" (resumed at step {start})" if start else ""
+            print(f"trained {run_dir.name}: {base.steps - start} steps{resumed} in {time.time() - started:.0f} s, "
+                  f"last loss {total[k]:.4f}, prompt F1 {f1[k]:.2f}", flush=True)
     _save(bank, optimizer, run_dirs, logs, base.steps, range(K), setup.identity)
     return [finish(c, setup, bank.prompt(k).detach(), targets[k], d, progress)
             for k, (c, d) in enumerate(zip(configs, run_dirs))]

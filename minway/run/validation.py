@@ -64,6 +64,12 @@ def text(name, value, optional=False):
     return value
 
 
+def device(value):
+    if not isinstance(value, str) or not DEVICE.fullmatch(value):
+        raise MinwayError(f"--device must be auto, cpu, cuda or cuda:N, got {value!r}")
+    return value
+
+
 def flag(field):
     return "--" + field.replace("_", "-")
 
@@ -94,8 +100,7 @@ def run_fields(fields, n_classes):
     one_of("--metric", f["metric"], METRICS)
     one_of("--dtype", f["dtype"], DTYPES)
     one_of("--attention", f["attention"], ATTENTIONS)
-    if not isinstance(f["device"], str) or not DEVICE.fullmatch(f["device"]):
-        raise MinwayError(f"--device must be auto, cpu, cuda or cuda:N, got {f['device']!r}")
+    device(f["device"])
     if f["label_map"] is not None:
         f["label_map"] = label_map(f["label_map"], n_classes)
     return f
