@@ -556,7 +556,7 @@ def test_memory_estimates_describe_the_passes_the_model_is_given(dropout):
 
 
 def test_a_cuda_device_is_checked_against_the_devices_present(monkeypatch):
-    from minway import setup as setup_module
+    from minway.run import model_and_data as setup_module
 
     monkeypatch.setattr(setup_module.torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(setup_module.torch.cuda, "device_count", lambda: 2)
