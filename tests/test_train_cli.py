@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from conftest import ROOT
 from fixtures import assert_one_line_error, first_rows, offline_env, run_cli_in_process, run_script, write_tsv
 from fixtures import short_context_checkpoint, tiny_checkpoint, tiny_data  # noqa: F401  (pytest fixtures)
+from minway import loop
 from minway.run import training
 from minway.run.config import RunConfig
 from minway.errors import MinwayError
@@ -332,15 +333,15 @@ def test_adamw_updates_as_the_released_codes_transformers_adamw():
 
     def torch_adamw(eps_of):
         prompt = torch.zeros(4, 6, requires_grad=True)
-        optimizer = torch.optim.AdamW([prompt], betas=training.ADAM_BETAS, weight_decay=0.0)
+        optimizer = torch.optim.AdamW([prompt], betas=loop.ADAM_BETAS, weight_decay=0.0)
         for t, (gradient, lr) in enumerate(zip(gradients, lrs), start=1):
             optimizer.param_groups[0].update(lr=lr, eps=eps_of(t))
             prompt.grad = gradient.clone()
             optimizer.step()
         return prompt.detach().double()
 
-    assert torch.allclose(torch_adamw(training.released_adam_eps), expected, rtol=1e-5, atol=1e-8)
-    assert not torch.allclose(torch_adamw(lambda t: training.ADAM_EPS), expected, rtol=1e-5, atol=1e-8)
+    assert torch.allclose(torch_adamw(loop.released_adam_eps), expected, rtol=1e-5, atol=1e-8)
+    assert not torch.allclose(torch_adamw(lambda t: loop.ADAM_EPS), expected, rtol=1e-5, atol=1e-8)
 
 
 def test_training_steps_the_prompt_as_the_released_codes_adamw(sharp_checkpoint, tiny_data, setup, tmp_path,
