@@ -221,7 +221,7 @@ def test_config_invalid_json(checkpoint):
 
 def test_config_missing(checkpoint):
     (checkpoint / "config.json").unlink()
-    load_error(checkpoint, r"config\.json is missing: a GPT-2 checkpoint needs config\.json")
+    load_error(checkpoint, r"config\.json is missing: a checkpoint needs config\.json")
 
 
 def test_no_safetensors_at_all(checkpoint):
