@@ -149,8 +149,8 @@ def measure_adapter(args, directory, target, task):
     from minway.run.adapters import read_adapter
     from minway.evaluation import measure, summary
     from minway.run.model_and_data import resolve_device
-    from minway.run.tokenizer import load_checkpoint_tokenizer
-    from weights import load_gpt2, read_config, resolve_checkpoint
+    from minway.run.bpe_files import checkpoint_tokenizer
+    from weights import load_model, read_config, resolve_checkpoint
 
     adapter = read_adapter(directory)
     model_name = args.model or adapter.base_model
@@ -161,8 +161,8 @@ def measure_adapter(args, directory, target, task):
     if width != n_embd:
         raise MinwayError(f"the prompt of {directory} has width {width} but the checkpoint {checkpoint} has "
                           f"{n_embd}: pass --model with the GPT-2 checkpoint it was made for")
-    model = load_gpt2(checkpoint, torch.device(resolve_device(args.device))).freeze()
-    tokenizer = load_checkpoint_tokenizer(checkpoint)
+    model = load_model(checkpoint, torch.device(resolve_device(args.device))).freeze()
+    tokenizer = checkpoint_tokenizer(checkpoint)
     prompt = adapter.prompt.to(model.wte.weight.device)
     target_ids = None if target is None else tokenizer.encode(target)
     options = inputs = labels = None
