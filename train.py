@@ -108,7 +108,7 @@ def main(argv=None):
         results = run(config, args.out, args.resume or results is not None, args.force, progress=not args.no_progress)
     if results.get("random_weights"):
         print("NOTE: this checkpoint has random weights: its accuracy means nothing, and its prompt F1 only shows "
-              "how far gamma holds a prompt on these embeddings, not what GPT-2 would do; the pipeline is what ran.")
+              "how far gamma holds a prompt on these embeddings, not what trained weights would do; the pipeline is what ran.")
     print(summary(results, target))
     print(f"results: {run_dir / 'results.json'}")
     if finished:
