@@ -12,7 +12,10 @@ from pathlib import Path
 from minway.errors import MinwayError
 
 WEIGHTS_DIR = Path(__file__).resolve().parent
-NEEDED_FILES = ("config.json", "model.safetensors", "vocab.json", "merges.txt")
+# what a download fetches: the config, the weights (one file, or shards and their index) and the tokenizer, of
+# GPT-2 (vocab.json, merges.txt), Llama 3 (tokenizer.json) or Qwen 2.5 (all three)
+NEEDED_FILES = ("config.json", "model*.safetensors", "model.safetensors.index.json", "vocab.json", "merges.txt",
+                "tokenizer.json", "tokenizer_config.json")
 HUB_IDS = {name: f"openai-community/{name}" for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")}
 
 
@@ -49,7 +52,7 @@ def find_in_hub_cache(name, cache=None):
 
 
 def download(name, target):
-    """Fetch the four files of ``name`` from the Hugging Face Hub into ``target``; None if impossible."""
+    """Fetch the files of ``name`` from the Hugging Face Hub into ``target``; None if impossible."""
     if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("MINWAY_OFFLINE") == "1":
         return None
     try:
@@ -87,7 +90,12 @@ def resolve_checkpoint(name_or_path, allow_download=True):
     raise MinwayError(
         f"no checkpoint {name_or_path!r}: not a directory, not in {WEIGHTS_DIR}/, not in the Hugging Face cache "
         f"{hub_cache_dir()}, and it could not be downloaded; get it with `pip install huggingface_hub && "
-        f"hf download {hub_id(name_or_path)} {' '.join(NEEDED_FILES)} --local-dir {local}`, "
-        f"or pass --model DIR holding {', '.join(NEEDED_FILES)}; offline, a random-weight checkpoint runs the "
+        f"hf download {hub_id(name_or_path)} --include {' '.join(map(_quoted, NEEDED_FILES))} --local-dir {local}`, "
+        f"or pass --model DIR holding config.json, model.safetensors (or its shards) and the tokenizer's files (a "
+        f"gated model, as Meta's Llama, needs `hf auth login` first); offline, a random-weight checkpoint runs the "
         f"whole pipeline, though its accuracy means nothing: `python -m weights.random_checkpoint random-gpt2 "
         f"--embedding-norm 3.9`, then --model random-gpt2")
+
+
+def _quoted(pattern):
+    return f"'{pattern}'" if "*" in pattern else pattern
