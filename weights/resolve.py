@@ -1,4 +1,4 @@
-"""Find a GPT-2 checkpoint from ``--model NAME_OR_PATH``.
+"""Find a checkpoint (GPT-2, Llama, Qwen 2) from ``--model NAME_OR_PATH``.
 
 In order: a directory path; ``weights/<name>/`` in this repository; the Hugging
 Face cache (``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else ``~/.cache/huggingface/hub``);
