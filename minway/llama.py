@@ -249,7 +249,7 @@ class Llama(nn.Module):
 
 class _KeepLastRow:
     """A ``PromptDropout`` for a pass whose last row is the begin-of-text token: that row is left as it
-    is (the prompt dropout draws masks for the rows of its prompts only, which come first)."""
+    is (the prompt dropout draws masks for the rows of its prompts, which come first)."""
 
     def __init__(self, dropout):
         self.dropout = dropout
@@ -259,7 +259,8 @@ class _KeepLastRow:
         return torch.cat([self.dropout(x[:rows_end], packed), x[rows_end:]])
 
     def for_probabilities(self, packed):
-        return self.dropout.for_probabilities(packed)
+        drop = self.dropout.for_probabilities(packed)
+        return lambda weights: torch.cat([drop(weights)[:-1], weights[-1:]])  # (B, H, Tq, Tk), row by row
 
 
 def init_weights(model, seed=0):
