@@ -115,7 +115,8 @@ def test_peft_gives_minways_logits_with_an_exported_prompt_on_qwen(qwen, tmp_pat
     mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
     with torch.no_grad():
         theirs = theirs_model(input_ids=ids, attention_mask=mask).logits
-        ours = model(embeds=embed_rows(model, rows, [prompt] * len(rows)), packed=pack([5 + len(r) for r in rows])).logits
+        ours = model(embeds=embed_rows(model, rows, [prompt] * len(rows)),
+                     packed=pack([5 + len(r) for r in rows])).logits
     real = torch.cat([torch.ones(len(rows), 5, dtype=torch.bool), mask.bool()], dim=1)
     assert (ours - theirs[real]).abs().max() <= 1e-4
 
