@@ -227,7 +227,7 @@ class Llama(nn.Module):
         queries = None if logit_counts is None else packed.last(logit_counts)
         for i, block in enumerate(self.layers):
             x = block(x, packed, rotation, queries if i == len(self.layers) - 1 else None, dropout)
-        hidden = self.norm(x if queries is not None else x[:n_tokens])
+        hidden = self.norm(x[:n_tokens])  # not the begin-of-text token, last
         return Output(self.head(hidden), hidden)
 
     def _after_begin_of_text(self, x, packed, logit_counts):
