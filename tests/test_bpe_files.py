@@ -14,10 +14,10 @@ import json
 
 import pytest
 
-from fixtures import SHIPPED_DATA
+from fixtures import SHIPPED_DATA, TOKENIZER_DIR
 from minway.errors import MinwayError
 from minway.run.bpe_files import LLAMA3_SPLIT_PATTERN, QWEN2_SPLIT_PATTERN, checkpoint_tokenizer, load_bpe_tokenizer
-from minway.run.tokenizer import gpt2_byte_alphabet
+from minway.run.tokenizer import gpt2_byte_alphabet, load_tokenizer
 from weights.random_llama import FAMILIES, write_random_llama
 
 tokenizers = pytest.importorskip("tokenizers")
@@ -136,6 +136,17 @@ def test_gpt2s_merges_with_llama3s_pattern_as_the_random_checkpoints_carry_them(
     # transformers' tokenizer begins a text with <|begin_of_text|>, which minway's Llama puts first itself
     assert hf.encode("Hello").ids[0] == FAMILIES["llama"].bos_token_id
     assert ours.eot_id == hf.token_to_id("<|end_of_text|>") == FAMILIES["llama"].bos_token_id + 1
+
+
+def test_a_tokenizer_json_of_gpt2_reads_with_gpt2s_pattern(tmp_path):
+    """Byte-level BPE's own pattern (its pre-tokenizer alone, use_regex): GPT-2's, as minway's GPT-2 tokenizer."""
+    hf = tokenizers.Tokenizer(tokenizers.models.BPE.from_file(str(TOKENIZER_DIR / "vocab.json"),
+                                                              str(TOKENIZER_DIR / "merges.txt")))
+    hf.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    (tmp_path / "tokenizer.json").write_text(hf.to_str(), encoding="utf-8")
+    ours = load_bpe_tokenizer(tmp_path, "llama", 50257)
+    assert ours.encode_batch(TEXTS) == ids_of(hf, TEXTS) == load_tokenizer(TOKENIZER_DIR).encode_batch(TEXTS)
+    assert ours.eot_id == 50256
 
 
 def test_the_random_qwens_vocab_and_merges_read_with_qwens_pattern(tmp_path):

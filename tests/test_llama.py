@@ -215,6 +215,21 @@ def test_bf16_is_as_close_to_fp32_as_transformers_bf16(tmp_path_factory, name):
     assert their_error > 0 and our_error <= 2 * their_error
 
 
+def test_a_configs_defaults_are_transformers_llamas():
+    theirs = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=16, num_attention_heads=2)
+    ours = LlamaConfig(vocab_size=VOCAB, n_embd=16, n_layer=1, n_head=2, n_kv_head=2, head_dim=8, n_inner=8,
+                       max_positions=6)
+    assert (ours.rms_norm_eps, ours.rope_theta, ours.tie_word_embeddings, ours.qkv_bias, ours.mlp_bias) == (
+        theirs.rms_norm_eps, theirs.rope_parameters["rope_theta"], theirs.tie_word_embeddings, theirs.attention_bias,
+        theirs.mlp_bias)
+    assert ours.rope_scaling is None and ours.model_type == "llama"
+
+
+def test_freeze_leaves_no_trainable_parameter(tmp_path_factory):
+    _, model, _ = make_pair(tmp_path_factory, "qwen2-64x2-gqa4-tied")
+    assert not any(p.requires_grad for p in model.parameters())
+
+
 def test_the_begin_of_text_token_counts_in_the_context():
     config = LlamaConfig(vocab_size=VOCAB, n_embd=16, n_layer=1, n_head=2, n_kv_head=1, head_dim=8, n_inner=8,
                          max_positions=6, bos_token_id=1)

@@ -109,6 +109,8 @@ def test_transformers_5_config_loads_as_the_hubs(checkpoint, reference):
 def test_the_config_reads_as_written(source):
     config = read_config(source)
     assert isinstance(config, LlamaConfig) and config == SMALL[config.model_type]
+    # Qwen 2.5's config.json names no head_dim: it is hidden_size / heads (Llama 3's names it)
+    assert ("head_dim" in json.loads((source / "config.json").read_text())) == (config.model_type == "llama")
 
 
 def test_dtype_is_honoured(source):

@@ -78,16 +78,18 @@ def hub_config(config: LlamaConfig):
         "architectures": ["Qwen2ForCausalLM" if config.model_type == "qwen2" else "LlamaForCausalLM"],
         "model_type": config.model_type, "vocab_size": config.vocab_size, "hidden_size": config.n_embd,
         "intermediate_size": config.n_inner, "num_hidden_layers": config.n_layer,
-        "num_attention_heads": config.n_head, "num_key_value_heads": config.n_kv_head, "head_dim": config.head_dim,
+        "num_attention_heads": config.n_head, "num_key_value_heads": config.n_kv_head,
         "max_position_embeddings": config.max_positions, "hidden_act": "silu", "rms_norm_eps": config.rms_norm_eps,
         "rope_theta": config.rope_theta, "tie_word_embeddings": config.tie_word_embeddings, "torch_dtype": "float32",
     }
-    if config.model_type == "qwen2":
+    if config.model_type == "qwen2":  # Qwen 2.5's config.json names no head_dim, which is hidden_size / heads
+        if config.head_dim != config.n_embd // config.n_head:
+            values["head_dim"] = config.head_dim
         return {**values, "bos_token_id": REGULAR_TOKENS, "eos_token_id": REGULAR_TOKENS, "use_sliding_window": False,
                 "sliding_window": config.max_positions, "max_window_layers": config.n_layer}
     s = config.rope_scaling
-    return {**values, "bos_token_id": config.bos_token_id, "eos_token_id": REGULAR_TOKENS + 1,
-            "attention_bias": config.qkv_bias, "mlp_bias": config.mlp_bias,
+    return {**values, "head_dim": config.head_dim, "bos_token_id": config.bos_token_id,
+            "eos_token_id": REGULAR_TOKENS + 1, "attention_bias": config.qkv_bias, "mlp_bias": config.mlp_bias,
             "rope_scaling": None if s is None else {
                 "rope_type": "llama3", "factor": s.factor, "low_freq_factor": s.low_freq_factor,
                 "high_freq_factor": s.high_freq_factor, "original_max_position_embeddings": s.original_max_positions}}
