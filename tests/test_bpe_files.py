@@ -179,6 +179,8 @@ def tokenizer_json(tmp_path, reference, edit):
     (lambda t: t["model"].update(byte_fallback=True), "is not a byte-level BPE tokenizer"),
     (lambda t: t.update(pre_tokenizer={"type": "Metaspace"}), "its pre-tokenizer (Metaspace) is not byte-level BPE's"),
     (lambda t: t["pre_tokenizer"]["pretokenizers"][1].update(add_prefix_space=True), "is not byte-level BPE's"),
+    # bytes without any split before them: a whole text would be one piece
+    (lambda t: t.update(pre_tokenizer={"type": "ByteLevel", "use_regex": False}), "(ByteLevel) is not byte-level"),
     (lambda t: t.update(normalizer={"type": "Lowercase"}), "its normalizer (Lowercase) is neither none nor NFC"),
     (lambda t: t["model"].update(merges=t["model"]["merges"][::-1]), "joins tokens that are not in the vocabulary"),
     (lambda t: t["model"]["merges"].insert(0, t["model"]["merges"].pop(5)), "ids must follow the merges"),
