@@ -14,7 +14,7 @@ from minway.errors import MinwayError
 from minway.llama import Llama, LlamaConfig
 from minway.model import GPT2Config
 from minway.run import memory
-from weights import load_model, load_token_embeddings, read_config
+from weights import load_model, load_token_embeddings, read_config, resolve_checkpoint
 from weights.random_llama import FAMILIES, write_random_llama
 
 SMALL = {"llama": FAMILIES["llama"], "qwen2": FAMILIES["qwen2"]}
@@ -206,6 +206,16 @@ def test_a_begin_of_text_token_outside_the_vocabulary_is_refused(checkpoint):
 def test_a_config_that_is_not_an_object_is_refused(checkpoint):
     (checkpoint / "config.json").write_text("[]")
     load_error(checkpoint, "holds a JSON list, not an object")
+
+
+def test_a_hub_id_finds_the_checkpoint_in_the_hugging_face_cache(source, tmp_path, monkeypatch):
+    repo = tmp_path / "hub" / "models--someone--tiny-llama"
+    shutil.copytree(source, repo / "snapshots" / "a1b2c3")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a1b2c3")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    found = resolve_checkpoint("someone/tiny-llama", allow_download=False)
+    assert found == repo / "snapshots" / "a1b2c3" and read_config(found) == read_config(source)
 
 
 def test_gpt2_checkpoints_still_read_as_gpt2(tmp_path):
