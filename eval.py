@@ -9,9 +9,9 @@ them to eval.json beside it. ``--positions`` prints, per position, the target to
 nearest token under each metric, the score (dot product, squared L2 distance, cosine),
 the margin to the second nearest, and the top-5 neighbours.
 
-A PEFT prompt-tuning adapter of a GPT-2 model (minway/run/adapters.py) gets that table at
-once, and the projection under each metric; with --target, its prompt F1 against that
-text; with --task or --task-file, its continuous and hard-prompt accuracy.
+A PEFT prompt-tuning adapter of a GPT-2, Llama or Qwen 2 model (minway/run/adapters.py) gets
+that table at once, and the projection under each metric; with --target, its prompt F1
+against that text; with --task or --task-file, its continuous and hard-prompt accuracy.
 """
 import json
 from dataclasses import asdict, replace
@@ -164,9 +164,9 @@ def measure_adapter(args, directory, target, task):
 
     from minway.run.adapters import read_adapter
     from minway.evaluation import measure, summary
+    from minway.run.bpe_files import checkpoint_tokenizer
     from minway.run.model_and_data import RANDOM_WEIGHTS_NOTE, resolve_device
-    from minway.run.tokenizer import load_checkpoint_tokenizer
-    from weights import load_gpt2, read_config
+    from weights import load_model, read_config
     from weights.checkpoint import has_random_weights
 
     adapter = read_adapter(directory)
@@ -177,9 +177,9 @@ def measure_adapter(args, directory, target, task):
     (length, width), n_embd = adapter.prompt.shape, read_config(checkpoint).n_embd
     if width != n_embd:
         raise MinwayError(f"the prompt of {directory} has width {width} but the checkpoint {checkpoint} has "
-                          f"{n_embd}: pass --model with the GPT-2 checkpoint it was made for")
-    model = load_gpt2(checkpoint, torch.device(resolve_device(args.device))).freeze()
-    tokenizer = load_checkpoint_tokenizer(checkpoint)
+                          f"{n_embd}: pass --model with the checkpoint it was made for")
+    model = load_model(checkpoint, torch.device(resolve_device(args.device))).freeze()
+    tokenizer = checkpoint_tokenizer(checkpoint)
     prompt = adapter.prompt.to(model.wte.weight.device)
     target_ids = None if target is None else tokenizer.encode(target)
     options = inputs = labels = None

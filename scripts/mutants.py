@@ -108,6 +108,10 @@ TESTS = {
     "minway/run/adapters.py": ["tests/test_adapters.py"],
     "weights/checkpoint.py": ["tests/test_weights.py"],
     "weights/resolve.py": ["tests/test_weights.py"],
+    "minway/llama.py": ["tests/test_llama.py"],
+    "minway/run/bpe_files.py": ["tests/test_bpe_files.py"],
+    "weights/llama_checkpoint.py": ["tests/test_llama_checkpoint.py"],
+    "weights/models.py": ["tests/test_llama_checkpoint.py"],
 }
 PYTEST = ["-m", "pytest", "-x", "-q", "-p", "no:cacheprovider"]
 

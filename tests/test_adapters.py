@@ -278,12 +278,12 @@ def adapter_with(directory, config=None, tensors=None):
     ({"peft_type": "LORA"}, None, "is a LORA adapter: minway reads prompt-tuning adapters"),
     ({"peft_type": "PREFIX_TUNING"}, None, "is a PREFIX_TUNING adapter"),
     ({"num_transformer_submodules": 2}, None, "encoder-decoder model (num_transformer_submodules 2)"),
-    ({"base_model_name_or_path": "meta-llama/Llama-2-7b-hf"}, None, "of meta-llama/Llama-2-7b-hf (llama)"),
-    ({"base_model_name_or_path": "facebook/opt-125m"}, None, "(opt), not of a GPT-2 model"),
+    ({"base_model_name_or_path": "mistralai/Mistral-7B-v0.1"}, None, "of mistralai/Mistral-7B-v0.1 (mistral)"),
+    ({"base_model_name_or_path": "facebook/opt-125m"}, None, "(opt), not of a GPT-2, Llama or Qwen 2 model"),
     ({"base_model_name_or_path": "EleutherAI/gpt-neo-125m"}, None, "(gpt-neo)"),
     ({"base_model_name_or_path": "google/flan-t5-base"}, None, "(t5)"),
-    ({"auto_mapping": {"base_model_class": "LlamaForCausalLM"}, "base_model_name_or_path": "my-model"}, None,
-     "(LlamaForCausalLM)"),
+    ({"auto_mapping": {"base_model_class": "MistralForCausalLM"}, "base_model_name_or_path": "my-model"}, None,
+     "(MistralForCausalLM)"),
     ({"base_model_name_or_path": 7}, None, "base_model_name_or_path must be a name"),
     ({"num_virtual_tokens": 4}, None, "has shape (3, 48), but adapter_config.json says 4 virtual tokens"),
     ({"token_dim": 64}, None, "of width 64"),
@@ -307,20 +307,20 @@ def test_gpt2_models_and_unnamed_ones_are_read(tmp_path, base):
 
 def test_a_base_model_here_is_judged_by_its_config(tmp_path, tiny_checkpoint):  # noqa: F811
     assert read_adapter(adapter_with(tmp_path / "a", {"base_model_name_or_path": str(tiny_checkpoint)}))
-    llama = tmp_path / "llama-but-named-gpt2"
-    llama.mkdir()
-    (llama / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    with pytest.raises(MinwayError, match="model_type 'llama'"):
-        read_adapter(adapter_with(tmp_path / "b", {"base_model_name_or_path": str(llama)}))
+    mistral = tmp_path / "mistral-but-named-gpt2"
+    mistral.mkdir()
+    (mistral / "config.json").write_text(json.dumps({"model_type": "mistral"}))
+    with pytest.raises(MinwayError, match="model_type 'mistral'"):
+        read_adapter(adapter_with(tmp_path / "b", {"base_model_name_or_path": str(mistral)}))
 
 
 def test_a_base_models_config_is_read_in_utf8_whatever_the_locale(tmp_path, ascii_locale):  # noqa: F811
-    llama = tmp_path / "modèle-llama"
-    llama.mkdir()
-    (llama / "config.json").write_text(json.dumps({"model_type": "llama", "_name_or_path": "modèle"},
-                                                  ensure_ascii=False), encoding="utf-8")
-    with pytest.raises(MinwayError, match="model_type 'llama'"):
-        read_adapter(adapter_with(tmp_path / "b", {"base_model_name_or_path": str(llama)}))
+    mistral = tmp_path / "modèle-mistral"
+    mistral.mkdir()
+    (mistral / "config.json").write_text(json.dumps({"model_type": "mistral", "_name_or_path": "modèle"},
+                                                    ensure_ascii=False), encoding="utf-8")
+    with pytest.raises(MinwayError, match="model_type 'mistral'"):
+        read_adapter(adapter_with(tmp_path / "b", {"base_model_name_or_path": str(mistral)}))
 
 
 def test_broken_files_are_refused_in_one_line(tmp_path):

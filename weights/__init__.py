@@ -1,4 +1,4 @@
-"""Finding, validating, loading and downloading GPT-2 checkpoints.
+"""Finding, validating, loading and downloading checkpoints: GPT-2, Llama and Qwen 2.
 
 Downloaded checkpoints are kept under this directory, ``weights/<name>/`` (git-ignored).
 
@@ -8,7 +8,7 @@ imports torch, which ``python -m weights.random_checkpoint --help`` must not wai
 import importlib
 
 _MODULE_OF = {"load_gpt2": "weights.checkpoint", "load_token_embeddings": "weights.checkpoint",
-              "read_config": "weights.checkpoint", "resolve_checkpoint": "weights.resolve"}
+              "load_model": "weights.models", "read_config": "weights.models", "resolve_checkpoint": "weights.resolve"}
 __all__ = list(_MODULE_OF)
 
 

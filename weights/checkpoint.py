@@ -32,7 +32,7 @@ RELEASED = {"activation_function": ("gelu_new", "gelu_pytorch_tanh"), "scale_att
 
 def read_config(directory):
     """The GPT2Config of a checkpoint's config.json, every value checked."""
-    path, values = _config_values(directory)
+    path, values = config_values(directory)
     if not isinstance(values, dict):
         raise MinwayError(f"{path} holds a JSON {type(values).__name__}, not an object: not a GPT-2 config")
     if values.get("model_type") != "gpt2":
@@ -53,13 +53,13 @@ def read_config(directory):
 
 def has_random_weights(directory):
     """Whether the checkpoint was written by weights.random_checkpoint."""
-    return bool(_config_values(directory)[1].get("minway_random_weights"))
+    return bool(config_values(directory)[1].get("minway_random_weights"))
 
 
-def _config_values(directory):
+def config_values(directory):
     path = Path(directory) / "config.json"
     if not path.is_file():
-        raise MinwayError(f"{path} is missing: a GPT-2 checkpoint needs config.json next to model.safetensors")
+        raise MinwayError(f"{path} is missing: a checkpoint needs config.json next to model.safetensors")
     return path, read_json(path, "checkpoint config", MAX_JSON, "re-download or rewrite it")
 
 
@@ -85,11 +85,12 @@ def tensor_files(directory):
 def load_token_embeddings(directory):
     """The token embedding matrix (V, d) alone, in fp32: all that d-proj needs of a checkpoint."""
     files = tensor_files(directory)
-    for name in ("wte.weight", "transformer.wte.weight"):
+    for name in ("wte.weight", "transformer.wte.weight", "model.embed_tokens.weight"):  # GPT-2's, Llama's and Qwen's
         if name in files:
             with _open(files[name]) as f:
                 return f.get_tensor(name).float()
-    raise MinwayError(f"{directory} holds no wte.weight tensor: not a GPT-2 checkpoint")
+    raise MinwayError(f"{directory} holds no token embeddings (wte.weight, model.embed_tokens.weight): not a "
+                      f"checkpoint minway reads")
 
 
 def _open(path):
@@ -112,17 +113,33 @@ def expected_shapes(config):
 
 def load_gpt2(directory, device="cpu", dtype=torch.float32, attention="auto"):
     """Build a GPT2 from a checkpoint directory, validating every tensor."""
+    directory = existing_directory(directory)
+    config = read_config(directory)
+    files = tensor_files(directory)
+    stored = {_strip(name): name for name in files if not IGNORED.match(_strip(name))}
+    with torch.device("meta"):
+        model = GPT2(config, attention=attention)
+    state = read_state(directory, files, stored, expected_shapes(config), "GPT-2", device, dtype,
+                       lambda name, tensor: tensor.T if name.endswith(CONV1D_WEIGHTS) else tensor)
+    model.load_state_dict(state, assign=True)
+    return model.eval()
+
+
+def existing_directory(directory):
     directory = Path(directory)
     if not directory.exists():
         raise MinwayError(f"checkpoint directory {directory} does not exist")
     if not directory.is_dir():
         raise MinwayError(f"{directory} is a file; pass the checkpoint directory that holds it")
-    config = read_config(directory)
-    files = tensor_files(directory)
-    stored = {_strip(name): name for name in files if not IGNORED.match(_strip(name))}
-    expected = expected_shapes(config)
-    listing = "model.safetensors" if (directory / "model.safetensors").is_file() else "model.safetensors.index.json"
+    return directory
 
+
+def read_state(directory, files, stored, expected, family, device, dtype, convert=None):
+    """{name: tensor} of every name of ``expected`` ({name: shape as stored}), read from its file (``files``:
+    {stored name: file}) under its stored name (``stored``: {name: stored name}), each checked: none missing
+    or left over, of the expected shape, of floating point, finite. ``convert(name, tensor)``:
+    the tensor as the model takes it, where the checkpoint stores it otherwise (GPT-2's Conv1D)."""
+    listing = "model.safetensors" if (directory / "model.safetensors").is_file() else "model.safetensors.index.json"
     missing = sorted(set(expected) - set(stored), key=_natural)
     if missing:
         raise MinwayError(f"{listing} in {directory} is missing tensor {missing[0]}"
@@ -130,10 +147,8 @@ def load_gpt2(directory, device="cpu", dtype=torch.float32, attention="auto"):
     unexpected = sorted(set(stored) - set(expected), key=_natural)
     if unexpected:
         raise MinwayError(f"{files[stored[unexpected[0]]].name} in {directory} has unexpected tensor "
-                          f"{stored[unexpected[0]]}: not a GPT-2 checkpoint of this config")
+                          f"{stored[unexpected[0]]}: not a {family} checkpoint of this config")
 
-    with torch.device("meta"):
-        model = GPT2(config, attention=attention)
     handles = {}
     state = {}
     for name in expected:
@@ -155,11 +170,10 @@ def load_gpt2(directory, device="cpu", dtype=torch.float32, attention="auto"):
         if not all_finite(tensor):
             raise MinwayError(f"tensor {stored[name]} in {file} holds NaN or infinite values: the checkpoint is "
                               f"corrupt, re-download it")
-        if name.endswith(CONV1D_WEIGHTS):
-            tensor = tensor.T
+        if convert is not None:
+            tensor = convert(name, tensor)
         state[name] = tensor.to(device=device, dtype=dtype).contiguous()
-    model.load_state_dict(state, assign=True)
-    return model.eval()
+    return state
 
 
 def all_finite(tensor):

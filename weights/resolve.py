@@ -1,4 +1,4 @@
-"""Find a GPT-2 checkpoint from ``--model NAME_OR_PATH``.
+"""Find a checkpoint (GPT-2, Llama, Qwen 2) from ``--model NAME_OR_PATH``.
 
 In order: a directory path; ``weights/<name>/`` in this repository; the Hugging
 Face cache (``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else ``~/.cache/huggingface/hub``);
@@ -18,7 +18,10 @@ from minway.run.suggest import did_you_mean, missing_path_advice
 
 WEIGHTS_DIR = Path(__file__).resolve().parent
 DEMO_NAME = "random-demo"  # the demo's random-weight checkpoint, weights/random-demo/ (weights.demo_checkpoint)
-NEEDED_FILES = ("config.json", "model.safetensors", "vocab.json", "merges.txt")
+# what a download fetches: the config, the weights (one file, or shards and their index) and the tokenizer, of
+# GPT-2 (vocab.json, merges.txt), Llama 3 (tokenizer.json) or Qwen 2.5 (all three)
+NEEDED_FILES = ("config.json", "model*.safetensors", "model.safetensors.index.json", "vocab.json", "merges.txt",
+                "tokenizer.json", "tokenizer_config.json")
 HUB_IDS = {name: f"openai-community/{name}" for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")}
 
 
@@ -55,7 +58,7 @@ def find_in_hub_cache(name, cache=None):
 
 
 def download(name, target):
-    """Fetch the four files of ``name`` from the Hugging Face Hub into ``target``; None if impossible."""
+    """Fetch the files of ``name`` from the Hugging Face Hub into ``target``; None if impossible."""
     if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("MINWAY_OFFLINE") == "1":
         return None
     try:
@@ -102,14 +105,15 @@ def resolve_checkpoint(name_or_path, allow_download=True):
     typo = "" if name in HUB_IDS else did_you_mean(name, [*HUB_IDS, *(n for n, _ in here)])
     if typo:
         raise MinwayError(f"no checkpoint {name!r} here, and it could not be downloaded: {typo}")
-    get = (f"get {name} with `pip install huggingface_hub && hf download {hub_id(name)} {' '.join(NEEDED_FILES)} "
-           f"--local-dir {_as_given(local)}`")
+    get = (f"get {name} with `pip install huggingface_hub && hf download {hub_id(name)} --include "
+           f"{' '.join(map(_quoted, NEEDED_FILES))} --local-dir {_as_given(local)}`")
     if here:
         raise MinwayError(f"no checkpoint {name!r} here, and it could not be downloaded; {_listing(here)}; or {get}")
     raise MinwayError(
         f"no checkpoint {name!r}: not a directory, not in {_as_given(WEIGHTS_DIR)}/, not in the Hugging Face cache "
-        f"{hub_cache_dir()}, and it could not be downloaded: {get}, or pass --model DIR holding "
-        f"{', '.join(NEEDED_FILES)}; offline, a random-weight checkpoint runs the whole pipeline, though its accuracy "
+        f"{hub_cache_dir()}, and it could not be downloaded: {get}, or pass --model DIR holding config.json, "
+        f"model.safetensors (or its shards) and the tokenizer's files (a gated model, as Meta's Llama, needs "
+        f"`hf auth login` first); offline, a random-weight checkpoint runs the whole pipeline, though its accuracy "
         f"means nothing: `python -m weights.random_checkpoint random-gpt2 --embedding-norm 3.9`, then --model "
         f"random-gpt2")
 
@@ -157,3 +161,7 @@ def _as_given(path):
         return str(Path(path).relative_to(Path.cwd()))
     except ValueError:
         return str(path)
+
+
+def _quoted(pattern):
+    return f"'{pattern}'" if "*" in pattern else pattern

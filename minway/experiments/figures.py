@@ -24,7 +24,7 @@ from minway.prompt import d_proj
 from minway.experiments.report import build_report
 from minway.run.storage import load_prompt
 from minway.experiments.state import SweepState
-from minway.run.tokenizer import load_checkpoint_tokenizer
+from minway.run.bpe_files import checkpoint_tokenizer
 from weights import load_token_embeddings, resolve_checkpoint
 
 ACCURACY_COLOUR, F1_COLOUR = "tab:blue", "tab:orange"
@@ -182,7 +182,7 @@ def positions_figure(plt, run_dir, path):
     top.set_title(f"{Path(run_dir).name}\n{sum(hits)}/{len(hits)} positions project to the target ({config.metric})")
     bottom.bar(xs, nearest.margin.tolist(), color="tab:gray")
     bottom.set_ylabel(f"margin ({config.metric})")
-    bottom.set_xticks(xs, load_checkpoint_tokenizer(checkpoint).token_strings(target_ids), rotation=90,
+    bottom.set_xticks(xs, checkpoint_tokenizer(checkpoint).token_strings(target_ids), rotation=90,
                       fontsize="small")
     return _save(fig, path)
 

@@ -10,12 +10,16 @@ A PEFT prompt-tuning adapter (``PromptTuningConfig``, then ``save_pretrained``) 
 PEFT puts the L vectors before the embeddings of the input ids, as minway puts its prompt
 before the text, and neither adds a BOS token there: GPT-2's tokenizer adds none, and
 minway's prompt takes the place the released code gave to BOS. (A prompt trained with PEFT
-on inputs that begin with <|endoftext|> is measured by minway on inputs without it.)
+on inputs that begin with <|endoftext|> is measured by minway on inputs without it.) Qwen 2.5's
+tokenizer adds none either. Llama 3's begins every text with <|begin_of_text|>, which minway's
+Llama puts before the prompt (``minway.llama``) and PEFT after it: the vectors are the same, the
+sequence the model reads is not.
 
     python -m minway.run.adapters export runs/<run-id> DIR    # a minway prompt as a PEFT adapter
 
-PEFT loads the directory with ``PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(base), DIR)``;
-``eval.py DIR`` reads it, or any prompt-tuning adapter of a GPT-2 model, back.
+PEFT loads the directory with ``PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(base), DIR)``
+(``LlamaForCausalLM``, ``Qwen2ForCausalLM``); ``eval.py DIR`` reads it, or any prompt-tuning adapter of a
+GPT-2, Llama or Qwen 2 model, back.
 """
 # torch comes in with the functions that read or write tensors, so that the command line answers
 # --help and a missing run at once
@@ -35,8 +39,10 @@ from weights.resolve import hub_id
 MAX_ADAPTER_FILE = 2 ** 30  # far above an adapter's files (a prompt of gpt2-xl's whole context: 6.5 MB)
 
 CONFIG, WEIGHTS, TENSOR = "adapter_config.json", "adapter_model.safetensors", "prompt_embeddings"
-# other model families, named at the start of a word of a base model's name ("meta-llama/Llama-2-7b-hf")
-OTHER_FAMILIES = re.compile(r"(?<![a-z])(llama|mistral|mixtral|qwen|gemma|phi|falcon|bloom|opt|t5|bart|bert|roberta|"
+# the families minway runs, as PEFT records their classes and config.json their model_type
+MODEL_CLASSES, MODEL_TYPES = ("GPT2LMHeadModel", "LlamaForCausalLM", "Qwen2ForCausalLM"), ("gpt2", "llama", "qwen2")
+# other model families, named at the start of a word of a base model's name ("mistralai/Mistral-7B-v0.1")
+OTHER_FAMILIES = re.compile(r"(?<![a-z])(mistral|mixtral|gemma|phi|falcon|bloom|opt|t5|bart|bert|roberta|"
                             r"pythia|gpt-?neo|gpt-?j|mpt|olmo|deepseek|starcoder|codegen|smollm)", re.IGNORECASE)
 
 
@@ -50,7 +56,8 @@ def is_adapter(path):
 
 
 def read_adapter(directory):
-    """The prompt of a PEFT prompt-tuning adapter of a GPT-2 model; anything else is refused in one line."""
+    """The prompt of a PEFT prompt-tuning adapter of a GPT-2, Llama or Qwen 2 model; anything else is refused in
+    one line."""
     directory = Path(directory)
     config = _read_config(directory)
     if config.get("peft_type") != "PROMPT_TUNING":
@@ -58,14 +65,15 @@ def read_adapter(directory):
                           f"adapters (peft_type PROMPT_TUNING) only")
     if config.get("num_transformer_submodules") not in (None, 1):
         raise MinwayError(f"{directory} is an adapter of an encoder-decoder model (num_transformer_submodules "
-                          f"{config['num_transformer_submodules']}): minway reads prompts of GPT-2, a decoder")
+                          f"{config['num_transformer_submodules']}): minway reads prompts of decoders (GPT-2, "
+                          f"Llama, Qwen 2)")
     base = config.get("base_model_name_or_path")
     if base is not None and not isinstance(base, str):
         raise MinwayError(f"{directory / CONFIG}: base_model_name_or_path must be a name, got {base!r}")
     family = _other_family(base, config)
     if family:
-        raise MinwayError(f"{directory} is an adapter of {base or 'a model'} ({family}), not of a GPT-2 model: "
-                          f"minway reads prompts of GPT-2 checkpoints only")
+        raise MinwayError(f"{directory} is an adapter of {base or 'a model'} ({family}), not of a GPT-2, Llama or "
+                          f"Qwen 2 model: minway reads prompts of those only")
     prompt = _read_prompt(directory / WEIGHTS)
     said = (config.get("num_virtual_tokens"), config.get("token_dim"))
     if prompt.dim() != 2 or any(n is not None and n != size for n, size in zip(said, prompt.shape)):
@@ -85,11 +93,12 @@ def _read_config(directory):
 
 
 def _other_family(base, config):
-    """What says that the adapter's base model is not GPT-2, if anything does: the class PEFT recorded, the
-    model_type of the base model's config.json where that is a directory here, else the model's name."""
+    """What says that the adapter's base model is of no family minway runs, if anything does: the class PEFT
+    recorded, the model_type of the base model's config.json where that is a directory here, else the model's
+    name."""
     mapping = config.get("auto_mapping")
     model_class = mapping.get("base_model_class") if isinstance(mapping, dict) else None
-    if isinstance(model_class, str) and not model_class.startswith("GPT2"):
+    if isinstance(model_class, str) and not model_class.startswith("GPT2") and model_class not in MODEL_CLASSES:
         return model_class
     if not base:
         return None
@@ -99,7 +108,7 @@ def _other_family(base, config):
             model_type = json.loads(local.read_text(encoding="utf-8")).get("model_type")
         except (ValueError, RecursionError, AttributeError):  # not JSON, or JSON nested too deep, or not an object
             return None  # not readable: the checkpoint's own checks will say so
-        return None if model_type == "gpt2" else f"model_type {model_type!r}"
+        return None if model_type in MODEL_TYPES else f"model_type {model_type!r}"
     named = OTHER_FAMILIES.search(base)
     return named.group(1) if named and "gpt2" not in base.lower().replace("-", "") else None
 

@@ -12,13 +12,13 @@ from minway.run.devices import check_attention
 from minway.errors import MinwayError
 from minway.run.identity import identity
 from minway.tasks import encode_inputs, encode_options, get_task
-from minway.run.tokenizer import load_checkpoint_tokenizer
-from weights import load_gpt2, read_config, resolve_checkpoint
+from minway.run.bpe_files import checkpoint_tokenizer
+from weights import load_model, read_config, resolve_checkpoint
 from weights.checkpoint import has_random_weights
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # minway.run.choices.DTYPES
 RANDOM_WEIGHTS_NOTE = ("NOTE: this checkpoint has random weights: its accuracy means nothing, and its prompt F1 only "
-                       "shows how far gamma holds a prompt on these embeddings, not what GPT-2 would do; the pipeline "
+                       "shows how far gamma holds a prompt on these embeddings, not what trained weights would do; the pipeline "
                        "is what ran.")
 
 
@@ -45,7 +45,7 @@ class Setup:
         self.checkpoint_dir = resolve_checkpoint(config.model)
         self.model_config = read_config(self.checkpoint_dir)
         self.random_weights = has_random_weights(self.checkpoint_dir)
-        self.tokenizer = load_checkpoint_tokenizer(self.checkpoint_dir)
+        self.tokenizer = checkpoint_tokenizer(self.checkpoint_dir)
         self.common, self.options = encode_options(self.task, self.tokenizer)
 
         train = load_split(self.task, "train", config.data_dir)
@@ -62,7 +62,7 @@ class Setup:
                                           f"parameters)", lambda _: "use --dtype bf16, a smaller model or a "
                                                                     "device with more memory")
         self.require_memory([config], training=True, model_loaded=False)
-        self.model = load_gpt2(self.checkpoint_dir, self.device, self.dtype, config.attention).freeze()
+        self.model = load_model(self.checkpoint_dir, self.device, self.dtype, config.attention).freeze()
 
     def require_memory(self, configs, training=True, model_loaded=True):
         """Refuse, before allocating it, a training step of these prompts together or an evaluation batch

@@ -10,6 +10,7 @@ raw bytes mapped to merge ranks. For GPT-2 a token's id *is* its merge rank: ids
 0-255 are the single bytes, and the token made by merge line i has id 256 + i.
 """
 import sys
+import unicodedata
 from pathlib import Path
 
 import tiktoken
@@ -43,17 +44,23 @@ def gpt2_byte_alphabet() -> dict[str, int]:
 
 
 class Tokenizer:
-    def __init__(self, encoding: tiktoken.Encoding):
+    def __init__(self, encoding: tiktoken.Encoding, eot_id=None, normal_form=None):
+        """``eot_id``: the end-of-text token (default: <|endoftext|>, GPT-2's); ``normal_form``: the Unicode
+        normalisation of a text before it is split ("NFC" for Qwen 2.5; default: none, as GPT-2)."""
         self.encoding = encoding
-        self.eot_id = encoding.eot_token
+        self.eot_id = encoding.eot_token if eot_id is None else eot_id
         self.n_vocab = encoding.n_vocab
+        self.normal_form = normal_form
 
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`; a literal "<|endoftext|>" in it is plain text, not the special token."""
-        return self.encoding.encode_ordinary(text)
+        return self.encoding.encode_ordinary(self._normalized(text))
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return self.encoding.encode_ordinary_batch(texts)
+        return self.encoding.encode_ordinary_batch([self._normalized(text) for text in texts])
+
+    def _normalized(self, text):
+        return text if self.normal_form is None else unicodedata.normalize(self.normal_form, text)
 
     def decode(self, ids) -> str:
         """The text of ``ids``. A byte that makes no UTF-8 character (a projected prompt may hold a token

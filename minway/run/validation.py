@@ -20,6 +20,10 @@ DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 PROJECTION_NUMBERS = ("f1", "f1_no_lemma", "f1_released_code", "position_match", "f1_ceiling")
 MODEL_SIZES = (("vocab_size", 1, 10 ** 7), ("n_positions", 1, 2 ** 20), ("n_embd", 1, 2 ** 16),
                ("n_layer", 1, 1000), ("n_head", 1, 2 ** 16))
+# A Llama or Qwen 2 config.json, as above (Llama 3.1 405B: 126 layers of width 16384, 128k positions)
+LLAMA_SIZES = (("vocab_size", 1, 10 ** 7), ("max_position_embeddings", 1, 2 ** 24), ("hidden_size", 1, 2 ** 16),
+               ("intermediate_size", 1, 2 ** 20), ("num_hidden_layers", 1, 1000), ("num_attention_heads", 1, 2 ** 16),
+               ("num_key_value_heads", 1, 2 ** 16), ("head_dim", 2, 2 ** 12))
 
 
 def is_count(value):
@@ -127,6 +131,24 @@ def model_config(values, path):
         raise MinwayError(f"{path}: {e}: not a GPT-2 config, rewrite or re-download it") from None
     if values["n_embd"] % values["n_head"]:
         raise MinwayError(f"{path}: n_embd {values['n_embd']} is not divisible by n_head {values['n_head']}")
+
+
+def llama_config(values, path):
+    """A Llama or Qwen 2 checkpoint's config.json ({key: value}, its sizes given, head_dim and
+    num_key_value_heads filled in): whole sizes within LLAMA_SIZES, num_key_value_heads dividing
+    num_attention_heads, an even head_dim (the rotation turns pairs), a positive epsilon; raises naming
+    ``path``."""
+    try:
+        for key, low, high in LLAMA_SIZES:
+            whole(key, values[key], low, high)
+        real("rms_norm_eps", values.get("rms_norm_eps", 1e-6), 0, 1, low_open=True)
+    except MinwayError as e:
+        raise MinwayError(f"{path}: {e}: not a Llama or Qwen 2 config, rewrite or re-download it") from None
+    if values["num_attention_heads"] % values["num_key_value_heads"]:
+        raise MinwayError(f"{path}: num_key_value_heads {values['num_key_value_heads']} does not divide "
+                          f"num_attention_heads {values['num_attention_heads']}")
+    if values["head_dim"] % 2:
+        raise MinwayError(f"{path}: head_dim {values['head_dim']} is odd: rotary positions turn pairs of coordinates")
 
 
 def results(values, path):
