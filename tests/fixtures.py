@@ -19,6 +19,7 @@ from conftest import ROOT
 from minway import resources
 from minway.run.cli import run_cli
 from minway.model import GPT2, GPT2Config, init_weights
+from minway.packing import pack
 from weights.random_checkpoint import write_random_checkpoint
 
 TOKENIZER_DIR = resources.GPT2_TOKENIZER
@@ -76,6 +77,19 @@ def sharp_model(seed=0):
         for block in model.h:
             block.attn.c_attn.weight.mul_(3)
     return model.freeze().eval()
+
+
+def option_nll_naive(model, prompt, inputs, options):
+    """(B, C) mean token loss of each option, one whole row [prompt, input, option] per (example, option),
+    each row packed on its own: the reference. ``prompt``: (L, d), or (B, L, d) one per example."""
+    prompts = prompt.expand(len(inputs), -1, -1) if prompt.dim() == 2 else prompt
+    rows = [(p, i, o) for p, i in zip(prompts, inputs) for o in options]
+    embeds = torch.cat([x for p, i, o in rows for x in (p, model.embed(torch.tensor(i + o[:-1])))])
+    packed = pack([len(p) + len(i) + len(o) - 1 for p, i, o in rows])
+    logp = model(embeds=embeds, packed=packed, logit_counts=[len(o) for _, _, o in rows]).logits.log_softmax(-1)
+    targets = torch.tensor([t for _, _, o in rows for t in o])
+    token_nll = -logp.gather(-1, targets[:, None]).squeeze(-1)
+    return torch.stack([n.mean() for n in token_nll.split([len(o) for _, _, o in rows])]).view(len(inputs), -1)
 
 
 def finished_results(**fields):

@@ -2,9 +2,8 @@
 import pytest
 import torch
 
-from fixtures import TINY, TOKENIZER_DIR, sharp_model
+from fixtures import TINY, TOKENIZER_DIR, option_nll_naive, sharp_model
 from minway.classify import option_nll, predict
-from minway.packing import pack
 from minway.run.data import load_split
 from minway.tasks import TASKS, encode_options, get_task
 
@@ -38,19 +37,6 @@ def options_of(tokenizer, task):
 
 def random_prompt(*shape, seed=0):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * 0.4
-
-
-def option_nll_naive(model, prompt, inputs, options):
-    """(B, C) mean token loss of each option, one whole row [prompt, input, option] per (example, option),
-    each row packed on its own: the reference. ``prompt``: (L, d), or (B, L, d) one per example."""
-    prompts = prompt.expand(len(inputs), -1, -1) if prompt.dim() == 2 else prompt
-    rows = [(p, i, o) for p, i in zip(prompts, inputs) for o in options]
-    embeds = torch.cat([x for p, i, o in rows for x in (p, model.embed(torch.tensor(i + o[:-1])))])
-    packed = pack([len(p) + len(i) + len(o) - 1 for p, i, o in rows])
-    logp = model(embeds=embeds, packed=packed, logit_counts=[len(o) for _, _, o in rows]).logits.log_softmax(-1)
-    targets = torch.tensor([t for _, _, o in rows for t in o])
-    token_nll = -logp.gather(-1, targets[:, None]).squeeze(-1)
-    return torch.stack([n.mean() for n in token_nll.split([len(o) for _, _, o in rows])]).view(len(inputs), -1)
 
 
 def hand_nll(model, prompt, ids_in, option):

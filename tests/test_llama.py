@@ -14,8 +14,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fixtures import option_nll_naive
 from minway.batch import bank_output_nll
-from minway.classify import option_nll, option_nll_naive
+from minway.classify import option_nll
 from minway.dropout import PromptDropout, step_generator
 from minway.llama import Llama, Llama3Scaling, LlamaConfig, rope_frequencies
 from minway.packing import pack

@@ -22,6 +22,7 @@ DEMO_NAME = "random-demo"  # the demo's random-weight checkpoint, weights/random
 # GPT-2 (vocab.json, merges.txt), Llama 3 (tokenizer.json) or Qwen 2.5 (all three)
 NEEDED_FILES = ("config.json", "model*.safetensors", "model.safetensors.index.json", "vocab.json", "merges.txt",
                 "tokenizer.json", "tokenizer_config.json")
+BY_HAND = ("'*.json'", "'model*.safetensors'", "merges.txt")  # the same files (and a few small others), for a person
 HUB_IDS = {name: f"openai-community/{name}" for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")}
 
 
@@ -106,7 +107,7 @@ def resolve_checkpoint(name_or_path, allow_download=True):
     if typo:
         raise MinwayError(f"no checkpoint {name!r} here, and it could not be downloaded: {typo}")
     get = (f"get {name} with `pip install huggingface_hub && hf download {hub_id(name)} --include "
-           f"{' '.join(map(_quoted, NEEDED_FILES))} --local-dir {_as_given(local)}`")
+           f"{' '.join(BY_HAND)} --local-dir {_as_given(local)}`")
     if here:
         raise MinwayError(f"no checkpoint {name!r} here, and it could not be downloaded; {_listing(here)}; or {get}")
     raise MinwayError(
@@ -161,7 +162,3 @@ def _as_given(path):
         return str(Path(path).relative_to(Path.cwd()))
     except ValueError:
         return str(path)
-
-
-def _quoted(pattern):
-    return f"'{pattern}'" if "*" in pattern else pattern
