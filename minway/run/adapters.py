@@ -27,8 +27,8 @@ from safetensors import SafetensorError, safe_open
 
 from minway.run.cli import Parser, run_cli
 from minway.errors import MinwayError
-from minway.run.files import read_json, regular_file
-from minway.run.storage import MAX_STATE_FILE, atomic_save, atomic_write_text, load_prompt
+from minway.run.files import atomic_write_json, plain_directory, read_json, regular_file
+from minway.run.storage import MAX_STATE_FILE, atomic_save, load_prompt
 from weights.resolve import hub_id
 
 CONFIG, WEIGHTS, TENSOR = "adapter_config.json", "adapter_model.safetensors", "prompt_embeddings"
@@ -128,12 +128,12 @@ def _read_prompt(path):
 def write_adapter(directory, prompt, base_model):
     """``prompt`` (L, d) as a PEFT prompt-tuning adapter of ``base_model`` (a Hub id or a directory).
     PEFT fills in what else it needs (layers, heads) from the base model as it loads the adapter."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = plain_directory(directory, "the adapter directory")
     config = {"peft_type": "PROMPT_TUNING", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model,
               "num_virtual_tokens": prompt.shape[0], "token_dim": prompt.shape[1], "num_transformer_submodules": 1}
-    atomic_save({TENSOR: prompt.detach().float().cpu().contiguous()}, directory / WEIGHTS, {"format": "pt"})
-    atomic_write_text(directory / CONFIG, json.dumps(config, indent=2) + "\n")
+    atomic_save({TENSOR: prompt.detach().float().cpu().contiguous()}, directory / WEIGHTS, {"format": "pt"},
+                "the adapter")
+    atomic_write_json(directory / CONFIG, config, "the adapter's configuration")
 
 
 def base_model_id(model):
