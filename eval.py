@@ -13,7 +13,10 @@ A PEFT prompt-tuning adapter of a GPT-2, Llama or Qwen 2 model (minway/run/adapt
 that table at once, and the projection under each metric; with --target, its prompt F1
 against that text; with --task or --task-file, its continuous and hard-prompt accuracy.
 """
-import json
+if __name__ == "__main__":  # first of all: an interrupt while the modules below load ends in one line too
+    from minway.run import interrupts
+    interrupts.install()
+
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -70,7 +73,7 @@ def build_parser():
                                       "ships with minway); for a task file, the directory its data files are "
                                       "relative to (default: the one the run was trained with, or the task file's)")
     p.add_argument("--device", default="auto", help="cuda, cpu or auto")
-    p.add_argument("--max-eval", type=int, help="evaluate on the first N test examples only (default: the run's)")
+    p.add_argument("--max-eval", type=int, help="evaluate on the first N test (and dev) examples only (default: the run's)")
     p.add_argument("--json", help="write the measures there (default: eval.json beside a run's prompt; none for "
                                   "an adapter)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (there are none when stderr is not a "
@@ -111,9 +114,10 @@ def main(argv=None):
 
 
 def measure_run(args, path):
-    from minway.evaluation import measure, summary
+    from minway.evaluation import summary
     from minway.run.model_and_data import RANDOM_WEIGHTS_NOTE, Setup
     from minway.run.storage import load_prompt
+    from minway.run.training import measure_prompt
 
     prompt, config, target_ids = load_prompt(path)
     overrides = {k: v for k, v in (("model", args.model), ("data_dir", args.data_dir), ("max_eval", args.max_eval),
@@ -129,9 +133,7 @@ def measure_run(args, path):
         raise MinwayError(f"the prompt has width {prompt.shape[1]} but the model {config.model} has "
                           f"{setup.model.config.n_embd}: pass --model with the checkpoint it was trained on")
     prompt = prompt.to(setup.device)
-    results = measure(setup.model, setup.tokenizer, setup.options, prompt, target_ids, setup.test_inputs,
-                      setup.test_labels, config.metric, config.eval_batch_size,
-                      progress=progress_bars(args.no_progress))
+    results = measure_prompt(setup, config, prompt, target_ids, progress=progress_bars(args.no_progress))
     if args.positions:
         print(position_table(prompt, target_ids, setup.tokenizer, setup.model.wte.weight))
     results["config"] = asdict(config)
@@ -218,9 +220,9 @@ def test_set(task, tokenizer, data_dir, max_eval, prompt_length, n_positions):
 
 
 def write_json(results, path):
-    from minway.run.storage import atomic_write_text
+    from minway.run.files import atomic_write_json
 
-    atomic_write_text(Path(path), json.dumps(results, indent=2) + "\n")
+    atomic_write_json(Path(path), results, "the measures")
     print(f"written: {path}")
 
 

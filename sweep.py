@@ -7,13 +7,17 @@
 
 The target prompts are the paper's, which ship with minway (or --prompts-dir).
 """
+if __name__ == "__main__":  # first of all: an interrupt while the modules below load ends in one line too
+    from minway.run import interrupts
+    interrupts.install()
+
 import math
 import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
 from minway import resources
-from minway.run.choices import ATTENTIONS, DTYPES, METRICS
+from minway.run.choices import ATTENTIONS, DTYPES, METRICS, TRAIN_SPLITS
 from minway.run.cli import Parser, output_dir, progress_bars, run_cli
 from minway.run.devices import check_device, has_gpu_driver
 from minway.errors import MinwayError
@@ -28,8 +32,8 @@ RUN_OPTIONS = (
     ("batch_size", int, None, "training examples per step (default: the task's, 8; 4 for agnews and subj)"),
     ("lr", float, 0.01, "AdamW's learning rate, decayed linearly to 0"),
     ("dropout", float, 0.1, "GPT-2's dropout while the prompt trains, as the released code (0: none)"),
-    ("k", int, None, "training examples per class (default: all)"),
-    ("max_eval", int, None, "evaluate on the first N test examples only (default: all)"),
+    ("k", int, None, "training examples per class, drawn from the rows trained on (default: all)"),
+    ("max_eval", int, None, "evaluate on the first N test (and dev) examples only (default: all)"),
     ("eval_batch_size", int, 32, "test examples per forward pass"),
     ("checkpoint_every", int, 100, "steps between checkpoints"),
     ("data_dir", str, None, "holds <task>/{train,test}.tsv (default: $MINWAY_DATA, else the data that ships "
@@ -50,7 +54,7 @@ def build_parser():
     tasks.add_argument("--task-file", help="instead of --tasks, a JSON file defining a task of your own "
                                            "(see minway/run/task_file.py; default: none)")
     grid.add_argument("--groups", help=f"target groups: some of {', '.join(GROUP_FILES)}{preset}")
-    grid.add_argument("--seeds", help=f"e.g. 1,2,3{preset}")
+    grid.add_argument("--seeds", help=f"e.g. 1,10,100{preset}")
     grid.add_argument("--gammas", help=f"constrained gammas, e.g. 0.003,0.01; each run gets its gamma = 0 twin{preset}")
     grid.add_argument("--models", "--model", dest="models",
                       help=f"e.g. {','.join(MODEL_SIZES)} or checkpoint dirs{preset}")
@@ -63,6 +67,9 @@ def build_parser():
     run.add_argument("--dtype", choices=DTYPES, default="fp32", help="of the model's weights")
     run.add_argument("--attention", choices=ATTENTIONS, default="auto", help="attention implementation")
     run.add_argument("--metric", choices=METRICS, default="dot", help="nearest neighbour of d-proj (the paper: dot)")
+    run.add_argument("--train-split", choices=TRAIN_SPLITS,
+                     help="released: the released code's 90 %% of each training file, the other 10 %% a dev set; all: "
+                          "the whole file (default: released for the paper's tasks, all for --task-file)")
     p.add_argument("--out", default="runs", help="where run directories go (shared with train.py)")
     p.add_argument("--sweep-dir", help="sweep state, report and figures (default: sweeps/<preset>, or "
                                        "sweeps/<preset>-<task> for --task-file)")
@@ -138,7 +145,7 @@ def grid_from_args(args):
 
 
 def run_fields_from_args(args):
-    names = [option[0] for option in RUN_OPTIONS] + ["dtype", "attention", "metric"]
+    names = [option[0] for option in RUN_OPTIONS] + ["dtype", "attention", "metric", "train_split"]
     fields = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     if args.task_file and args.data_dir is None:
         fields["data_dir"] = data_dir_of(args.task_file)

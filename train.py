@@ -15,13 +15,17 @@ L tokens) and the tasks' true definitions (good_prompts.json); --list-targets li
 (minway/run/task_file.py tells the format).
 """
 
+if __name__ == "__main__":  # first of all: an interrupt while the modules below load ends in one line too
+    from minway.run import interrupts
+    interrupts.install()
+
 import argparse
 import os
 import sys
 from dataclasses import replace
 
 from minway.experiments.presets import GROUP_FILES
-from minway.run.choices import ATTENTIONS, DTYPES, METRICS
+from minway.run.choices import ATTENTIONS, DTYPES, METRICS, TRAIN_SPLITS
 from minway.run.cli import Parser, output_dir, progress_bars, run_cli
 from minway.run.config import RunConfig
 from minway.run.devices import check_device
@@ -80,13 +84,18 @@ def build_parser():
                    help="GPT-2's dropout while the prompt trains, as the released code (0: none)")
     p.add_argument("--seed", type=int, default=1, help="seed of the batch order (and of --k's sample)")
     p.add_argument("--metric", choices=METRICS, default="dot", help="nearest neighbour of d-proj (the paper: dot)")
-    p.add_argument("--k", type=int, help="training examples per class (default: all)")
+    p.add_argument("--train-split", choices=TRAIN_SPLITS,
+                   help="the rows of the training file trained on: released, the released code's split (the first 90 %% "
+                        "after its shuffle with NumPy's seed 100; the other 10 %% are a dev set, whose accuracy is "
+                        "reported beside the test accuracy), or all, the whole file (default: released for the "
+                        "paper's tasks, all for --task-file)")
+    p.add_argument("--k", type=int, help="training examples per class, drawn from the rows trained on (default: all)")
     p.add_argument("--label-map", help="train towards permuted labels, e.g. 1,0: positive reviews called negative "
                                        "(default: none)")
     p.add_argument("--data-dir", help="holds <task>/{train,test}.tsv (default: $MINWAY_DATA, else the data that "
                                       "ships with minway); for --task-file, the directory its data files are "
                                       "relative to (default: the task file's)")
-    p.add_argument("--max-eval", type=int, help="evaluate on the first N test examples only (default: all)")
+    p.add_argument("--max-eval", type=int, help="evaluate on the first N test (and dev) examples only (default: all)")
     p.add_argument("--eval-batch-size", type=int, default=32, help="test examples per forward pass")
     p.add_argument("--eval-every", type=int, default=0, help="test accuracy every N steps (0: at the end only)")
     p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints")
@@ -126,7 +135,7 @@ def main(argv=None):
     config = RunConfig(
         task=task, target=target, model=args.model, gamma=args.gamma, steps=args.steps,
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, dropout=args.dropout, seed=args.seed,
-        metric=args.metric, k=args.k, data_dir=data_dir, max_eval=args.max_eval,
+        metric=args.metric, k=args.k, train_split=args.train_split, data_dir=data_dir, max_eval=args.max_eval,
         eval_batch_size=args.eval_batch_size, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
         device=args.device, dtype=args.dtype, attention=args.attention, target_name=args.target_name,
         label_map=parse_label_map(args.label_map))

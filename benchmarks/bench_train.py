@@ -288,7 +288,7 @@ def main():
                             result[f"{what}_ratio" + n[len("minway"):].replace(" ", "_") + f"_to_{other}"] = ratio
                             print(f"  {n} / {other}, {what.replace('_', ' ')}: {ratio:.2f}x")
     if ARGS.json:
-        atomic_write_text(Path(ARGS.json), json.dumps(record, indent=1) + "\n")
+        atomic_write_text(Path(ARGS.json), json.dumps(record, indent=1, allow_nan=False) + "\n")
     if not ARGS.no_save:
         from common import save
         save(f"train-{ARGS.size}-{ARGS.dtype}" + (f"-dropout{ARGS.dropout:g}" if ARGS.dropout != 0.1 else ""), device,

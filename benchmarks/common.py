@@ -73,5 +73,5 @@ def save(name, device, extra):
               "platform": platform.platform(), **extra}
     path = ROOT / "benchmarks" / "results" / f"{record['device']}-{record['date']}-{name}.json"
     path.parent.mkdir(exist_ok=True)
-    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(record, indent=2, allow_nan=False) + "\n")
     print(f"wrote {path.relative_to(ROOT)}")

@@ -537,7 +537,7 @@ def main():
                   triton=triton_version(), commit=commit.stdout.strip(), hub_cache=hub_cache)
     name = stem.format("gpu-check")
     for directory in directories:
-        atomic_write_text(directory / name, json.dumps(record, indent=1, default=str) + "\n")
+        atomic_write_text(directory / name, json.dumps(record, indent=1, default=str, allow_nan=False) + "\n")
 
     print(f"\n{header}, {seconds:.0f} s")
     print(f"  {describe_hub_cache(hub_cache)}")

@@ -13,7 +13,11 @@ A prompt from elsewhere (a PEFT adapter) may come without a target or a task: it
 gets the measures that need neither, and those of the one it has. Its length need not be
 its target's: position matches and c-dist, which compare position by position, are then
 left out.
+
+A measure that is not finite (the c-dist of a prompt whose values are near float32's
+largest) is None, and named under "not_finite" with its value: JSON has no NaN or infinity.
 """
+import math
 from collections import Counter
 
 import torch
@@ -51,6 +55,34 @@ def projection_report(prompt, target_ids, tokenizer, embeddings, metric):
     }
 
 
+def null_non_finite(value, where=""):
+    """(``value`` with every number that is not finite replaced by None, {where it was: "inf", "-inf" or
+    "nan"}), through nested dicts and lists; ``where`` joins keys with dots."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None, {where: str(value)}
+    replaced = {}
+    if isinstance(value, dict):
+        items = {}
+        for key, item in value.items():
+            items[key], found = null_non_finite(item, f"{where}.{key}" if where else str(key))
+            replaced.update(found)
+        return items, replaced
+    if isinstance(value, list):
+        items = []
+        for i, item in enumerate(value):
+            item, found = null_non_finite(item, f"{where}.{i}" if where else str(i))
+            items.append(item)
+            replaced.update(found)
+        return items, replaced
+    return value, replaced
+
+
+def task_accuracy(model, prompt, inputs, labels, options, batch_size=32, progress=False, desc="test"):
+    """Accuracy of ``prompt`` on the encoded ``inputs``: the option of lowest loss is the prediction."""
+    predictions, _ = predict(model, prompt, inputs, options, batch_size, progress, desc=desc)
+    return accuracy(predictions.tolist(), labels)
+
+
 @torch.no_grad()
 def measure(model, tokenizer, options, prompt, target_ids, test_inputs, test_labels, metric="dot",
             batch_size=32, progress=False, hard_prompt=True):
@@ -59,8 +91,8 @@ def measure(model, tokenizer, options, prompt, target_ids, test_inputs, test_lab
     prompt = prompt.detach().float()
     results = {"metric": metric}
     if test_inputs is not None:
-        predictions, _ = predict(model, prompt, test_inputs, options, batch_size, progress, desc="test (continuous)")
-        results.update(accuracy=accuracy(predictions.tolist(), test_labels), n_test=len(test_labels))
+        results.update(accuracy=task_accuracy(model, prompt, test_inputs, test_labels, options, batch_size, progress,
+                                              "test (continuous)"), n_test=len(test_labels))
     if target_ids is not None and len(target_ids) == len(prompt):
         results["c_dist"] = float(c_dist(prompt, c_proj(model, target_ids)))
     results["projections"] = {m: projection_report(prompt, target_ids, tokenizer, model.wte.weight, m)
@@ -70,18 +102,39 @@ def measure(model, tokenizer, options, prompt, target_ids, test_inputs, test_lab
         results["prompt_f1"] = main["f1"]
     if hard_prompt and test_inputs is not None:
         hard = c_proj(model, main["ids"])
-        hard_predictions, _ = predict(model, hard, test_inputs, options, batch_size, progress, desc="test (hard)")
-        results["hard_prompt_accuracy"] = accuracy(hard_predictions.tolist(), test_labels)
+        results["hard_prompt_accuracy"] = task_accuracy(model, hard, test_inputs, test_labels, options, batch_size,
+                                                        progress, "test (hard)")
+    results, not_finite = null_non_finite(results)
+    if not_finite:
+        results["not_finite"] = not_finite
     return results
+
+
+def _number(value, spec):
+    return "not finite" if value is None else format(value, spec)
+
+
+def data_lines(data):
+    """What a run trained on, from its results' "data": the rows of the training file it took, and a note
+    on the file where there is one."""
+    taken = {"released": "the released split: the first 90 % after the released code's shuffle (NumPy seed "
+                         "100), the other 10 % the dev set",
+             "all": "the whole file"}[data["train_split"]]
+    lines = [f"trained on {data['train_rows']:,} of the {data['file_rows']:,} rows of {data['train_file']} ({taken}"
+             + (f", then --k {data['k']} per class" if data.get("k") else "") + ")"]
+    return lines + ([data["note"]] if data.get("note") else [])
 
 
 def summary(results, target_text):
     """A short human-readable account of one run's results (``target_text`` None: of a prompt without target)."""
     main = results["projections"][results["metric"]]
-    lines = []
+    lines = data_lines(results["data"]) if results.get("data") else []
     if "accuracy" in results:
         lines.append(f"task accuracy (continuous prompt): {100 * results['accuracy']:.1f}%  on {results['n_test']} "
                      f"test examples")
+    if results.get("dev_accuracy") is not None:
+        lines.append(f"dev accuracy (continuous prompt): {100 * results['dev_accuracy']:.1f}%  on {results['n_dev']} "
+                     f"dev examples (the training file's rows kept out of training)")
     label_map = results.get("config", {}).get("label_map")
     if label_map:
         lines.append(f"labels permuted by --label-map {','.join(map(str, label_map))}: accuracy counts the "
@@ -89,11 +142,14 @@ def summary(results, target_text):
     if "hard_prompt_accuracy" in results:
         lines.append(f"hard-prompt accuracy (d-proj as text): {100 * results['hard_prompt_accuracy']:.1f}%")
     if "c_dist" in results:
-        lines.append(f"c-dist to target: {results['c_dist']:.4f}")
+        lines.append(f"c-dist to target: {_number(results['c_dist'], '.4f')}")
+    if results.get("not_finite"):
+        lines.append("not finite, so written as null: " + ", ".join(
+            f"{where} ({value})" for where, value in results["not_finite"].items()))
     if target_text is None:
         for m, report in results["projections"].items():
             lines.append(f"projected [{m}{' (main)' if m == results['metric'] else ''}]: {report['text']!r}  "
-                         f"(mean margin {report['mean_margin']:.4f})")
+                         f"(mean margin {_number(report['mean_margin'], '.4f')})")
         return "\n".join(lines)
     for m, report in results["projections"].items():  # F1 from 0 to 1, as in results.json and the progress bar
         ceiling = f", ceiling {report['f1_ceiling']:.2f}" if report["unreachable_target_tokens"] else ""

@@ -1,6 +1,8 @@
 """The projection report of ``minway.evaluation``: which F1 is which."""
 import pytest
+import torch
 
+from fixtures import TOKENIZER_DIR, sharp_model
 from fixtures import tiny_checkpoint  # noqa: F401  (pytest fixture)
 from minway.evaluation import measure, projection_report, summary
 from minway.prompt import c_proj
@@ -73,3 +75,35 @@ def test_summary_with_hard_prompt_permuted_labels_unreachable_tokens_and_the_twi
         f"unconstrained vs constrained: Acc(p*c) 80.0 -> Acc(p~c) 75.0, relative drop {shown}; "
         "prompt F1 0.38 -> 0.50",
     ]
+
+
+def hand_predictions(model, prompt_ids, inputs, option_tokens):
+    """For each input, the option (each one token) of the highest probability after the tokens of prompt and
+    input, from one full pass over them (no cache, no prompt vectors: the hard prompt as the tokens it is)."""
+    predictions = []
+    for ids_in in inputs:
+        logits = model(embeds=model.embed(torch.tensor(prompt_ids + ids_in))).logits[-1]
+        predictions.append(max(range(len(option_tokens)), key=lambda label: float(logits[option_tokens[label]])))
+    return predictions
+
+
+@torch.no_grad()
+def test_hard_prompt_accuracy_is_that_of_the_projections_tokens():
+    """Its value, against predictions made by hand from the tokens the prompt projects to: the labels are
+    those predictions, so the accuracy must be 1, and the target's tokens predict otherwise on some input
+    (a hard prompt read off the target, not the projection, would score below 1)."""
+    model, tokenizer = sharp_model(), load_tokenizer(TOKENIZER_DIR)
+    E = model.wte.weight
+    target = tokenizer.encode("Write a question about the given fact.")
+    prompt = torch.randn(len(target), E.shape[1], generator=torch.Generator().manual_seed(0)) * 3
+    projected = (prompt @ E.T).argmax(1).tolist()  # the nearest token by dot product, by brute force
+    assert projected != target
+    inputs, option_tokens = [[100 + 37 * i] for i in range(32)], (262, 290, 318, 257, 284, 286)
+    options = [[t] for t in option_tokens]
+    labels = hand_predictions(model, projected, inputs, option_tokens)
+    assert labels != hand_predictions(model, target, inputs, option_tokens), "the test needs prompts that disagree"
+    results = measure(model, tokenizer, options, prompt, target, inputs, labels, "dot")
+    assert results["projections"]["dot"]["ids"] == projected
+    assert results["hard_prompt_accuracy"] == 1.0
+    without_target = measure(model, tokenizer, options, prompt, None, inputs, labels, "dot")  # a PEFT adapter's
+    assert without_target["hard_prompt_accuracy"] == 1.0

@@ -268,7 +268,7 @@ def cases(paths):
         ("a FIFO as checkpoint", train("--resume"), "is not a regular file"),
         ("log with a broken line", train("--resume"), "log.jsonl:1 is not the log entry of a step"),
         ("a flipped bit in the checkpoint", train("--resume"), "its checksum differs"),
-        ("lock a link to a file outside out", train("--force"), "cannot be opened as a lock"),
+        ("lock a link to a file outside out", train("--force"), "lock is a symbolic link"),
         ("run in use", train("--resume"), f"is in use by process {os.getpid()}"),
         ("run in use, forced", train("--force"), f"is in use by process {os.getpid()}"),
         # eval.py
@@ -492,16 +492,15 @@ def test_a_huge_number_of_steps_starts_at_once(tiny_checkpoint, tiny_data, setup
 def test_memory_beyond_the_device_is_refused_saying_what_fits(setup, tiny_checkpoint, tiny_data, monkeypatch):
     from minway.run import memory
 
-    config = run_config(tiny_checkpoint, tiny_data, batch_size=40, eval_batch_size=4)
+    config = run_config(tiny_checkpoint, tiny_data, batch_size=30, eval_batch_size=4)
     c, dtype = setup.model_config, setup.dtype
 
     def step(batch):  # every row as long as the longest, as require_memory takes them
-        rows = memory.training_rows(1, batch, len(setup.tokenizer.encode(TARGET)),
-                                    max(map(len, setup.train_inputs + setup.test_inputs)),
+        rows = memory.training_rows(1, batch, len(setup.tokenizer.encode(TARGET)), setup.longest_input(),
                                     max(map(len, setup.options)), dropout=True)
         return memory.model_bytes(c, dtype) + memory.pass_bytes(c, dtype, rows, True, dropout=True)
     monkeypatch.setattr(memory, "free_bytes", lambda device: (step(10) + step(11)) / 2 / memory.HEADROOM)
-    with pytest.raises(MinwayError, match=r"a training step of 40 examples needs .* --batch-size 10 fits"):
+    with pytest.raises(MinwayError, match=r"a training step of 30 examples needs .* --batch-size 10 fits"):
         setup.require_memory([config])
     setup.require_memory([config], training=False)  # evaluating 4 examples fits
     setup.require_memory([run_config(tiny_checkpoint, tiny_data, batch_size=10, eval_batch_size=4)])

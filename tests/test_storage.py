@@ -46,7 +46,7 @@ def test_atomic_text_write_dying_before_rename_keeps_old_file(tmp_path, monkeypa
     path = tmp_path / "results.json"
     atomic_write_text(path, "old\n")
     fail_replace(monkeypatch)
-    with pytest.raises(OSError, match="simulated"):
+    with pytest.raises(MinwayError, match=f"cannot write {path} \\(simulated crash"):
         atomic_write_text(path, "new\n")
     assert path.read_text() == "old\n"
     assert leftovers(tmp_path) == []
@@ -58,7 +58,7 @@ def test_atomic_save_dying_before_rename_keeps_old_tensors(tmp_path, monkeypatch
     atomic_save({"prompt": old}, path, {"step": "4"})
     assert leftovers(tmp_path) == []
     fail_replace(monkeypatch)
-    with pytest.raises(OSError, match="simulated"):
+    with pytest.raises(MinwayError, match=f"cannot write {path} \\(simulated crash"):
         atomic_save({"prompt": old + 100}, path, {"step": "6"})
     with safe_open(str(path), framework="pt") as f:
         assert f.metadata()["step"] == "4"
@@ -214,7 +214,7 @@ ADAM = {"step": torch.tensor(2.0), "exp_avg": torch.zeros(4, 6), "exp_avg_sq": t
      "NaN"),
     ("a negative second moment", torch.ones(4, 6), {**ADAM, "exp_avg_sq": -torch.ones(4, 6)}, 2, "inconsistent"),
     ("an optimiser ahead of the run", torch.ones(4, 6), {**ADAM, "step": torch.tensor(3.0)}, 2, "inconsistent"),
-    ("an integer prompt", torch.ones(4, 6, dtype=torch.int8), {}, 2, "non-float"),
+    ("an integer prompt", torch.ones(4, 6, dtype=torch.int8), {}, 2, "not float32 (prompt)"),
 ])
 def test_a_checkpoint_that_does_not_fit_the_run_is_refused(tmp_path, case, prompt, adam, step, fragment):
     path = tmp_path / "checkpoint.safetensors"

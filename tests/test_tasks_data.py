@@ -455,7 +455,8 @@ def test_inputs_are_truncated_and_outputs_never(tiny_checkpoint, tmp_path, task)
     rows = [(long_text, 0), ("short one", 1)] + first_rows(task, "train", 6)
     write_tsv(tmp_path / task / "train.tsv", rows)
     write_tsv(tmp_path / task / "test.tsv", [(long_text, 1), ("tiny", 0)])
-    config = RunConfig(task=task, target="Write a question.", model=str(tiny_checkpoint), data_dir=str(tmp_path))
+    config = RunConfig(task=task, target="Write a question.", model=str(tiny_checkpoint), data_dir=str(tmp_path),
+                       train_split="all")  # every row, in the file's order
     setup = Setup(config)
     assert setup.options == [tokenizer.encode(text) + [EOT_ID] for text in output_texts]
     full = [tokenizer.encode(text) for text, _ in rows]

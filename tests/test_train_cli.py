@@ -507,7 +507,7 @@ def test_compare_reports_the_relative_drop(sharp_checkpoint, tmp_path):
 # --- --label-map ----------------------------------------------------------------------------------
 
 def test_label_map_flips_the_labels(sharp_checkpoint, tiny_data, setup):
-    flipped = Setup(config_of(sharp_checkpoint, tiny_data, label_map=(1, 0)))
+    flipped = Setup(config_of(sharp_checkpoint, tiny_data, label_map=(1, 0), train_split="all"))  # the file's rows
     test_rows, train_rows = first_rows("sst2", "test", 8), first_rows("sst2", "train", 40)
     original = [int(label) for _, label in test_rows]
     assert setup.test_labels == original and 0 < sum(original) < len(original)

@@ -60,7 +60,7 @@ def write_random_checkpoint(directory, config, tokenizer_dir=None, seed=0, embed
         **config.to_dict(), "n_ctx": config.n_positions, "bos_token_id": 50256, "eos_token_id": 50256,
         "minway_random_weights": True, "minway_embedding_norm": embedding_norm,
     }
-    (directory / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+    (directory / "config.json").write_text(json.dumps(hf_config, indent=2, allow_nan=False) + "\n")
     for file in ("vocab.json", "merges.txt"):
         shutil.copyfile(tokenizer_dir / file, directory / file)
     return directory

@@ -22,7 +22,7 @@ from minway.errors import MinwayError
 from minway.run.files import atomic_write
 from minway.prompt import d_proj
 from minway.experiments.report import build_report
-from minway.run.storage import load_prompt
+from minway.run.storage import check_run_dir, load_prompt
 from minway.experiments.state import SweepState
 from minway.run.bpe_files import checkpoint_tokenizer
 from weights import load_token_embeddings, resolve_checkpoint
@@ -71,7 +71,7 @@ def _column(rows, measure, part="mean"):
 def _save(fig, path):
     fig.tight_layout()
     _fit_titles(fig)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format=Path(path).suffix[1:]))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format=Path(path).suffix[1:]), "the figure")
     fig.clf()
     return path
 
@@ -163,7 +163,7 @@ def size_figure(plt, rows, chosen, path):
 
 def positions_figure(plt, run_dir, path):
     """Per position of one prompt: nearest-token distance, target-token distance, margin."""
-    prompt, config, target_ids = load_prompt(Path(run_dir) / "prompt.safetensors")
+    prompt, config, target_ids = load_prompt(check_run_dir(run_dir) / "prompt.safetensors")
     checkpoint = resolve_checkpoint(config.model)
     embeddings = load_token_embeddings(checkpoint)
     prompt = prompt.float()

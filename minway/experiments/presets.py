@@ -19,7 +19,7 @@ class Grid:
     tasks: tuple[str | dict, ...]  # the paper's by name, or a task file's definition (minway.run.task_file)
     groups: tuple[str, ...]
     gammas: tuple[float, ...]
-    seeds: tuple[int, ...] = (1, 2, 3)
+    seeds: tuple[int, ...] = (1, 10, 100)  # the released runs' train seeds
     models: tuple[str, ...] = ("gpt2-large",)
     targets_limit: int | None = None  # the first N targets of each group
 

@@ -7,6 +7,8 @@ target group and gamma, over targets and seeds:
     Acc(p*c) -> Acc(p~c)   accuracy of the twin, then of the constrained prompt
     relative drop          relative_drop(twin, constrained), per pair, in %
     prompt F1              of the constrained prompt's projection
+    dev accuracy           of the twin, then of the constrained prompt, on the dev set (the
+                           released split's 10 % of the training file; n/a for runs without one)
 
 each as mean and standard deviation (population std, ddof = 0). For a model with
 several gammas the report also picks, per task and group, the most accurate gamma whose
@@ -19,7 +21,6 @@ the report also holds TRUE targets (for example ``--report-with sweeps/main`` on
     python -m minway.experiments.report sweeps/main        # rewrite report.md and report.json
     python -m minway.experiments.report sweeps/true sweeps/main   # the first sweep's report, with the runs of both
 """
-import json
 from collections import defaultdict
 from pathlib import Path
 
@@ -27,12 +28,14 @@ import numpy as np
 
 from minway.run.cli import Parser, run_cli
 from minway.metrics import relative_drop
-from minway.run.storage import atomic_write_text, read_results
+from minway.run.files import atomic_write_json, atomic_write_text
+from minway.run.storage import read_results
 from minway.experiments.presets import GROUP_FILES, MODEL_SIZES, PAPER_TASKS
 from minway.experiments.state import SweepState
 
 F1_THRESHOLD = 0.98
-MEASURES = ("acc_unconstrained", "acc_constrained", "relative_drop", "f1", "f1_unconstrained", "length")
+MEASURES = ("acc_unconstrained", "acc_constrained", "relative_drop", "f1", "f1_unconstrained", "length",
+            "dev_unconstrained", "dev_constrained")
 
 
 def collect_pairs(state):
@@ -51,7 +54,9 @@ def collect_pairs(state):
             "acc_unconstrained": twin["accuracy"], "acc_constrained": constrained["accuracy"],
             "relative_drop": relative_drop(twin["accuracy"], constrained["accuracy"]),
             "f1": constrained["prompt_f1"], "f1_unconstrained": twin["prompt_f1"],
-            "length": len(constrained["target_ids"]), "random_weights": bool(constrained.get("random_weights"))})
+            "length": len(constrained["target_ids"]), "random_weights": bool(constrained.get("random_weights")),
+            "dev_unconstrained": twin.get("dev_accuracy"), "dev_constrained": constrained.get("dev_accuracy"),
+            "data_note": (constrained.get("data") or {}).get("note")})
     return pairs
 
 
@@ -154,6 +159,7 @@ def build_report(sweep_dir, also=()):
         "sweep_dir": str(sweep_dir), "out": state["out"], "settings": state.get("settings", {}),
         "counts": {status: sum(r["status"] == status for r in runs) for status in ("done", "failed", "pending")},
         "random_weights": any(p["random_weights"] for p in pairs),
+        "data_notes": sorted({p["data_note"] for p in pairs if p["data_note"]}),
         "rows": rows,
         "also": [str(d) for d in also],
         "averages": averages,
@@ -179,7 +185,8 @@ def _row_cells(row):
     """Accuracies and the drop in %, as the paper's tables; prompt F1 from 0 to 1, as everywhere in minway."""
     return [row["model"], row["task"], row["group"], f"{row['gamma']:g}", f"{row['length']['mean']:.1f}",
             str(row["n"]), _stat(row["relative_drop"]),
-            f"{_pct(row['acc_unconstrained'])} → {_pct(row['acc_constrained'])}", _stat(row["f1"], digits=2)]
+            f"{_pct(row['acc_unconstrained'])} → {_pct(row['acc_constrained'])}", _stat(row["f1"], digits=2),
+            f"{_pct(row['dev_unconstrained'])} → {_pct(row['dev_constrained'])}"]
 
 
 def _table(header, lines):
@@ -189,17 +196,19 @@ def _table(header, lines):
 
 def to_markdown(report):
     counts = report["counts"]
-    header = ["model", "task", "targets", "γ", "L", "n", "Δ̂ (%)", "Acc(p*c) → Acc(p̃c) (%)",
-              "prompt F1 (0 to 1)"]
+    header = ["model", "task", "targets", "γ", "L", "n", "Δ̂ (%)", "Acc(p*c) → Acc(p̃c) (%)", "prompt F1 (0 to 1)",
+              "dev: Acc(p*c) → Acc(p̃c) (%)"]
     settings = report["settings"]
     lines = [
         f"# Sweep report: {settings.get('plan') or settings.get('preset') or report['sweep_dir']}", "",
         f"Runs: {counts['done']} done, {counts['failed']} failed, {counts['pending']} pending. "
         "Each row: mean ± std (population) over target prompts and seeds; L is the target length in tokens, "
         "n the number of (constrained, unconstrained twin) pairs. Rows of one task and group at several γ "
-        "are the gamma trade-off (Fig. 3); the PILE-L groups are the prompt-length study (Fig. 4).", "",
-        *(["**Some runs used a random-weight checkpoint: their accuracies mean nothing.**", ""]
-          if report["random_weights"] else []),
+        "are the gamma trade-off (Fig. 3); the PILE-L groups are the prompt-length study (Fig. 4). Accuracies "
+        "are on the test set; the dev set, where a run has one, is the released split's 10 % of the training file.",
+        "", *(["**Some runs used a random-weight checkpoint: their accuracies mean nothing.**", ""]
+              if report["random_weights"] else []),
+        *[line for note in report["data_notes"] for line in (note[0].upper() + note[1:], "")],
         "## Accuracy and prompt F1", ""]
     lines += _table(header, [_row_cells(r) for r in report["rows"]]) if report["rows"] else ["(no finished pairs)"]
     if report["averages"]:
@@ -225,8 +234,8 @@ def write_report(sweep_dir, also=()):
     """Write report.json and report.md into the sweep directory; their paths."""
     report = build_report(sweep_dir, also)
     json_path, md_path = Path(sweep_dir) / "report.json", Path(sweep_dir) / "report.md"
-    atomic_write_text(json_path, json.dumps(report, indent=1) + "\n")
-    atomic_write_text(md_path, to_markdown(report))
+    atomic_write_json(json_path, report, "the report", indent=1)
+    atomic_write_text(md_path, to_markdown(report), "the report")
     return [md_path, json_path]
 
 

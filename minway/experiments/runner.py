@@ -25,7 +25,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from minway.errors import MinwayError
-from minway.run.files import DirectoryLock
+from minway.run.files import DirectoryLock, plain_directory
 from minway.run.model_and_data import Setup
 from minway.experiments.state import SweepState, is_finished
 from minway.run.training import train, train_many
@@ -168,8 +168,7 @@ def run_sweep(runs, out, sweep_dir, prompts_per_batch=8, ray_address=None, max_r
               progress=True):
     """Train every unfinished run of the plan; the final SweepState. The progress bar counts runs;
     below it, locally, a bar follows the steps of the chunk in training."""
-    Path(sweep_dir).mkdir(parents=True, exist_ok=True)
-    with DirectoryLock(sweep_dir):
+    with DirectoryLock(plain_directory(sweep_dir, "the sweep directory")):
         return _run_sweep(runs, out, sweep_dir, prompts_per_batch, ray_address, max_retries, settings, progress)
 
 

@@ -1,14 +1,13 @@
 """A sweep's state on disk, ``<sweep-dir>/sweep.json``: the plan and where each run stands
 (done, failed with its error, or pending). The sweep writes it; reports read it."""
-import json
 import math
 from pathlib import Path
 
 from minway.run import validation
 from minway.errors import MinwayError
-from minway.run.files import read_json
+from minway.run.files import atomic_write_json, plain_directory, read_json, refuse_link
 from minway.run.identity import check_identity, identity_of
-from minway.run.storage import MAX_STATE_FILE, atomic_write_text, read_results
+from minway.run.storage import MAX_STATE_FILE, read_results
 from minway.tasks import get_task
 
 STATUSES = ("done", "failed", "pending")
@@ -66,8 +65,8 @@ class SweepState:
 
     @staticmethod
     def read(sweep_dir):
-        path = Path(sweep_dir) / "sweep.json"
-        if not path.exists() and not path.is_symlink():
+        path = refuse_link(refuse_link(sweep_dir, "the sweep directory") / "sweep.json", "the sweep state")
+        if not path.exists():
             raise MinwayError(f"{path} does not exist: run the sweep first")
         state = read_json(path, "sweep state", MAX_STATE_FILE, "delete it, and the sweep starts its state again "
                           "from the runs in --out")
@@ -87,5 +86,5 @@ class SweepState:
             self.entry[run_id].update(status="failed" if error else "done", error=error)
 
     def save(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.path, json.dumps(self.data, indent=1) + "\n")
+        plain_directory(self.path.parent, "the sweep directory")
+        atomic_write_json(self.path, self.data, "the sweep state", indent=1)

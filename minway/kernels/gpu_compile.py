@@ -242,7 +242,7 @@ def main(argv=None):
           "* marks the hot ones")
     if args.json:
         Path(args.json).write_text(json.dumps({"triton": triton.__version__, "seconds": seconds, "jobs": args.jobs,
-                                               "results": results}, indent=1), encoding="utf-8")
+                                               "results": results}, indent=1, allow_nan=False), encoding="utf-8")
     return 1 if failed else 0
 
 

@@ -32,7 +32,7 @@ from safetensors import SafetensorError, safe_open
 
 from minway.run.cli import Parser, run_cli
 from minway.errors import MinwayError
-from minway.run.files import atomic_write_text, read_json, regular_file
+from minway.run.files import atomic_write_json, plain_directory, read_json, regular_file
 from minway.run.run_dirs import prompt_file
 from weights.resolve import hub_id
 
@@ -142,12 +142,12 @@ def write_adapter(directory, prompt, base_model):
     PEFT fills in what else it needs (layers, heads) from the base model as it loads the adapter."""
     from minway.run.storage import atomic_save
 
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = plain_directory(directory, "the adapter directory")
     config = {"peft_type": "PROMPT_TUNING", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model,
               "num_virtual_tokens": prompt.shape[0], "token_dim": prompt.shape[1], "num_transformer_submodules": 1}
-    atomic_save({TENSOR: prompt.detach().float().cpu().contiguous()}, directory / WEIGHTS, {"format": "pt"})
-    atomic_write_text(directory / CONFIG, json.dumps(config, indent=2) + "\n")
+    atomic_save({TENSOR: prompt.detach().float().cpu().contiguous()}, directory / WEIGHTS, {"format": "pt"},
+                "the adapter")
+    atomic_write_json(directory / CONFIG, config, "the adapter's configuration")
 
 
 def base_model_id(model):

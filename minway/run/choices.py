@@ -4,3 +4,4 @@ METRICS = ("dot", "l2", "cos")                   # minway.kernels.projection.MET
 DTYPES = ("fp32", "bf16")                        # minway.run.model_and_data.DTYPES
 ATTENTIONS = ("auto", "naive", "sdpa", "triton")  # "auto" and minway.kernels.attention.BACKENDS
 SIZES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")  # minway.model.SIZES
+TRAIN_SPLITS = ("released", "all")             # minway.run.data.TRAIN_SPLITS

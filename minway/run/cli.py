@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from minway.errors import MinwayError
+from minway.run import interrupts
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -48,11 +49,19 @@ def output_dir(path, flag):
 
 
 def run_cli(main):
+    """Run ``main``: a mistake is one line and exit status 2, an interrupt (SIGINT or SIGTERM, at any moment:
+    minway.run.interrupts) one line and 130 or 143."""
+    previous, ending = interrupts.install(), False
     try:
         main()
-    except (MinwayError, OSError) as e:  # OSError: a file that cannot be read or written (permissions, disk full)
+    except (MinwayError, OSError) as e:  # OSError: a file that cannot be read (permissions)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        interrupts.ignore()  # until the process ends: a second interrupt while this one is answered changes nothing
+        ending = True
         print("interrupted: run again with --resume to continue from the last checkpoint", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(interrupts.exit_status(e))
+    finally:
+        if not ending:
+            interrupts.restore(previous)

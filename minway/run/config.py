@@ -25,6 +25,9 @@ class RunConfig:
     seed: int = 1
     metric: str = "dot"
     k: int | None = None
+    # the rows of the training file trained on: "released" (the released code's 90 %, the other 10 % the dev set)
+    # or "all"; None: released for a task of the paper, all for a task file's (minway.run.data.TRAIN_SPLITS)
+    train_split: str | None = None
     label_map: tuple[int, ...] | None = None  # train and test towards label_map[y] instead of y
     data_dir: str | None = None
     max_eval: int | None = None
@@ -41,6 +44,8 @@ class RunConfig:
         task = get_task(self.task if isinstance(self.task, dict) else validation.text("--task", self.task))
         if self.batch_size is None:
             object.__setattr__(self, "batch_size", task.batch_size)
+        if self.train_split is None:
+            object.__setattr__(self, "train_split", "all" if isinstance(self.task, dict) else "released")
         checked = validation.run_fields(asdict(self), task.n_classes)
         for name, value in checked.items():
             object.__setattr__(self, name, value)
@@ -52,30 +57,34 @@ class RunConfig:
         names = {f.name for f in fields(cls)}
         if not isinstance(values, dict) or not {"task", "target"} <= set(values) or set(values) - names:
             raise MinwayError(f"{source} does not hold a minway run configuration: was it written by minway?")
-        try:
-            return cls(**values)
+        try:  # a run written before the released split existed trained on the whole file
+            return cls(**{"train_split": "all", **values})
         except MinwayError as e:
             raise MinwayError(f"{source} holds an invalid run configuration ({e}): was it edited?") from None
 
     def run_id(self):
         """Readable and unique: what identifies the result, plus a hash of everything else."""
-        digest = hashlib.sha1(json.dumps(self.result_defining(), sort_keys=True).encode()).hexdigest()[:8]
+        defining = json.dumps(self.result_defining(), sort_keys=True, allow_nan=False)
+        digest = hashlib.sha1(defining.encode()).hexdigest()[:8]
         name = slug(self.target_name) if self.target_name else \
             re.sub(r"[^A-Za-z0-9]+", "-", self.target).strip("-")[:24]
         model = slug(Path(self.model).name)
         return f"{get_task(self.task).name}-{model}-{name}-g{self.gamma:g}-s{self.seed}-{digest}"
 
     def result_defining(self):
-        """The fields that change the trained prompt (not where data comes from or how often we log)."""
+        """The fields that change the trained prompt (not where data comes from or how often we log). A run
+        on the whole training file keeps the id it had before the released split existed."""
         values = asdict(self)
         for key in ("data_dir", "eval_every", "checkpoint_every", "eval_batch_size", "target_name"):
             values.pop(key)
+        if values["train_split"] == "all":
+            values.pop("train_split")
         return values
 
     def setup_key(self):
         """Runs with equal keys share one model and data set (and can train in one batch)."""
-        return (self.model, get_task(self.task), self.data_dir, self.k, self.seed if self.k else None,
-                self.label_map, self.max_eval, self.device, self.dtype, self.attention)
+        return (self.model, get_task(self.task), self.data_dir, self.train_split, self.k,
+                self.seed if self.k else None, self.label_map, self.max_eval, self.device, self.dtype, self.attention)
 
     def schedule_key(self):
         """Runs with equal keys follow the same optimiser schedule."""

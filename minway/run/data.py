@@ -15,7 +15,15 @@ that ship with minway (``minway/resources/data``), then the download cache. A
 task found in none of them is downloaded from the Hugging Face Hub into the cache
 (``$XDG_CACHE_HOME/minway/data``, by default ``~/.cache/minway/data``) when
 ``datasets`` is installed and the network answers; otherwise a one-line error
-says what to do.
+says what to do. ``python -m minway.run.data agnews`` downloads a task on demand:
+the whole AG News train set (120,000 rows), of which minway ships a 20,000-row subset.
+
+The rows trained on (``--train-split``): ``released``, the released code's split, cuts
+the training file as its data script (``generate_k_shot_data.py``, the seed 100 that
+its ``main.py`` reads) does: NumPy's legacy generator seeded with 100 shuffles the rows
+(for AG News, each label's rows in turn, the labels in the order they first appear in
+the file), the first ``int(0.9 * n)`` are trained on and the others are the dev set;
+``all`` trains on the whole file, without a dev set.
 """
 import csv
 import gzip
@@ -26,10 +34,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from minway import resources
 from minway.errors import MinwayError
-from minway.run.files import atomic_write_text, regular_file
-from minway.tasks import Task
+from minway.run.cli import Parser, run_cli
+from minway.run.files import atomic_write_text, plain_directory, regular_file
+from minway.tasks import TASKS, Task, get_task
 
 SHIPPED_DATA = resources.DATA
 # csv's default limit of a field, 128 KiB, is less than some long documents; past this one a text is a mistake
@@ -38,6 +49,15 @@ csv.field_size_limit(MAX_FIELD)
 MAX_LINE = MAX_FIELD + 64  # a text and its label
 MAX_DATA_FILE = 2 ** 32    # 4 GiB: AG News, the largest of the paper's, is 30 MB
 LABEL = re.compile(r"[0-9]+")  # str.isdigit() also takes digits int() does not read, such as '²'
+
+TRAIN_SPLITS = ("released", "all")
+RELEASED_SEED = 100            # the seed of the released split (main.py's --seed, the first of its data script's)
+SPLIT_PER_LABEL = ("agnews",)  # the tasks its data script cuts label by label (its Zhang et al. datasets)
+SHIPPED_SUBSET_NOTE = {
+    "agnews": "note: the AG News train file that ships with minway is a balanced 20,000-row subset of the official "
+              "120,000 rows (minway/resources/data/agnews/README.md); `python -m minway.run.data agnews` downloads "
+              "the whole set, for --data-dir",
+}
 
 # Hub copies of the tasks: (dataset id, text column, label column or None, {source label name: our label}).
 HUB_SOURCES = {
@@ -166,6 +186,36 @@ def load_split(task: Task, split, data_dir=None, k_shot=None):
     return (read_jsonl if path.suffix == ".jsonl" else read_tsv)(path, task.n_classes)
 
 
+def released_split(examples, per_label=False):
+    """(train, dev): the rows of a training file cut as the released code's data script cuts it."""
+    rng = np.random.RandomState(RELEASED_SEED)
+    groups = {}
+    for example in examples:  # dicts keep the order in which the labels first appear
+        groups.setdefault(example.label if per_label else None, []).append(example)
+    train, dev = [], []
+    for rows in groups.values():
+        shuffled = [rows[i] for i in rng.permutation(len(rows))]  # what np.random.shuffle(rows) makes of them
+        cut = int(0.9 * len(rows))  # as the released code computes it, in floating point
+        train += shuffled[:cut]
+        dev += shuffled[cut:]
+    return train, dev
+
+
+def training_rows(task: Task, train_split, data_dir=None):
+    """(train, dev, path of the training file) of ``task`` under ``train_split`` (TRAIN_SPLITS)."""
+    path = find_split(task, "train", data_dir)
+    rows = load_split(task, "train", data_dir)
+    if train_split == "all":
+        return rows, [], path
+    return (*released_split(rows, task.name in SPLIT_PER_LABEL), path)
+
+
+def shipped_subset_note(task: Task, path):
+    """The note a run reports when it trained on a shipped file that is a subset of its dataset, else None."""
+    shipped = Path(path).resolve().is_relative_to(SHIPPED_DATA.resolve())
+    return SHIPPED_SUBSET_NOTE.get(task.name) if shipped else None
+
+
 def sample_per_class(examples, k, seed):
     """k examples of each class, drawn with ``seed``; all of a class when it has fewer."""
     rng = random.Random(seed)
@@ -190,12 +240,29 @@ def download(task: Task, root):
         dataset = load_dataset(dataset_id)
     except Exception:  # network, authentication or a renamed dataset: not obtainable this way
         return False
-    target = Path(root) / task.name
-    target.mkdir(parents=True, exist_ok=True)
+    target = plain_directory(Path(root) / task.name, "the data directory")
     for split in ("train", "test"):
         rows = dataset[split]
         labels = rows[label_column or "label"]
         lines = [f"{' '.join(text.split())}\t{label_map[label]}\n"
                  for text, label in zip(rows[text_column], labels) if text.strip()]  # read_tsv refuses empty texts
-        atomic_write_text(target / f"{split}.tsv", "text\tlabel\n" + "".join(lines))
+        atomic_write_text(target / f"{split}.tsv", "text\tlabel\n" + "".join(lines), f"the {split} file")
     return True
+
+
+def main(argv=None):
+    p = Parser(prog="python -m minway.run.data", description="Download a task of the paper from the Hugging Face "
+               "Hub (pip install minway[datasets]), e.g. the whole AG News train set, of which minway ships a "
+               "subset; train on it with --data-dir.")
+    p.add_argument("task", help=f"one of {', '.join(TASKS)}")
+    p.add_argument("--to", default=str(download_dir()), help="the data directory it goes into, as <task>/")
+    args = p.parse_args(argv)
+    task = get_task(args.task)
+    if not download(task, args.to):
+        raise MinwayError(f"{task.name} could not be downloaded: `pip install minway[datasets]`, and a network that "
+                          f"reaches the Hugging Face Hub (without MINWAY_OFFLINE=1 or HF_HUB_OFFLINE=1)")
+    print(f"written: {Path(args.to) / task.name}/{{train,test}}.tsv; train on it with --data-dir {args.to}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -7,7 +7,7 @@ import torch
 
 from minway.run import memory
 from minway.run.config import RunConfig
-from minway.run.data import load_split, sample_per_class
+from minway.run.data import load_split, sample_per_class, shipped_subset_note, training_rows
 from minway.run.devices import check_attention
 from minway.errors import MinwayError
 from minway.run.identity import identity
@@ -48,13 +48,19 @@ class Setup:
         self.tokenizer = checkpoint_tokenizer(self.checkpoint_dir)
         self.common, self.options = encode_options(self.task, self.tokenizer)
 
-        train = load_split(self.task, "train", config.data_dir)
+        train, dev, train_file = training_rows(self.task, config.train_split, config.data_dir)
+        # what the run's results say it trained on
+        self.data = {"train_split": config.train_split, "train_file": str(train_file), "file_rows": len(train) + len(dev),
+                     "k": config.k, "note": shipped_subset_note(self.task, train_file)}
         if config.k:
             train = sample_per_class(train, config.k, config.seed)
+        self.data.update(train_rows=len(train), dev_rows=len(dev))
+        dev = dev[:config.max_eval]
         test = load_split(self.task, "test", config.data_dir)[:config.max_eval]
         self.identity = identity(config.task, config.data_dir, self.checkpoint_dir)
         self.train_inputs = self.encode_inputs(train)
         self.train_outputs = [self.options[label_map[e.label]] for e in train]
+        self.dev_inputs, self.dev_labels = self.encode_inputs(dev), [label_map[e.label] for e in dev]
         self.test_inputs, self.test_labels = self.encode_inputs(test), [label_map[e.label] for e in test]
 
         size = memory.model_bytes(self.model_config, self.dtype)
@@ -72,7 +78,7 @@ class Setup:
         # on a CPU a loaded model's pages may count as free (a mapped file), so it is counted again
         model = memory.model_bytes(c, dtype) if not model_loaded or self.device.type == "cpu" else 0
         prompt = max(len(self.tokenizer.encode(config.target)) for config in configs)
-        longest_input = max(map(len, self.train_inputs + self.test_inputs))
+        longest_input = self.longest_input()
         option_lengths = list(map(len, self.options))
         if training:
             def step(batch):
@@ -97,6 +103,9 @@ class Setup:
                    "with more memory"
         return f"{flag} {largest} fits"
 
+    def longest_input(self):
+        return max(map(len, self.train_inputs + self.dev_inputs + self.test_inputs))
+
     def encode_inputs(self, examples):
         return encode_inputs(self.task, self.tokenizer, [e.text for e in examples], self.common)
 
@@ -105,7 +114,7 @@ class Setup:
         ids = self.tokenizer.encode(config.target)
         if not config.target.strip() or not ids:
             raise MinwayError("the target text is empty: pass --target TEXT (or --target-file / --target-name)")
-        longest_input = max(len(i) for i in self.train_inputs + self.test_inputs)
+        longest_input = self.longest_input()
         longest_output = max(len(o) for o in self.options)
         total = len(ids) + longest_input + longest_output
         if total > self.model_config.n_positions:

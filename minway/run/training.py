@@ -11,7 +11,6 @@ The batch order of a run is fixed by its seed, so a run resumed from its checkpo
 with the same batches and optimiser state as if it had never stopped (bitwise on CPU when it
 resumes in the same group).
 """
-import json
 import math
 import time
 from contextlib import ExitStack
@@ -28,14 +27,15 @@ from minway.run.config import RunConfig
 from minway.dropout import step_generator
 from minway.loop import ADAM_BETAS, BatchSchedule, clip_gradient, learning_rate, released_adam_eps
 from minway.errors import MinwayError
-from minway.evaluation import measure
+from minway.evaluation import measure, null_non_finite, task_accuracy
 from minway.run.identity import identity_of
 from minway.metrics import prompt_f1, relative_drop
 from minway.objective import bank_losses
 from minway.prompt import PromptBank, d_proj
+from minway.run.files import json_text, writing
 from minway.run.model_and_data import Setup
 from minway.run.storage import (atomic_write_text, checkpoint_step, open_run_dir, read_checkpoint, read_log,
-                            reusable_results, save_checkpoint, save_prompt, write_results)
+                                reusable_results, save_checkpoint, save_prompt, write_results)
 
 def train(config: RunConfig, out="runs", resume=False, force=False, progress=True, setup=None):
     """Train one prompt; returns its results dict (also written to disk)."""
@@ -121,7 +121,7 @@ def _train_group(todo, start, setup, progress):
                                             setup.test_inputs, setup.test_labels, config.metric,
                                             config.eval_batch_size, hard_prompt=False)["accuracy"]
                     bar.write(f"{run_dirs[k].name} step {step + 1}: test accuracy {100 * entry['test']:.1f}%")
-                logs[k].write(json.dumps(entry) + "\n")
+                _write_log(logs[k], entry)
             bar.set_postfix(loss=f"{np.mean(total):.3f}", ce=f"{np.mean(ce):.3f}", dist=f"{np.mean(distance):.3f}",
                             f1=f"{np.mean(f1):.2f}")
             due = [k for k, c in enumerate(configs) if (step + 1) % c.checkpoint_every == 0]
@@ -129,7 +129,8 @@ def _train_group(todo, start, setup, progress):
                 _save(bank, optimizer, run_dirs, logs, step + 1, due, setup.identity)
     finally:
         for log in logs:
-            log.close()
+            with writing(log.name, "the log"):
+                log.close()
         bar.close()
     if not progress:  # no bar shows where the run got: a line at its end does
         for k, run_dir in enumerate(run_dirs):
@@ -153,6 +154,16 @@ def _bank_step_loss(setup, bank, configs, batches, gammas, step):
                        [setup.train_outputs[i] for i in rows], gammas, dropout)
 
 
+def _write_log(log, entry):
+    """One line of the log: strict JSON, a value that is not finite (the distance of an unconstrained prompt
+    grown past float32) written as null and named under "not_finite"."""
+    entry, not_finite = null_non_finite(entry)
+    if not_finite:
+        entry["not_finite"] = not_finite
+    with writing(log.name, "the log"):
+        log.write(json_text(entry) + "\n")
+
+
 def _prompt_f1(setup, prompt, target_ids, metric):
     ids = d_proj(prompt, setup.model.wte.weight, metric).indices[:, 0].tolist()
     return prompt_f1(setup.tokenizer.decode(ids), setup.tokenizer.decode(target_ids))
@@ -163,8 +174,9 @@ def _open_logs(run_dirs, start):
     logs = []
     for run_dir in run_dirs:
         path = run_dir / "log.jsonl"
-        atomic_write_text(path, "".join(line + "\n" for line in read_log(path, start)))
-        logs.append(open(path, "a"))
+        atomic_write_text(path, "".join(line + "\n" for line in read_log(path, start)), "the log")
+        with writing(path, "the log"):
+            logs.append(open(path, "a"))
     return logs
 
 
@@ -212,7 +224,8 @@ def _save(bank, optimizer, run_dirs, logs, step, which, identity):
     """Checkpoint the prompts ``which`` at ``step``, their logs flushed first."""
     for k in which:
         if not logs[k].closed:
-            logs[k].flush()
+            with writing(logs[k].name, "the log"):
+                logs[k].flush()
         save_checkpoint(run_dirs[k] / "checkpoint.safetensors", bank.prompt(k), _adam_slice(optimizer, bank, k),
                         step, identity)
 
@@ -232,11 +245,23 @@ def _restore(bank, optimizer, run_dirs, steps, identity):
                                          "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
 
 
+def measure_prompt(setup, config, prompt, target_ids, progress):
+    """Every measure of a run's prompt: minway.evaluation.measure's on the test set, the accuracy on the dev
+    set where the run has one (the released split's 10 %), and what the run trained on."""
+    results = measure(setup.model, setup.tokenizer, setup.options, prompt, target_ids, setup.test_inputs,
+                      setup.test_labels, config.metric, config.eval_batch_size, progress)
+    if setup.dev_inputs:
+        results.update(dev_accuracy=task_accuracy(setup.model, prompt.detach().float(), setup.dev_inputs,
+                                                  setup.dev_labels, setup.options, config.eval_batch_size, progress,
+                                                  "dev"), n_dev=len(setup.dev_labels))
+    results["data"] = setup.data
+    return results
+
+
 def finish(config, setup, prompt, target_ids, run_dir, progress):
     save_prompt(run_dir / "prompt.safetensors", prompt, config, target_ids)
     started = time.time()
-    results = measure(setup.model, setup.tokenizer, setup.options, prompt, target_ids, setup.test_inputs,
-                      setup.test_labels, config.metric, config.eval_batch_size, progress)
+    results = measure_prompt(setup, config, prompt, target_ids, progress)
     results.update(run_id=config.run_id(), config=asdict(config), target_ids=target_ids,
                    checkpoint=str(setup.checkpoint_dir), identity=setup.identity, random_weights=setup.random_weights,
                    minway_version=minway.__version__, eval_seconds=round(time.time() - started, 2))

@@ -7,7 +7,7 @@ import math
 import numbers
 import re
 
-from minway.run.choices import ATTENTIONS, DTYPES, METRICS
+from minway.run.choices import ATTENTIONS, DTYPES, METRICS, TRAIN_SPLITS
 from minway.errors import MinwayError
 
 MAX_INT = 2 ** 63 - 1   # every count must fit a torch int64
@@ -102,6 +102,7 @@ def run_fields(fields, n_classes):
     f["clip"] = real("clip", f["clip"], 0, low_open=True)
     f["dropout"] = real("--dropout", f["dropout"], 0, 1, high_open=True)
     one_of("--metric", f["metric"], METRICS)
+    one_of("--train-split", f["train_split"], TRAIN_SPLITS)
     one_of("--dtype", f["dtype"], DTYPES)
     one_of("--attention", f["attention"], ATTENTIONS)
     device(f["device"])
@@ -159,7 +160,9 @@ def results(values, path):
             raise MinwayError(f"a JSON {type(values).__name__}, not an object")
         for name in ("accuracy", "prompt_f1"):
             real(name, values.get(name), 0, 1)
-        real("c_dist", values.get("c_dist"), 0)
+        not_finite = values.get("not_finite")
+        if values.get("c_dist") is not None or not (isinstance(not_finite, dict) and "c_dist" in not_finite):
+            real("c_dist", values.get("c_dist"), 0)  # null only where "not_finite" says why
         whole("n_test", values.get("n_test"), 0)
         one_of("metric", values.get("metric"), METRICS)
         text("run_id", values.get("run_id"))
