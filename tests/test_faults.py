@@ -285,7 +285,8 @@ def test_every_json_file_of_a_run_a_sweep_and_eval_is_strict_json(finished_run, 
     from fixtures import SHIPPED_PROMPTS
     from minway.experiments.presets import Grid
     from minway.experiments.report import write_report
-    from minway.experiments.runner import expand, run_sweep
+    from minway.experiments.plan import expand
+    from minway.experiments.runner import run_sweep
 
     eval_cli.main([str(finished_run), "--device", "cpu", "--no-progress"])
     grid = Grid(tasks=("sst2",), groups=("PILE-4",), gammas=(0.01,), seeds=(1,), models=(str(tiny_checkpoint),),

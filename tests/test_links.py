@@ -87,7 +87,8 @@ def test_a_file_of_a_run_that_is_a_link_is_refused_and_its_target_untouched(
 def test_a_sweep_run_whose_directory_is_a_link_fails_alone_and_its_target_is_untouched(
         finished_elsewhere, tiny_checkpoint, tiny_data, tmp_path):  # noqa: F811
     from minway.experiments.presets import Grid
-    from minway.experiments.runner import expand, run_sweep
+    from minway.experiments.plan import expand
+    from minway.experiments.runner import run_sweep
     from fixtures import SHIPPED_PROMPTS
 
     elsewhere, _ = finished_elsewhere

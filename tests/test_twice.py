@@ -10,7 +10,8 @@ from fixtures import tiny_checkpoint, tiny_data  # noqa: F401  (pytest fixtures)
 from minway.errors import MinwayError
 from minway.experiments import runner
 from minway.experiments.presets import Grid
-from minway.experiments.runner import expand, run_sweep
+from minway.experiments.plan import expand
+from minway.experiments.runner import run_sweep
 from minway.run import training
 from minway.run.config import RunConfig
 from minway.run.files import DirectoryLock
