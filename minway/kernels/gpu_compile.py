@@ -7,8 +7,8 @@ configuration is what a launch on that GPU would compile: the kernels' own wrapp
 (``projection_triton.candidates``, ``flash_attention._forward`` and ``_backward``) run on
 empty CPU tensors shaped as in GPT-2, Llama 3 and Qwen 2.5, with each launch
 ``kernel[grid](...)`` recorded instead of run, and Triton's own binder specialises its
-arguments as it does at a launch. Configurations that specialise alike (another vocabulary,
-grouped heads: the kernels do not specialise on those sizes) are compiled once. Of each
+arguments as it does at a launch. Configurations that specialise alike (another vocabulary or
+number of heads: the kernels do not specialise on those sizes) are compiled once. Of each
 compiled kernel it records the shared memory (Triton's dynamic amount plus ptxas' static
 one), registers, stack frame and spill bytes (from the ``ptxas -v`` log of Triton's own
 ptxas run).
@@ -177,8 +177,12 @@ def _source(config):
 
 
 def specialisation(config):
-    """A key that two configurations share exactly when Triton compiles the same kernel for both."""
-    source, target, options, _ = _source(config)
+    """A key that two configurations share exactly when Triton compiles the same kernel for both (one
+    of its own where its launch fails: ``compile_one`` then says why)."""
+    try:
+        source, target, options, _ = _source(config)
+    except Exception:
+        return name(config), config["arch"]
     return repr((source.hash(), target, options))
 
 
