@@ -357,6 +357,21 @@ def test_grouped_query_heads_in_a_padded_batch(backend):
     assert all(x.shape == y.shape for x, y in zip(got, (q, q, k, v)))
 
 
+def test_sdpa_repeats_grouped_heads_before_torch_2_5(monkeypatch):
+    """Where SDPA has no enable_gqa (torch before 2.5), the key/value heads are repeated for it."""
+    from minway.kernels import attention
+    repeated = []
+
+    def each_query_head(k, v, H):
+        repeated.append((k.shape[-3], H))
+        return attention_each_query_head(k, v, H)
+    attention_each_query_head = attention._each_query_head
+    monkeypatch.setattr(attention, "SDPA_TAKES_GROUPS", False)
+    monkeypatch.setattr(attention, "_each_query_head", each_query_head)
+    check_varlen([2, 33], [19, 49], 16, torch.float32, backend="sdpa", heads=4, kv_heads=2)
+    assert repeated and all(shapes == (2, 4) for shapes in repeated)
+
+
 def test_grouped_query_heads_at_gpu_block_sizes(monkeypatch):
     """The block sizes a GPU gets for grouped 16-bit heads of 128 (forward 128 x 32, dq 64 x 32, dkdv 16 x 64)."""
     from minway.kernels import flash_attention

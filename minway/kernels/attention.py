@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch.nn.attention.bias import causal_lower_right
 
 BACKENDS = ("naive", "sdpa", "triton")
+SDPA_TAKES_GROUPS = tuple(int(part) for part in torch.__version__.split(".")[:2]) >= (2, 5)  # its enable_gqa
 
 
 def _allowed(Tq, Tk, key_padding_mask, device):
@@ -62,8 +63,12 @@ def _weighted_values(q, k, v, allowed, dropout=None):
 
 
 def sdpa_attention(q, k, v, key_padding_mask=None):
-    # grouped heads: SDPA's own enable_gqa (torch 2.5 and later), asked for only where heads are grouped
-    grouped = dict(enable_gqa=True) if k.shape[-3] != q.shape[-3] else {}
+    grouped = {}
+    if k.shape[-3] != q.shape[-3]:  # grouped heads: SDPA's own enable_gqa, or before torch 2.5 the heads repeated
+        if SDPA_TAKES_GROUPS:
+            grouped = dict(enable_gqa=True)
+        else:
+            k, v = _each_query_head(k, v, q.shape[-3])
     if key_padding_mask is None:
         if q.shape[-2] == k.shape[-2]:
             return F.scaled_dot_product_attention(q, k, v, is_causal=True, **grouped)
