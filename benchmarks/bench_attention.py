@@ -22,6 +22,7 @@ On a CPU the Triton kernel runs only in the interpreter (TRITON_INTERPRET=1), fa
 to time: there sdpa is measured against naive alone.
 """
 import argparse
+from itertools import accumulate
 
 import torch
 
@@ -105,15 +106,16 @@ def measure(T, dtype, padded, prefix, backends, device, repeats, warmup, B=B, H=
     return records
 
 
-def packed_rows(T, prefix, dtype, device, seed=0, B=B, H=H):
+def packed_rows(T, prefix, dtype, device, seed=0, B=B, H=H, H_kv=None, D=D):
     """A prompt row of ``prefix`` tokens and B text rows of T // 4 to T tokens after it, packed:
-    (q, k, v), an output gradient, the rows' queries and keys."""
+    (q, k, v), an output gradient, the rows' queries and keys. ``H_kv``: key/value heads, each
+    shared by H // H_kv query heads (default H)."""
     g = torch.Generator(device).manual_seed(seed)
     text = torch.randint(max(1, T // 4), T + 1, (B,), generator=g, device=device).tolist()
     text[0] = T
     lengths, key_lengths = [prefix] * (prefix > 0) + text, [prefix] * (prefix > 0) + [prefix + n for n in text]
-    q, k, v = (torch.randn(sum(n), H, D, generator=g, device=device).to(dtype).requires_grad_()
-               for n in (lengths, key_lengths, key_lengths))
+    q, k, v = (torch.randn(sum(n), heads, D, generator=g, device=device).to(dtype).requires_grad_()
+               for n, heads in ((lengths, H), (key_lengths, H_kv or H), (key_lengths, H_kv or H)))
     grad = torch.randn(sum(lengths), H, D, generator=g, device=device).to(dtype)
     return (q, k, v), grad, lengths, key_lengths
 
@@ -134,9 +136,15 @@ def each_row(backend, qkv, grad, lengths, key_lengths):
 
 
 def packed_errors(qkv, grad, lengths, key_lengths):
-    """Largest |difference| to the fp64 formula on each row alone, over the output and gradients:
-    the Triton kernel on the packed rows, and SDPA on each row alone."""
-    exact = each_row("naive", tuple(x.double() for x in qkv), grad.double(), lengths, key_lengths)
+    """Largest |difference| to the kernel's reference (``flash_attention.reference``: each row alone,
+    in fp64), over the output and gradients: the Triton kernel on the packed rows, and SDPA on each
+    row alone."""
+    from minway.kernels.flash_attention import reference
+
+    exact_inputs = tuple(x.detach().double().requires_grad_() for x in qkv)
+    starts = [[0, *accumulate(n)] for n in (lengths, key_lengths)]
+    exact_out = reference(*exact_inputs, *starts)
+    exact = (exact_out, *torch.autograd.grad(exact_out, exact_inputs, grad.double()))
     got = {"triton": run_packed("triton", tuple(x.detach().requires_grad_() for x in qkv), grad, lengths,
                                 key_lengths, backward=True),
            "sdpa": each_row("sdpa", qkv, grad, lengths, key_lengths)}

@@ -49,10 +49,12 @@ ROOT = Path(__file__).resolve().parents[1]
 class Sizes:
     vocab: int
     width: int  # d of the projection
+    large_vocab: tuple  # (rows, width) of a 152k vocabulary: correctness at M = 14, benchmark at bench_M
     projection_M: tuple  # queries in the correctness cases
     bench_M: tuple  # and in the benchmark
     attention_cases: tuple  # (queries, cached prefix) of the correctness cases
     packed_cases: tuple  # (longest text row, prompt keys) of the packed-rows correctness cases
+    grouped_cases: tuple  # (longest text row, prompt keys, query heads, key/value heads, head dim) of grouped heads
     bench_T: tuple  # query lengths of the attention benchmark
     batch: int
     heads: int
@@ -67,17 +69,18 @@ class Sizes:
 
 
 FULL = Sizes(
-    vocab=50257, width=1280, projection_M=(1, 14, 1024), bench_M=(14, 64, 1024, 8192),
+    vocab=50257, width=1280, large_vocab=(151936, 4096), projection_M=(1, 14, 1024), bench_M=(14, 64, 1024, 8192),
     # prefixes of 30 and 62: the first query two below a multiple of the key block, where a wrong diagonal shows
     attention_cases=((78, 0), (64, 14), (1, 14), (200, 62), (100, 30), (1024, 0)), bench_T=(78, 256, 1024),
     packed_cases=((78, 14), (200, 0), (300, 62), (1024, 14)),
+    grouped_cases=((300, 14, 32, 8, 128), (200, 62, 32, 8, 64), (256, 14, 14, 2, 64)),  # Llama 3 8B, 1B; Qwen 2.5 0.5B
     batch=8, heads=20, model=dict(n_embd=768, n_layer=12, n_head=12), model_batch=(4, 50),
     train_model=("--size", "gpt2-large"),
     train_steps=20, step_model="gpt2-large", repeats=20, warmup=5,
     train_bench=("--size", "gpt2-large", "--dtype", "bf16", "--steps", "5", "--warmup", "2", "--eval", "64"))
 DRY = Sizes(
-    vocab=300, width=40, projection_M=(14,), bench_M=(14,), attention_cases=((5, 0), (5, 14)), bench_T=(6,),
-    packed_cases=((6, 14), (5, 0)),
+    vocab=300, width=40, large_vocab=(600, 48), projection_M=(14,), bench_M=(14,), attention_cases=((5, 0), (5, 14)),
+    bench_T=(6,), packed_cases=((6, 14), (5, 0)), grouped_cases=((6, 14, 4, 2, 16),),
     batch=2, heads=2, model=dict(n_embd=32, n_layer=1, n_head=2, n_positions=128), model_batch=(2, 12),
     train_model=("--n-embd", "32", "--n-layer", "1", "--n-head", "2"), train_steps=2, step_model="tiny",
     repeats=1, warmup=0,
@@ -140,16 +143,12 @@ def check_compile(dry, cache_dir, json_path):
 
 
 def projection_reference(q, E, metric):
-    """Ranking scores in float64, higher is better, and the reported score of each."""
-    q, E = q.double(), E.double()
-    if metric == "l2":
-        distance = (q * q).sum(1, keepdim=True) - 2 * q @ E.T + (E * E).sum(1)
-        return -distance, distance
-    rank = q @ E.T
-    if metric == "cos":
-        norms = q.norm(dim=1)[:, None] * E.norm(dim=1)[None, :]
-        rank = torch.where(norms > 0, rank / norms, 0.0)
-    return rank, rank
+    """The kernel's reference scores in float64 (``projection_triton.reference_scores``): ranking
+    scores, higher is better, and the reported score of each."""
+    from minway.kernels.projection_triton import reference_scores
+
+    reported = reference_scores(q, E, metric)
+    return (-reported if metric == "l2" else reported), reported
 
 
 def check_projection(s, device):
@@ -160,10 +159,11 @@ def check_projection(s, device):
 
     g = torch.Generator(device).manual_seed(0)
     worst, cases, failures = dict(rank=0.0, score=0.0, margin=0.0), 0, []
-    for dtype in (torch.float32, torch.bfloat16):
-        E = (0.1 * torch.randn(s.vocab, s.width, generator=g, device=device)).to(dtype)
-        for M in s.projection_M:
-            q = 0.1 * torch.randn(M, s.width, generator=g, device=device)
+    shapes = [(s.vocab, s.width, s.projection_M), (*s.large_vocab, (14,))]
+    for (V, d, Ms), dtype in ((shape, dtype) for shape in shapes for dtype in (torch.float32, torch.bfloat16)):
+        E = (0.1 * torch.randn(V, d, generator=g, device=device)).to(dtype)
+        for M in Ms:
+            q = 0.1 * torch.randn(M, d, generator=g, device=device)
             for metric in METRICS:
                 rank, reported = projection_reference(q, E, metric)
                 scale = 1e-5 * (1 + reported.abs().amax(1, keepdim=True))  # fp32 rounding of the largest score
@@ -177,10 +177,11 @@ def check_projection(s, device):
                         worst[key] = max(worst[key], gap.max().item())
                     cases += 1
                     if max(gap.max().item() for gap in gaps.values()) > 1:
-                        failures.append(f"{dtype} M={M} {metric} k={k}")
+                        failures.append(f"{dtype} V={V} d={d} M={M} {metric} k={k}")
     ties = exact_ties(s, device)
     failures += ties
-    detail = (f"{cases} random cases, worst error in units of fp32 rounding: rank {worst['rank']:.2f}, score "
+    detail = (f"{cases} random cases (V = {s.vocab} and {s.large_vocab[0]}), worst error in units of fp32 rounding: "
+              f"rank {worst['rank']:.2f}, score "
               f"{worst['score']:.2f}, margin {worst['margin']:.2f}; ties {'exact' if not ties else 'WRONG'}")
     if failures:
         detail += " | " + ", ".join(failures[:4])
@@ -192,6 +193,7 @@ def exact_ties(s, device):
     entries that are multiples of 1/8, entries in {-1, 0, 1} (many ties at the k-th score) and
     copies of rows in other tiles and vocabulary slices."""
     from minway.kernels.projection import METRICS, nearest_tokens
+    from minway.kernels.projection_triton import reference
 
     g = torch.Generator(device).manual_seed(1)
     failures = []
@@ -210,7 +212,7 @@ def exact_ties(s, device):
         for dtype in (torch.float32, torch.bfloat16):
             for metric in ("dot", "l2") if name == "{-1,0,1}" else METRICS:
                 rank, _ = projection_reference(q, E.to(dtype), metric)
-                order = torch.sort(-rank, dim=1, stable=True).indices[:, :8]
+                order = reference(q, E.to(dtype), 8, metric)[0]
                 for backend in ("triton", "torch"):
                     got = nearest_tokens(q, E.to(dtype), k=8, metric=metric, backend=backend)
                     if metric == "cos":  # rounded cosines: rows may swap only where the true ones are that close
@@ -248,8 +250,13 @@ def check_attention(s, device):
         for T, prefix in s.packed_cases:
             qkv, grad, lengths, key_lengths = packed_rows(T, prefix, dtype, device, B=s.batch, H=s.heads)
             judge(dtype, packed_errors(qkv, grad, lengths, key_lengths), dict(T=T, prefix=prefix, packed=lengths))
+        for T, prefix, H, H_kv, D in s.grouped_cases:
+            qkv, grad, lengths, key_lengths = packed_rows(T, prefix, dtype, device, B=s.batch, H=H, H_kv=H_kv, D=D)
+            judge(dtype, packed_errors(qkv, grad, lengths, key_lengths),
+                  dict(T=T, prefix=prefix, packed=lengths, heads=f"{H}/{H_kv}", D=D))
     detail = (f"{len(rows)} cases (fp32, bf16, fp16; padded T, prefix {sorted({c[1] for c in s.attention_cases})}, "
-              f"with and without padding; packed rows up to T {sorted({c[0] for c in s.packed_cases})}): "
+              f"with and without padding; packed rows up to T {sorted({c[0] for c in s.packed_cases})}, and with "
+              f"grouped heads {sorted({f'{c[2]}/{c[3]} of {c[4]}' for c in s.grouped_cases})}): "
               f"Triton's error at most {worst_ratio:.2f} of 2x SDPA's + rounding")
     if failures:
         detail += " | " + " | ".join(failures[:3])
@@ -369,6 +376,16 @@ def bench_projection(s, device):
             records.append(r)
             parts.append(f"M={M} {r['speedup']:.2f}x torch, {100 * r['roofline_fraction']:.0f}% roofline")
         lines.append(f"E {name}, d {s.width}, top-1: " + "; ".join(parts))
+    V, d = s.large_vocab
+    E = (0.1 * torch.randn(V, d, generator=g, device=device)).bfloat16()
+    parts = []
+    for M in s.bench_M:
+        q = 0.1 * torch.randn(M, d, generator=g, device=device)
+        r = bp.measure(q, E, 1, device, s.repeats, s.warmup, bandwidth, backend="triton")
+        records.append(r)
+        parts.append(f"M={M} {1e3 * r['minway_s']:.3f} ms, {100 * r['roofline_fraction']:.0f}% of "
+                     f"{1e3 * r['roofline_s']:.3f} ms roofline, {r['speedup']:.2f}x torch")
+    lines.append(f"E bf16, V {V}, d {d}, top-1: " + "; ".join(parts))
     return lines, dict(copy_bandwidth_Bps=bandwidth, rows=records)
 
 

@@ -139,10 +139,7 @@ class Attention(nn.Module):
         q = rotate(self.q_proj(x[at]).view(-1, self.n_head, self.head_dim), cos[at], sin[at])
         if packed.key_lengths != packed.lengths:  # some rows continue others: gather each row's keys
             keys, values = keys[packed.key_index], values[packed.key_index]
-        # GROUPED-QUERY ATTENTION: each key/value head repeated for the query heads that read it, until
-        # varlen_attention takes fewer key/value heads than query heads itself
-        group = self.n_head // self.n_kv_head
-        keys, values = keys.repeat_interleave(group, dim=1), values.repeat_interleave(group, dim=1)
+        # keys and values have n_kv_head heads: varlen_attention lets each serve its group of query heads
         probabilities_dropout = None if dropout is None else dropout.for_probabilities(layout)
         y = varlen_attention(q, keys, values, layout.lengths, layout.key_lengths, self.backend, probabilities_dropout)
         return drop(self.o_proj(y.reshape(len(y), -1)), dropout, layout)

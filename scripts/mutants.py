@@ -665,9 +665,6 @@ EQUIVALENT = [
      "256 is no byte: chr(256) is then given to byte 0, as it is without it"),
     ("minway/kernels/projection.py", "chunk = max(kp, CHUNK_ELEMENTS // width)", "chunk = min(kp, CHUNK_ELEMENTS // width)",
      "the chunks are then of the fewest rows allowed: the same result, more slowly"),
-    *(("minway/kernels/flash_attention.py", f"{start}, {n} = _row({starts}, row)", f"{start}, {n} = _row(row, {starts})",
-       "_row adds the row to the pointer: row + STARTS is STARTS + row")
-      for start, n, starts in (("q_start", "TQ", "Q_STARTS"), ("k_start", "TK", "K_STARTS"))),
     ("minway/kernels/attention.py", "weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)",
      "weights = torch.softmax(scores, dim=-1).nan_to_num()", "nan_to_num's nan is 0.0 by default"),
     ("minway/kernels/projection_triton.py",

@@ -1,14 +1,19 @@
 """The sdpa and triton attention backends against the naive one, forward and backward;
-the Triton kernel on packed rows of different lengths against each row on its own.
+the Triton kernel on packed rows of different lengths against ``flash_attention.reference``,
+each row on its own.
 
 The Triton kernels run in the interpreter on CPU tensors: small shapes whose lengths are
 not multiples of the block sizes (16 and 32 there), right-padded sequences and a
-sequence that is all padding.
+sequence that is all padding; and sweeps of query and prefix lengths around every multiple
+of every block size, up to two, where each loop bound of each kernel changes.
 """
+from itertools import accumulate
+
 import pytest
 import torch
 
 from minway.kernels.attention import causal_attention, default_backend, varlen_attention
+from minway.kernels.flash_attention import reference
 
 B, H = 2, 3
 
@@ -118,16 +123,6 @@ def test_queries_after_a_cached_prefix_are_the_last_rows_of_full_attention(backe
     check_against_full_attention(backend, TQ, TK, masked)
 
 
-@pytest.mark.parametrize("TQ,TK", [(130, 200), (1, 129), (150, 150), (40, 300)])
-def test_triton_with_the_gpu_block_sizes(monkeypatch, TQ, TK):
-    """The interpreter with the block sizes a GPU gets for 16-bit heads of 64 (forward 128 x 32,
-    dq 64 x 32, dkdv 32 x 128), on fp32 inputs so that the comparison stays exact."""
-    from minway.kernels import flash_attention
-    gpu_config = flash_attention._config(64, torch.bfloat16, 90)
-    monkeypatch.setattr(flash_attention, "_config", lambda D, dtype, arch: gpu_config)
-    check_against_full_attention("triton", TQ, TK, masked=True, D=64)
-
-
 @pytest.mark.parametrize("D, dtype, arch", [(64, torch.float32, 90), (32, torch.float32, 80), (128, torch.bfloat16, 80),
                                             (16, torch.float16, 90)])
 def test_triton_with_the_other_gpu_configurations(monkeypatch, D, dtype, arch):
@@ -137,49 +132,8 @@ def test_triton_with_the_other_gpu_configurations(monkeypatch, D, dtype, arch):
     gpu_config = flash_attention._config(D, dtype, arch)
     assert set(gpu_config) == {"fwd", "dq", "dkdv"}
     assert all({"BLOCK_M", "BLOCK_N", "num_warps", "num_stages"} == set(c) for c in gpu_config.values())
-    monkeypatch.setattr(flash_attention, "_config", lambda D, dtype, arch: gpu_config)
+    monkeypatch.setattr(flash_attention, "_config", lambda *args, **kwargs: gpu_config)
     check_against_full_attention("triton", 40, 75, masked=True, D=D)
-
-
-def prefix_sweep_failures(TQs, prefixes, D):
-    """(TQ, prefix, error) of every case where queries after ``prefix`` cached keys differ from
-    the last TQ rows of full attention (naive, fp64), one sequence, no padding."""
-    failures = []
-    for TQ in TQs:
-        for prefix in prefixes:
-            TK = TQ + prefix
-            g = torch.Generator().manual_seed(TK)
-            q_all, k, v, do_all = (torch.randn(1, 1, TK, D, generator=g) for _ in range(4))
-            q, do = q_all[:, :, prefix:], do_all[:, :, prefix:]
-            do_full = torch.cat([torch.zeros_like(do_all[:, :, :prefix]), do], dim=2)
-            full_out, full_dq, full_dk, full_dv = run("naive", q_all, k, v, do_full, None, dtype=torch.float64)
-            want = (full_out[:, :, prefix:], full_dq[:, :, prefix:], full_dk, full_dv)
-            error = max(max_errors(run("triton", q, k, v, do, None), want))
-            if error > 1e-5:
-                failures.append((TQ, prefix, error))
-    return failures
-
-
-def diagonal_period(config):
-    """The forward and dq kernels mask the key blocks (of BLOCK_N) that straddle the diagonal,
-    dkdv the query blocks (of its BLOCK_M): which blocks those are repeats with this period of
-    the prefix length."""
-    return max(config["fwd"]["BLOCK_N"], config["dq"]["BLOCK_N"], config["dkdv"]["BLOCK_M"])
-
-
-def test_every_prefix_length_across_a_block():
-    """Every prefix length from 0 to one period + 1, at the interpreter's block sizes."""
-    from minway.kernels import flash_attention
-    period = diagonal_period(flash_attention._config(16, torch.float32, None))
-    assert prefix_sweep_failures((1, 5, 20), range(period + 2), D=16) == []
-
-
-def test_every_prefix_length_across_a_block_at_gpu_block_sizes(monkeypatch):
-    """The same sweep with the block sizes a GPU gets for GPT-2's heads (64) in bf16."""
-    from minway.kernels import flash_attention
-    gpu_config = flash_attention._config(64, torch.bfloat16, 90)
-    monkeypatch.setattr(flash_attention, "_config", lambda D, dtype, arch: gpu_config)
-    assert prefix_sweep_failures((1, 20), range(diagonal_period(gpu_config) + 2), D=64) == []
 
 
 def test_fewer_keys_than_queries_is_an_error():
@@ -188,35 +142,36 @@ def test_fewer_keys_than_queries_is_an_error():
         causal_attention(q, k, k)
 
 
-def naive_rows(q, k, v, lengths, key_lengths):
-    """Packed rows one at a time, in fp64: the i-th of a row's n queries sees the first
-    m - n + i + 1 of its m keys."""
-    out = []
-    for qr, kr, vr in zip(q.double().split(lengths), k.double().split(key_lengths), v.double().split(key_lengths)):
-        n, m = len(qr), len(kr)
-        scores = torch.einsum("qhd,khd->hqk", qr, kr) / qr.shape[-1] ** 0.5
-        allowed = torch.ones(n, m, dtype=torch.bool).tril(m - n)
-        weights = scores.masked_fill(~allowed, float("-inf")).softmax(-1)
-        out.append(torch.einsum("hqk,khd->qhd", weights, vr))
-    return torch.cat(out)
+def starts(lengths):
+    """Where each row begins, and the end of the last: the offsets of packed rows."""
+    return [0, *accumulate(lengths)]
 
 
-def packed_rows(lengths, key_lengths, D, dtype, seed):
+def exact_rows(q, k, v, lengths, key_lengths, do):
+    """Output and (dq, dk, dv) of ``reference`` on the packed rows, in fp64."""
+    exact_inputs = [x.detach().double().requires_grad_() for x in (q, k, v)]
+    exact = reference(*exact_inputs, starts(lengths), starts(key_lengths))
+    return (exact, *torch.autograd.grad(exact, exact_inputs, do.double()))
+
+
+def packed_rows(lengths, key_lengths, D, dtype, seed, heads=H, kv_heads=None):
     g = torch.Generator().manual_seed(seed)
-    q, do = (torch.randn(sum(lengths), H, D, generator=g).to(dtype) for _ in range(2))
-    k, v = (torch.randn(sum(key_lengths), H, D, generator=g).to(dtype) for _ in range(2))
+    q, do = (torch.randn(sum(lengths), heads, D, generator=g).to(dtype) for _ in range(2))
+    k, v = (torch.randn(sum(key_lengths), kv_heads or heads, D, generator=g).to(dtype) for _ in range(2))
     return q, k, v, do
 
 
-def check_varlen(lengths, key_lengths, D, dtype, seed=0, backend="triton"):
-    """varlen_attention, output and gradients, against each row on its own."""
-    q, k, v, do = packed_rows(lengths, key_lengths, D, dtype, seed)
-    q, k, v = (x.requires_grad_() for x in (q, k, v))
+def varlen_results(q, k, v, do, lengths, key_lengths, backend="triton"):
+    q, k, v = (x.detach().requires_grad_() for x in (q, k, v))
     out = varlen_attention(q, k, v, lengths, key_lengths, backend=backend)
-    got = (out, *torch.autograd.grad(out, (q, k, v), do))
-    exact_inputs = [x.detach().double().requires_grad_() for x in (q, k, v)]
-    exact = naive_rows(*exact_inputs, lengths, key_lengths)
-    want = (exact, *torch.autograd.grad(exact, exact_inputs, do.double()))
+    return (out, *torch.autograd.grad(out, (q, k, v), do))
+
+
+def check_varlen(lengths, key_lengths, D, dtype, seed=0, backend="triton", heads=H, kv_heads=None):
+    """varlen_attention, output and gradients, against the reference: each row on its own."""
+    q, k, v, do = packed_rows(lengths, key_lengths, D, dtype, seed, heads, kv_heads)
+    got = varlen_results(q, k, v, do, lengths, key_lengths, backend)
+    want = exact_rows(q, k, v, lengths, key_lengths, do)
     errors = max_errors(got, want)
     if dtype == torch.float32:
         tolerances = [1e-5] * 4
@@ -247,13 +202,8 @@ def test_triton_varlen_never_uses_what_lies_past_the_keys():
         padded[:x.shape[0]] = x
         return padded[:x.shape[0]]
     q, k, v, do = (before_nan(x) for x in (q, k, v, do))
-    q, k, v = (x.requires_grad_() for x in (q, k, v))
-    out = varlen_attention(q, k, v, lengths, key_lengths, backend="triton")
-    got = (out, *torch.autograd.grad(out, (q, k, v), do))
-    exact_inputs = [x.detach().double().requires_grad_() for x in (q, k, v)]
-    exact = naive_rows(*exact_inputs, lengths, key_lengths)
-    want = (exact, *torch.autograd.grad(exact, exact_inputs, do.double()))
-    assert max(max_errors(got, want)) < 1e-5
+    got = varlen_results(q, k, v, do, lengths, key_lengths)
+    assert max(max_errors(got, exact_rows(q, k, v, lengths, key_lengths, do))) < 1e-5
 
 
 def test_triton_varlen_backward_takes_a_gradient_that_is_not_contiguous():
@@ -287,8 +237,165 @@ def test_triton_varlen_with_the_gpu_block_sizes(monkeypatch):
     32 x 128), on fp32 inputs so that the comparison stays exact: rows across a query block."""
     from minway.kernels import flash_attention
     gpu_config = flash_attention._config(64, torch.bfloat16, 90)
-    monkeypatch.setattr(flash_attention, "_config", lambda D, dtype, arch: gpu_config)
+    monkeypatch.setattr(flash_attention, "_config", lambda *args, **kwargs: gpu_config)
     check_varlen([130, 1, 64, 20], [144, 15, 64, 150], 64, torch.float32)
+
+
+def sweep_failures(rows, D=16):
+    """The (TQ, prefix, error) of each of ``rows`` (TQ, prefix), packed together and run once, whose
+    output or gradients differ from the reference's by more than 1e-5 (fp32)."""
+    lengths, key_lengths = [TQ for TQ, _ in rows], [TQ + prefix for TQ, prefix in rows]
+    q, k, v, do = packed_rows(lengths, key_lengths, D, torch.float32, seed=len(rows), heads=1)
+    got = varlen_results(q, k, v, do, lengths, key_lengths)
+    want = exact_rows(q, k, v, lengths, key_lengths, do)
+    failures = []
+    for r, (TQ, prefix) in enumerate(rows):
+        at_q, at_k = slice(*starts(lengths)[r:r + 2]), slice(*starts(key_lengths)[r:r + 2])
+        error = max(max_errors([x[at] for x, at in zip(got, (at_q, at_q, at_k, at_k))],
+                               [x[at] for x, at in zip(want, (at_q, at_q, at_k, at_k))]))
+        if not error <= 1e-5:
+            failures.append((TQ, prefix, error))
+    return failures
+
+
+def around_multiples(blocks, within, multiples):
+    """The multiples of each block size up to ``multiples`` of it (0 included), and the lengths up to
+    ``within`` on either side of each."""
+    return sorted({m * b + d for b in blocks for m in range(multiples + 1) for d in range(-within, within + 1)
+                   if m * b + d >= 0})
+
+
+def swept_rows(config, multiples=2):
+    """(TQ, prefix) rows that put every loop bound of the three kernels on and beside a block edge.
+
+    A kernel's loops cover key blocks (forward, dq) or query blocks (dkdv) from the diagonal to the
+    row's end: their bounds move with the number of queries against the query blocks (each
+    kernel's BLOCK_M), and with the prefix against the blocks the diagonal crosses (BLOCK_N of
+    forward and dq, BLOCK_M of dkdv). So: every query count on and beside a multiple of a query
+    block, up to ``multiples`` of it (full blocks, one query more, one less), after no prefix and
+    after one key past a diagonal block; and every prefix within 2 of a multiple of a diagonal
+    block, up to ``multiples`` of it, after a full query block and a partial one.
+    """
+    query_blocks = {config[kernel]["BLOCK_M"] for kernel in ("fwd", "dq", "dkdv")}
+    diagonal_blocks = {config["fwd"]["BLOCK_N"], config["dq"]["BLOCK_N"], config["dkdv"]["BLOCK_M"]}
+    queries = [n for n in around_multiples(query_blocks, 1, multiples) if n > 0]
+    prefixes = around_multiples(diagonal_blocks, 2, multiples)
+    full = max(query_blocks)
+    return sorted({(TQ, p) for TQ in queries for p in (0, min(diagonal_blocks) + 1)}
+                  | {(TQ, p) for TQ in (full, full + 1) for p in prefixes})
+
+
+def test_a_full_query_block_sees_its_last_key_block():
+    """32 queries (one full block of the interpreter's forward and dq) after 17 keys (1 mod their
+    key block of 16): the diagonal loop must reach key 48, alone in its block. Packed and padded."""
+    assert sweep_failures([(32, 17)]) == []
+    check_against_full_attention("triton", 32, 49, masked=False)
+
+
+def test_every_loop_bound_at_the_interpreter_block_sizes():
+    """The swept rows, packed, each kernel launched once for all of them (forward 32 x 16, dq 32 x 16,
+    dkdv 16 x 32): query counts 1 to 65, prefixes 0 to 34."""
+    from minway.kernels import flash_attention
+    rows = swept_rows(flash_attention._config(16, torch.float32, None))
+    assert {TQ for TQ, _ in rows} == {1, 15, 16, 17, 31, 32, 33, 63, 64, 65}
+    assert {p for _, p in rows} == {0, 1, 2, 14, 15, 16, 17, 18, 30, 31, 32, 33, 34}
+    assert sweep_failures(rows) == []
+
+
+def test_every_loop_bound_at_gpu_block_sizes(monkeypatch):
+    """The same at the block sizes a GPU gets for 16-bit heads of 64 (forward 128 x 32, dq 64 x 32,
+    dkdv 32 x 128), to one multiple of each block: query counts 1 to 129, prefixes 0 to 34."""
+    from minway.kernels import flash_attention
+    gpu_config = flash_attention._config(64, torch.bfloat16, 90)
+    monkeypatch.setattr(flash_attention, "_config", lambda *args, **kwargs: gpu_config)
+    assert sweep_failures(swept_rows(gpu_config, multiples=1)) == []
+
+
+def test_every_loop_bound_of_a_padded_batch():
+    """The kernels' other entry, a padded (B, H, T, D) batch with a key mask (here the prefix's last
+    key, or the first): one and two full query blocks and partial ones, after prefixes of 1, 14 and
+    17 keys (1 and 14 mod the key block) and none."""
+    failures = []
+    for TQ, prefix in [(32, 1), (33, 14), (64, 17), (65, 0), (32, 17)]:
+        g = torch.Generator().manual_seed(TQ + prefix)
+        q, do = (torch.randn(1, 1, TQ, 16, generator=g) for _ in range(2))
+        k, v = (torch.randn(1, 1, TQ + prefix, 16, generator=g) for _ in range(2))
+        keep = torch.ones(1, TQ + prefix, dtype=torch.bool)
+        keep[0, max(prefix - 1, 0)] = False
+        error = max(max_errors(run("triton", q, k, v, do, keep), run("naive", q, k, v, do, keep, torch.float64)))
+        if not error <= 1e-5:
+            failures.append((TQ, prefix, error))
+    assert failures == []
+
+
+# (query heads, key/value heads): groups of 1 (plain multi-head attention), 2, 4 and 8; with two
+# key/value heads where the group allows, so that a query head reading the wrong one shows
+GROUPS = [(2, 2), (4, 2), (8, 2), (8, 1)]
+
+
+@pytest.mark.parametrize("heads,kv_heads", GROUPS)
+@pytest.mark.parametrize("backend", ["triton", "sdpa", "naive"])
+def test_grouped_query_heads_match_the_reference(backend, heads, kv_heads):
+    """Query head h reads key/value head h // (heads // kv_heads), and dk, dv sum the gradients of
+    its group's query heads: against the reference, which repeats each key/value head for its group.
+    Rows across a query block and a key block of every kernel, one after a prefix."""
+    check_varlen([2, 33], [19, 49], 16, torch.float32, backend=backend, heads=heads, kv_heads=kv_heads)
+
+
+@pytest.mark.parametrize("backend", ["triton", "sdpa"])
+def test_grouped_query_heads_in_a_padded_batch(backend):
+    """causal_attention on (B, H, T, D) queries and (B, H_kv, T, D) keys and values, with a padding
+    mask: as the naive formula on the key/value heads repeated, in fp64."""
+    g = torch.Generator().manual_seed(8)
+    q, do = (torch.randn(B, 8, 20, 16, generator=g) for _ in range(2))
+    k, v = (torch.randn(B, 2, 37, 16, generator=g) for _ in range(2))
+    keep = prefix_padding_mask(37, 20)
+    got = run(backend, q, k, v, do, keep)
+    exact = run("naive", q, k.repeat_interleave(4, dim=1), v.repeat_interleave(4, dim=1), do, keep, dtype=torch.float64)
+    want = (*exact[:2], *(x.view(B, 2, 4, 37, 16).sum(2) for x in exact[2:]))  # each group's gradients summed
+    assert max(max_errors(got, want)) < 1e-5
+    assert all(x.shape == y.shape for x, y in zip(got, (q, q, k, v)))
+
+
+def test_sdpa_repeats_grouped_heads_before_torch_2_5(monkeypatch):
+    """Where SDPA has no enable_gqa (torch before 2.5), the key/value heads are repeated for it."""
+    from minway.kernels import attention
+    repeated = []
+
+    def each_query_head(k, v, H):
+        repeated.append((k.shape[-3], H))
+        return attention_each_query_head(k, v, H)
+    attention_each_query_head = attention._each_query_head
+    monkeypatch.setattr(attention, "SDPA_TAKES_GROUPS", False)
+    monkeypatch.setattr(attention, "_each_query_head", each_query_head)
+    check_varlen([2, 33], [19, 49], 16, torch.float32, backend="sdpa", heads=4, kv_heads=2)
+    assert repeated and all(shapes == (2, 4) for shapes in repeated)
+
+
+def test_grouped_query_heads_at_gpu_block_sizes(monkeypatch):
+    """The block sizes a GPU gets for grouped 16-bit heads of 128 (forward 128 x 32, dq 64 x 32, dkdv 16 x 64)."""
+    from minway.kernels import flash_attention
+    gpu_config = flash_attention._config(128, torch.bfloat16, 90, grouped=True)
+    assert gpu_config["dkdv"]["BLOCK_M"] == 16
+    monkeypatch.setattr(flash_attention, "_config", lambda *args, **kwargs: gpu_config)
+    check_varlen([130], [150], 128, torch.float32, heads=2, kv_heads=1)
+
+
+@pytest.mark.parametrize("backend", ["naive", "sdpa", "triton"])
+def test_key_heads_that_do_not_divide_the_query_heads_are_an_error(backend):
+    q, _, _, _ = packed_rows([3], [5], 16, torch.float32, seed=4, heads=6)
+    k, v = torch.zeros(5, 4, 16), torch.zeros(5, 4, 16)
+    with pytest.raises(ValueError, match="6 query heads need keys and values of one head count that divides it"):
+        varlen_attention(q, k, v, [3], [5], backend=backend)
+    with pytest.raises(ValueError, match="6 query heads need keys and values of one head count that divides it"):
+        causal_attention(q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None], backend=backend)
+
+
+def test_flash_attention_varlen_refuses_key_heads_that_do_not_divide():
+    from minway.kernels.flash_attention import flash_attention_varlen
+    q, k, v = torch.zeros(3, 6, 16), torch.zeros(5, 4, 16), torch.zeros(5, 4, 16)
+    with pytest.raises(ValueError, match=r"k, v \(Nk, H_kv, D\), H a multiple of H_kv, got \(3, 6, 16\)"):
+        flash_attention_varlen(q, k, v, torch.tensor([0, 3]), torch.tensor([0, 5]))
 
 
 def test_triton_varlen_pads_nothing(monkeypatch):
@@ -300,7 +407,7 @@ def test_triton_varlen_pads_nothing(monkeypatch):
     monkeypatch.setattr(attention, "_scatter", refuse)
     q, k, v, _ = packed_rows([3, 1], [5, 1], 16, torch.float32, seed=1)
     out = varlen_attention(q, k, v, [3, 1], [5, 1], backend="triton")
-    torch.testing.assert_close(out.double(), naive_rows(q, k, v, [3, 1], [5, 1]), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(out.double(), reference(q, k, v, [0, 3, 4], [0, 5, 6]), atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.parametrize("backend", ["naive", "triton"])
@@ -315,7 +422,7 @@ def test_triton_varlen_reads_the_longest_row_from_the_offsets():
     from minway.kernels.flash_attention import flash_attention_varlen
     q, k, v, _ = packed_rows([3, 1], [5, 1], 16, torch.float32, seed=3)
     out = flash_attention_varlen(q, k, v, torch.tensor([0, 3, 4]), torch.tensor([0, 5, 6]))
-    torch.testing.assert_close(out.double(), naive_rows(q, k, v, [3, 1], [5, 1]), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(out.double(), reference(q, k, v, [0, 3, 4], [0, 5, 6]), atol=1e-6, rtol=1e-6)
     with pytest.raises(ValueError, match="at least as many keys as queries"):
         flash_attention_varlen(q, k[:5], v[:5], torch.tensor([0, 3, 4]), torch.tensor([0, 5, 5]))
 

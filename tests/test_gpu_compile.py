@@ -37,3 +37,10 @@ def test_every_configuration_compiles_within_the_gpu_limits(tmp_path):
     assert all(r["shared"] <= r["shared_limit"] for r in results)
     assert not [r["name"] for r in results if r["hot"] and (r["spill_stores"] or r["spill_loads"])]
     assert done.returncode == 0, done.stdout[-2000:]
+    # each distinct configuration compiled once: one projection kernel serves every vocabulary, and
+    # grouped heads (a loop over the group in dkdv) compile apart from plain multi-head attention
+    by_name = {(r["arch"], r["name"]): r for r in results}
+    large = [r for r in results if "vocab" in r]
+    assert large and all("same_as" in r and "vocab" not in by_name[r["arch"], r["same_as"]] for r in large)
+    grouped = [r for r in results if "heads" in r]
+    assert grouped and not [r["name"] for r in grouped if "same_as" in r]

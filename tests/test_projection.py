@@ -1,4 +1,5 @@
-"""minway.kernels.projection.nearest_tokens against a brute-force float64 reference.
+"""minway.kernels.projection.nearest_tokens against the reference of the kernel's file
+(``projection_triton.reference``: the whole float64 score matrix and a stable sort).
 
 The Triton backend runs in the interpreter on CPU tensors, so shapes stay small but
 awkward: V and d are not multiples of the block sizes, and M=1 splits the vocabulary
@@ -11,26 +12,16 @@ import torch
 
 import minway.kernels.projection as projection
 from minway.kernels.projection import nearest_tokens
+from minway.kernels.projection_triton import reference, reference_scores
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 METRICS = ("dot", "l2", "cos")
 BACKENDS = ("torch", "triton")
 
 
-def reference(q, E, k, metric):
-    """Full score matrix in float64, stable sort: equal scores keep the lowest index first."""
-    q, E = q.double(), E.double()
-    if metric == "l2":
-        rank = -((q[:, None, :] - E[None, :, :]) ** 2).sum(-1)
-    else:
-        rank = q @ E.T
-        if metric == "cos":
-            norms = q.norm(dim=1)[:, None] * E.norm(dim=1)[None, :]
-            rank = torch.where(norms > 0, rank / norms, 0.0)
-    order = torch.sort(-rank, dim=1, stable=True).indices[:, : max(k, 2)]
-    best = rank.gather(1, order)
-    scores = -best if metric == "l2" else best
-    return order[:, :k], scores[:, :k], (best[:, 0] - best[:, 1]).abs(), rank
+def expected(q, E, k, metric):
+    """The reference's indices, scores and margins, and its whole score matrix."""
+    return (*reference(q, E, k, metric), reference_scores(q, E, metric))
 
 
 def grid(*shape, generator):
@@ -53,7 +44,7 @@ def test_exact_on_grid_data(M, k, metric, dtype, backend, small_chunks):
     g = torch.Generator().manual_seed(M * 31 + k)
     q, E = grid(M, 40, generator=g), grid(517, 40, generator=g).to(dtype)
     got = nearest_tokens(q, E, k=k, metric=metric, backend=backend)
-    ref_i, ref_s, ref_margin, rank = reference(q, E, k, metric)
+    ref_i, ref_s, ref_margin, rank = expected(q, E, k, metric)
 
     assert got.indices.dtype == torch.int64 and got.indices.shape == (M, k)
     assert got.scores.dtype == torch.float32 and got.margin.shape == (M,)
@@ -78,7 +69,7 @@ def test_backends_agree_on_random_data(M, d, k, metric, dtype):
     torch.testing.assert_close(by_triton.scores, by_torch.scores, atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(by_triton.margin, by_torch.margin, atol=1e-4, rtol=1e-5)
 
-    ref_i, ref_s, ref_margin, rank = reference(q, E, k, metric)
+    ref_i, ref_s, ref_margin, rank = expected(q, E, k, metric)
     torch.testing.assert_close(rank.gather(1, by_triton.indices), rank.gather(1, ref_i), atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(by_triton.scores.double(), ref_s, atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(by_triton.margin.double(), ref_margin, atol=1e-4, rtol=1e-5)
@@ -111,7 +102,7 @@ def test_many_ties_at_the_kth_score_go_to_the_lowest_indices(V, metric, backend,
     E = torch.randint(-1, 2, (V, 4), generator=g).float()
     for k in (1, 3, 8):
         got = nearest_tokens(q, E, k=k, metric=metric, backend=backend)
-        ref_i, ref_s, ref_margin, _ = reference(q, E, k, metric)
+        ref_i, ref_s, ref_margin, _ = expected(q, E, k, metric)
         assert torch.equal(got.indices, ref_i), k
         assert torch.equal(got.scores.double(), ref_s) and torch.equal(got.margin.double(), ref_margin)
 
@@ -190,7 +181,7 @@ def test_the_triton_kernel_takes_more_queries_than_one_block_holds():
     """Queries past a block's rows (64 in the interpreter, 128 on a GPU) go to more programs."""
     g = torch.Generator().manual_seed(3)
     q, E = grid(200, 16, generator=g), grid(90, 16, generator=g)
-    indices, scores, margin, _ = reference(q, E, 2, "dot")
+    indices, scores, margin = reference(q, E, 2, "dot")
     got = nearest_tokens(q, E, k=2, metric="dot", backend="triton")
     assert torch.equal(got.indices, indices) and torch.equal(got.scores.double(), scores)
 
@@ -248,8 +239,8 @@ def test_a_gpu_launch_aims_for_four_programs_per_sm(monkeypatch):
     import minway.kernels.projection_triton as projection_triton
     monkeypatch.setattr(projection_triton, "gpu_arch", lambda device: 90)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(multi_processor_count=132))
-    assert projection_triton._target(torch.device("cuda", 0)) == (90, 528)
-    assert projection_triton._target(torch.device("cpu")) == (None, 3)
+    assert projection_triton.target(torch.device("cuda", 0)) == (90, 528)
+    assert projection_triton.target(torch.device("cpu")) == (None, 3)
 
 
 def test_auto_falls_back_to_torch_when_the_kernel_fails(monkeypatch):

@@ -4,12 +4,13 @@
 ``sdpa``   : ``torch.nn.functional.scaled_dot_product_attention``.
 ``triton`` : a fused flash-attention kernel, forward and backward (``minway.kernels.flash_attention``).
 
-All take q of shape (B, H, Tq, D), k and v of shape (B, H, Tk, D) with Tk >= Tq, and
-an optional ``key_padding_mask`` of shape (B, Tk), True where a key may be attended
-to. The queries are the last Tq of the Tk positions (Tq < Tk when the keys of a
-cached prefix come first): query i stands at position Tk - Tq + i and sees the keys
-up to there. A query with no key to attend to (a row of a sequence that is all
-padding) gets a zero output and no gradient.
+All take q of shape (B, H, Tq, D), k and v of shape (B, H_kv, Tk, D) with Tk >= Tq and H a
+multiple of H_kv, and an optional ``key_padding_mask`` of shape (B, Tk), True where a key may
+be attended to. Query head h reads key and value head h // (H // H_kv) (grouped-query
+attention; H_kv = H is plain multi-head attention). The queries are the last Tq of the Tk
+positions (Tq < Tk when the keys of a cached prefix come first): query i stands at position
+Tk - Tq + i and sees the keys up to there. A query with no key to attend to (a row of a
+sequence that is all padding) gets a zero output and no gradient.
 
 ``varlen_attention`` takes rows of different lengths laid end to end (a packed batch),
 each with its own numbers of queries and keys, aligned at the row's end: the Triton kernel
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 from torch.nn.attention.bias import causal_lower_right
 
 BACKENDS = ("naive", "sdpa", "triton")
+SDPA_TAKES_GROUPS = tuple(int(part) for part in torch.__version__.split(".")[:2]) >= (2, 5)  # its enable_gqa
 
 
 def _allowed(Tq, Tk, key_padding_mask, device):
@@ -38,7 +40,17 @@ def _allowed(Tq, Tk, key_padding_mask, device):
 
 
 def naive_attention(q, k, v, key_padding_mask=None, dropout=None):
+    k, v = _each_query_head(k, v, q.shape[-3])
     return _weighted_values(q, k, v, _allowed(q.shape[-2], k.shape[-2], key_padding_mask, q.device), dropout)
+
+
+def _each_query_head(k, v, H):
+    """k and v (B, H_kv, T, D) as (B, H, T, D): each key/value head repeated for the H // H_kv query
+    heads of its group."""
+    group = H // k.shape[-3]
+    if group == 1:
+        return k, v
+    return k.repeat_interleave(group, dim=-3), v.repeat_interleave(group, dim=-3)
 
 
 def _weighted_values(q, k, v, allowed, dropout=None):
@@ -51,21 +63,28 @@ def _weighted_values(q, k, v, allowed, dropout=None):
 
 
 def sdpa_attention(q, k, v, key_padding_mask=None):
+    grouped = {}
+    if k.shape[-3] != q.shape[-3]:  # grouped heads: SDPA's own enable_gqa, or before torch 2.5 the heads repeated
+        if SDPA_TAKES_GROUPS:
+            grouped = dict(enable_gqa=True)
+        else:
+            k, v = _each_query_head(k, v, q.shape[-3])
     if key_padding_mask is None:
         if q.shape[-2] == k.shape[-2]:
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, **grouped)
         # no mask tensor: on a GPU this keeps the flash and memory-efficient kernels available
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(q.shape[-2], k.shape[-2]))
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(q.shape[-2], k.shape[-2]),
+                                              **grouped)
     allowed = _allowed(q.shape[-2], k.shape[-2], key_padding_mask, q.device)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, **grouped)
     # rows with no allowed key come back as NaN on some backends
     return out.masked_fill(~allowed.any(-1, keepdim=True), 0.0)
 
 
 def varlen_attention(q, k, v, lengths, key_lengths, backend="auto", dropout=None):
-    """Causal attention of packed rows: q (sum of lengths, H, D), k and v (sum of key_lengths, H, D),
-    row r's queries and keys one after another; the i-th of a row's n queries, among its m keys,
-    sees the first m - n + i + 1.
+    """Causal attention of packed rows: q (sum of lengths, H, D), k and v (sum of key_lengths, H_kv, D),
+    H a multiple of H_kv, row r's queries and keys one after another; the i-th of a row's n queries,
+    among its m keys, sees the first m - n + i + 1, and query head h reads key/value head h // (H // H_kv).
 
     The Triton backend takes the packed rows as they are (``flash_attention_varlen``). For the
     others, and with a dropout, the rows are put in padded batches, each row at the end of its
@@ -74,6 +93,7 @@ def varlen_attention(q, k, v, lengths, key_lengths, backend="auto", dropout=None
     if any(m < n for n, m in zip(lengths, key_lengths)):
         raise ValueError(f"each row needs at least as many keys as queries, got {list(lengths)} queries and "
                          f"{list(key_lengths)} keys")
+    _check_heads(q.shape[-2], k.shape[-2], v.shape[-2])
     if backend == "auto":
         backend = default_backend(q.device)
     if backend == "triton" and dropout is None:
@@ -93,6 +113,12 @@ def varlen_attention(q, k, v, lengths, key_lengths, backend="auto", dropout=None
                                backend))
         at.append(at_q)
     return torch.cat(outputs)[torch.cat(at).argsort()]
+
+
+def _check_heads(H, H_k, H_v):
+    if not (H_k == H_v and H % H_k == 0):
+        raise ValueError(f"{H} query heads need keys and values of one head count that divides it, got {H_k} "
+                         f"and {H_v}: give each group of query heads one key/value head")
 
 
 def _buckets(lengths):
@@ -143,6 +169,7 @@ def default_backend(device):
 def causal_attention(q, k, v, key_padding_mask=None, backend="auto", dropout=None):
     if k.shape[-2] < q.shape[-2]:
         raise ValueError(f"{q.shape[-2]} queries need at least as many keys, got {k.shape[-2]}")
+    _check_heads(q.shape[-3], k.shape[-3], v.shape[-3])
     if dropout is not None:
         return naive_attention(q, k, v, key_padding_mask, dropout)
     if backend == "auto":

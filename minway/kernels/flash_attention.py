@@ -1,25 +1,34 @@
-"""Fused causal attention over rows of different lengths, forward and backward, in Triton.
+"""Causal flash attention over packed rows of different lengths, forward and backward, in Triton.
 
-The rows come packed end to end, no padding: queries q (Nq, H, D), keys and values k, v
-(Nk, H, D), row r's queries at q_starts[r]:q_starts[r + 1] and its keys at
-k_starts[r]:k_starts[r + 1]. A row may have more keys (TK) than queries (TQ), the first
-TK - TQ from a prefix (a prompt, an input its options continue): the queries stand at the
-row's end, query m at key position m + TK - TQ (``pos_m`` below), and the diagonal moves
-right by that much. One program per (query block, row, head); loop bounds come from the
-offsets, and a block past its row's end returns at once. A padded (B, H, T, D) batch is the
-same thing with uniform offsets; it may also mask keys (``MASKED``: the padding of rows).
+What it computes (``reference``, below, in a few lines of torch). The rows come packed end to
+end, no padding: queries q (Nq, H, D), keys and values k, v (Nk, H_kv, D), H a multiple of
+H_kv. Row r's TQ queries are q[q_starts[r]:q_starts[r + 1]] and its TK >= TQ keys
+k[k_starts[r]:k_starts[r + 1]]. The queries stand at the row's end, after TK - TQ keys of a
+prefix (a prompt, an input its options continue): query i sees keys 0 to TK - TQ + i. Query
+head h reads key and value head h // (H // H_kv): grouped-query attention, of which H_kv = H,
+plain multi-head attention, is the case of groups of one. A padded (B, H, T, D) batch is the
+same with equal offsets, and may leave keys out (``MASKED``: the padding of rows); a query
+that sees no key gets a zero output and passes no gradient.
 
-Flash attention: a program owns a block of query rows and streams over the key blocks
-with an online softmax, so no TQ x TK matrix is ever stored; the forward keeps only the
-log-sum-exp of each row for the backward to rebuild the probabilities from. Key blocks
-entirely above the diagonal are skipped; the causal mask is applied only to the blocks
-that straddle it. Scores live in the log2 domain (exp2 is the fast instruction).
+What it costs. For P (query, key) pairs seen per query head (a row of TQ = TK = T: P =
+T (T + 1) / 2), with elements of s bytes:
+    forward    2 matrix products per block (QK^T, PV):                4 P D FLOPs a head
+    backward   7 (QK^T and dO V^T in both kernels, dV, dK, dQ):      14 P D FLOPs a head
+and at the least each tensor read or written once: forward q, k, v, o (and the log-sum-exp
+of each query, 4 bytes), backward q, k, v, o, dO, dq, dk, dv. One square row of T in 16 bits
+does about T / 4 FLOPs per byte forward and T / 2.3 backward: on an H100 (790 TFLOP/s
+against 3 TB/s, 260 FLOPs a byte) memory-bound below T ~ 1000 forward and ~ 600 backward.
 
-Backward, in two kernels that each recompute the probabilities of their blocks:
-``_bwd_dq`` per query block (it also stores delta = rowsum(dO * O) on its way), then
-``_bwd_dkdv`` per key block, streaming over the query blocks at and below the diagonal;
-each row's keys are its own, so no two programs write the same gradient. A query with no
-key to attend to has lse 0 and probabilities 0: output, and gradients through it, are zero.
+How. One program per (query block, row, query head) streams over the key blocks of its row
+with an online softmax, so no TQ x TK matrix is ever stored; the forward keeps only each
+query's log-sum-exp for the backward to rebuild the probabilities from. Key blocks entirely
+above the diagonal are skipped; the causal mask is applied only to the blocks that straddle
+it. Scores live in the log2 domain (exp2 is the fast instruction). The backward is two
+kernels that each recompute the probabilities of their blocks: ``_bwd_dq`` per query block
+(it also stores delta = rowsum(dO * O) on its way), then ``_bwd_dkdv`` per key block and
+key/value head, streaming over the query blocks at and below the diagonal of each query head
+of its group and summing their gradients: no two programs write the same gradient, and no
+atomics are needed.
 """
 import math
 from typing import NamedTuple, Optional
@@ -33,93 +42,32 @@ from minway.kernels.triton_common import check_device, dot, gpu_arch
 LOG2E = 1.4426950408889634
 
 
-@triton.jit
-def _scores(q, kt, keep, pos_m, offs_n, qk_scale, DIAGONAL: tl.constexpr, PRECISION: tl.constexpr):
-    """Scores of a (BLOCK_M, BLOCK_N) block in the log2 domain, -inf where the key may not be seen."""
-    s = dot(q, kt, None, PRECISION) * qk_scale
-    allowed = keep[None, :]
-    if DIAGONAL:
-        allowed = allowed & (pos_m[:, None] >= offs_n[None, :])
-    return tl.where(allowed, s, float("-inf"))
+def reference(q, k, v, q_starts, k_starts):
+    """What the kernels compute, in plain torch: each row alone, its whole score matrix, in float64."""
+    group = q.shape[1] // k.shape[1]
+    out = []
+    for r in range(len(q_starts) - 1):
+        qr = q[q_starts[r]:q_starts[r + 1]].double()  # (TQ, H, D)
+        # keys and values (TK, H, D), each head repeated for the query heads of its group
+        kr, vr = (x[k_starts[r]:k_starts[r + 1]].double().repeat_interleave(group, dim=1) for x in (k, v))
+        scores = torch.einsum("qhd,khd->hqk", qr, kr) / math.sqrt(q.shape[-1])
+        # query i sees keys 0 to TK - TQ + i
+        seen = torch.ones(len(qr), len(kr), dtype=torch.bool, device=q.device).tril(len(kr) - len(qr))
+        out.append(torch.einsum("hqk,khd->qhd", scores.masked_fill(~seen, float("-inf")).softmax(-1), vr))
+    return torch.cat(out)
 
 
 @triton.jit
-def _keys_kept(KEEP, offs_n, TK, MASKED: tl.constexpr):
-    """Which of the keys at ``offs_n`` exist in the row and are not masked."""
-    in_t = offs_n < TK
+def _scores(q, kt, KEEP, offs_n, pos_m, TK, qk_scale, DIAGONAL: tl.constexpr, MASKED: tl.constexpr,
+            PRECISION: tl.constexpr):
+    """Scores of a (BLOCK_M, BLOCK_N) block in the log2 domain, -inf where the query does not see the key:
+    a key past the row, left out by the mask, or (on the diagonal) after the query."""
+    seen = offs_n[None, :] < TK
     if MASKED:
-        return in_t & (tl.load(KEEP + offs_n, mask=in_t, other=0) != 0)
-    return in_t
-
-
-@triton.jit
-def _row(STARTS, row):
-    """Where a row begins in its packed tensor, and its length."""
-    start = tl.load(STARTS + row)
-    return start, tl.load(STARTS + row + 1) - start
-
-
-@triton.jit
-def _fwd_inner(acc, l_i, m_i, q, K, V, KEEP, pos_m, lo, hi, TK, stride_kt, stride_vt, qk_scale,
-               D: tl.constexpr, BLOCK_N: tl.constexpr, DIAGONAL: tl.constexpr, MASKED: tl.constexpr,
-               PRECISION: tl.constexpr):
-    offs_d = tl.arange(0, D)
-    for start_n in range(lo, hi, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        in_t = offs_n < TK
-        kt = tl.load(K + offs_n[None, :] * stride_kt + offs_d[:, None], mask=in_t[None, :], other=0.0)
-        keep = _keys_kept(KEEP, offs_n, TK, MASKED)
-        s = _scores(q, kt, keep, pos_m, offs_n, qk_scale, DIAGONAL, PRECISION)
-
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing allowed yet
-        p = tl.exp2(s - m_safe[:, None])
-        alpha = tl.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = tl.load(V + offs_n[:, None] * stride_vt + offs_d[None, :], mask=in_t[:, None], other=0.0)
-        acc = dot(p.to(v.dtype), v, acc * alpha[:, None], PRECISION)
-        m_i = m_new
-    return acc, l_i, m_i
-
-
-@triton.jit
-def _fwd(Q, K, V, Q_STARTS, K_STARTS, KEEP, O, LSE, qk_scale, H,
-         stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
-         D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
-         PRECISION: tl.constexpr):
-    # the last query blocks first: blocks further down the diagonal have more keys to visit
-    start_m = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_M
-    row, h = tl.program_id(1), tl.program_id(2)
-    q_start, TQ = _row(Q_STARTS, row)
-    k_start, TK = _row(K_STARTS, row)
-    if start_m >= TQ:
-        return
-    offs_m = start_m + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, D)
-    in_t = offs_m < TQ
-    q = tl.load(Q + q_start * stride_qt + h * stride_qh + offs_m[:, None] * stride_qt + offs_d[None, :],
-                mask=in_t[:, None], other=0.0)
-    K += k_start * stride_kt + h * stride_kh
-    V += k_start * stride_vt + h * stride_vh
-    KEEP += k_start
-
-    acc = tl.zeros((BLOCK_M, D), tl.float32)
-    l_i = tl.zeros((BLOCK_M,), tl.float32)
-    m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
-    pos_m = offs_m + (TK - TQ)
-    diagonal = _whole_blocks_before(start_m + TK - TQ, BLOCK_N)
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K, V, KEEP, pos_m, 0, diagonal, TK, stride_kt, stride_vt,
-                               qk_scale, D, BLOCK_N, False, MASKED, PRECISION)
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K, V, KEEP, pos_m, diagonal,
-                               tl.minimum(start_m + BLOCK_M + TK - TQ, TK),
-                               TK, stride_kt, stride_vt, qk_scale, D, BLOCK_N, True, MASKED, PRECISION)
-
-    nonempty = l_i > 0
-    acc = acc / tl.where(nonempty, l_i, 1.0)[:, None]
-    lse = tl.where(nonempty, m_i + tl.log2(tl.where(nonempty, l_i, 1.0)), 0.0)
-    tokens = q_start + offs_m  # O (Nq, H, D) and LSE (Nq, H) are contiguous
-    tl.store(O + (tokens[:, None] * H + h) * D + offs_d[None, :], acc.to(O.dtype.element_ty), mask=in_t[:, None])
-    tl.store(LSE + tokens * H + h, lse, mask=in_t)
+        seen = seen & (tl.load(KEEP + offs_n, mask=offs_n < TK, other=0) != 0)[None, :]
+    if DIAGONAL:
+        seen = seen & (pos_m[:, None] >= offs_n[None, :])
+    return tl.where(seen, dot(q, kt, None, PRECISION) * qk_scale, float("-inf"))
 
 
 @triton.jit
@@ -130,48 +78,111 @@ def _whole_blocks_before(first_pos, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
+def _fwd_inner(acc, l_i, m_i, q, K, V, KEEP, pos_m, lo, hi, TK, stride_kt, stride_vt, qk_scale,
+               D: tl.constexpr, BLOCK_N: tl.constexpr, DIAGONAL: tl.constexpr, MASKED: tl.constexpr,
+               PRECISION: tl.constexpr):
+    """The key blocks from lo to hi folded into the running output acc, row sums l_i and row maxima m_i."""
+    offs_d = tl.arange(0, D)
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        in_row = offs_n < TK
+        kt = tl.load(K + offs_n[None, :] * stride_kt + offs_d[:, None], mask=in_row[None, :], other=0.0)
+        s = _scores(q, kt, KEEP, offs_n, pos_m, TK, qk_scale, DIAGONAL, MASKED, PRECISION)
+
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing seen yet
+        p = tl.exp2(s - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        v = tl.load(V + offs_n[:, None] * stride_vt + offs_d[None, :], mask=in_row[:, None], other=0.0)
+        acc = dot(p.to(v.dtype), v, acc * alpha[:, None], PRECISION)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit(do_not_specialize=["H"])
+def _fwd(Q, K, V, Q_STARTS, K_STARTS, KEEP, O, LSE, qk_scale, H, GROUP,
+         stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
+         D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
+         PRECISION: tl.constexpr):
+    """O (Nq, H, D) and LSE (Nq, H) of BLOCK_M queries of one row and one query head."""
+    # the last query blocks first: blocks further down the diagonal have more keys to visit
+    start_m = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_M
+    row, h = tl.program_id(1), tl.program_id(2)
+    q_start, k_start = tl.load(Q_STARTS + row), tl.load(K_STARTS + row)
+    TQ, TK = tl.load(Q_STARTS + row + 1) - q_start, tl.load(K_STARTS + row + 1) - k_start
+    if start_m >= TQ:
+        return
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, D)
+    in_row = offs_m < TQ
+    tokens = q_start + offs_m
+    q = tl.load(Q + tokens[:, None] * stride_qt + h * stride_qh + offs_d[None, :], mask=in_row[:, None], other=0.0)
+    K += k_start * stride_kt + h // GROUP * stride_kh
+    V += k_start * stride_vt + h // GROUP * stride_vh
+    KEEP += k_start
+
+    acc = tl.zeros((BLOCK_M, D), tl.float32)
+    l_i = tl.zeros((BLOCK_M,), tl.float32)
+    m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+    pos_m = offs_m + (TK - TQ)  # each query's position among the row's keys
+    diagonal = _whole_blocks_before(start_m + TK - TQ, BLOCK_N)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K, V, KEEP, pos_m, 0, diagonal, TK, stride_kt, stride_vt,
+                               qk_scale, D, BLOCK_N, False, MASKED, PRECISION)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K, V, KEEP, pos_m, diagonal,
+                               tl.minimum(start_m + BLOCK_M + TK - TQ, TK),
+                               TK, stride_kt, stride_vt, qk_scale, D, BLOCK_N, True, MASKED, PRECISION)
+
+    nonempty = l_i > 0
+    acc = acc / tl.where(nonempty, l_i, 1.0)[:, None]
+    lse = tl.where(nonempty, m_i + tl.log2(tl.where(nonempty, l_i, 1.0)), 0.0)
+    tl.store(O + (tokens[:, None] * H + h) * D + offs_d[None, :], acc.to(O.dtype.element_ty), mask=in_row[:, None])
+    tl.store(LSE + tokens * H + h, lse, mask=in_row)
+
+
+@triton.jit
 def _bwd_dq_inner(dq, q, do, lse, delta, K, V, KEEP, pos_m, lo, hi, TK, stride_kt, stride_vt, qk_scale,
                   D: tl.constexpr, BLOCK_N: tl.constexpr, DIAGONAL: tl.constexpr, MASKED: tl.constexpr,
                   PRECISION: tl.constexpr):
     offs_d = tl.arange(0, D)
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        in_t = offs_n < TK
-        kt = tl.load(K + offs_n[None, :] * stride_kt + offs_d[:, None], mask=in_t[None, :], other=0.0)
-        vt = tl.load(V + offs_n[None, :] * stride_vt + offs_d[:, None], mask=in_t[None, :], other=0.0)
-        keep = _keys_kept(KEEP, offs_n, TK, MASKED)
-        p = tl.exp2(_scores(q, kt, keep, pos_m, offs_n, qk_scale, DIAGONAL, PRECISION) - lse[:, None])
+        in_row = offs_n < TK
+        kt = tl.load(K + offs_n[None, :] * stride_kt + offs_d[:, None], mask=in_row[None, :], other=0.0)
+        vt = tl.load(V + offs_n[None, :] * stride_vt + offs_d[:, None], mask=in_row[None, :], other=0.0)
+        p = tl.exp2(_scores(q, kt, KEEP, offs_n, pos_m, TK, qk_scale, DIAGONAL, MASKED, PRECISION) - lse[:, None])
         dp = dot(do, vt, None, PRECISION)
         ds = p * (dp - delta[:, None])
         dq = dot(ds.to(kt.dtype), tl.trans(kt), dq, PRECISION)
     return dq
 
 
-@triton.jit
-def _bwd_dq(Q, K, V, Q_STARTS, K_STARTS, KEEP, O, DO, LSE, DELTA, DQ, sm_scale, qk_scale, H,
+@triton.jit(do_not_specialize=["H"])
+def _bwd_dq(Q, K, V, Q_STARTS, K_STARTS, KEEP, O, DO, LSE, DELTA, DQ, sm_scale, qk_scale, H, GROUP,
             stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
             D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
             PRECISION: tl.constexpr):
+    """DQ (Nq, H, D) and DELTA (Nq, H) of BLOCK_M queries of one row and one query head."""
     start_m = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_M
     row, h = tl.program_id(1), tl.program_id(2)
-    q_start, TQ = _row(Q_STARTS, row)
-    k_start, TK = _row(K_STARTS, row)
+    q_start, k_start = tl.load(Q_STARTS + row), tl.load(K_STARTS + row)
+    TQ, TK = tl.load(Q_STARTS + row + 1) - q_start, tl.load(K_STARTS + row + 1) - k_start
     if start_m >= TQ:
         return
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, D)
-    in_t = offs_m < TQ
+    in_row = offs_m < TQ
     tokens = q_start + offs_m
     rows = (tokens[:, None] * H + h) * D + offs_d[None, :]  # O and DQ are contiguous (Nq, H, D)
-    q = tl.load(Q + tokens[:, None] * stride_qt + h * stride_qh + offs_d[None, :], mask=in_t[:, None], other=0.0)
-    do = tl.load(DO + tokens[:, None] * stride_dot + h * stride_doh + offs_d[None, :], mask=in_t[:, None],
+    q = tl.load(Q + tokens[:, None] * stride_qt + h * stride_qh + offs_d[None, :], mask=in_row[:, None], other=0.0)
+    do = tl.load(DO + tokens[:, None] * stride_dot + h * stride_doh + offs_d[None, :], mask=in_row[:, None],
                  other=0.0)
-    o = tl.load(O + rows, mask=in_t[:, None], other=0.0)
+    o = tl.load(O + rows, mask=in_row[:, None], other=0.0)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
-    tl.store(DELTA + tokens * H + h, delta, mask=in_t)
-    lse = tl.load(LSE + tokens * H + h, mask=in_t, other=0.0)
-    K += k_start * stride_kt + h * stride_kh
-    V += k_start * stride_vt + h * stride_vh
+    tl.store(DELTA + tokens * H + h, delta, mask=in_row)
+    lse = tl.load(LSE + tokens * H + h, mask=in_row, other=0.0)
+    K += k_start * stride_kt + h // GROUP * stride_kh
+    V += k_start * stride_vt + h // GROUP * stride_vh
     KEEP += k_start
 
     dq = tl.zeros((BLOCK_M, D), tl.float32)
@@ -181,28 +192,28 @@ def _bwd_dq(Q, K, V, Q_STARTS, K_STARTS, KEEP, O, DO, LSE, DELTA, DQ, sm_scale, 
                        D, BLOCK_N, False, MASKED, PRECISION)
     dq = _bwd_dq_inner(dq, q, do, lse, delta, K, V, KEEP, pos_m, diagonal, tl.minimum(start_m + BLOCK_M + TK - TQ, TK),
                        TK, stride_kt, stride_vt, qk_scale, D, BLOCK_N, True, MASKED, PRECISION)
-    tl.store(DQ + rows, (dq * sm_scale).to(DQ.dtype.element_ty), mask=in_t[:, None])
+    tl.store(DQ + rows, (dq * sm_scale).to(DQ.dtype.element_ty), mask=in_row[:, None])
 
 
 @triton.jit
 def _bwd_dkdv_inner(dk, dv, k, v, keep, Q, DO, LSE, DELTA, offs_n, lo, hi, TQ, TK, H, stride_qt, stride_dot,
                     qk_scale, D: tl.constexpr, BLOCK_M: tl.constexpr, DIAGONAL: tl.constexpr,
                     PRECISION: tl.constexpr):
-    """Transposed blocks: keys along rows, queries along columns."""
+    """The query blocks from lo to hi of one query head: transposed blocks, keys along rows, queries along columns."""
     offs_d = tl.arange(0, D)
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
-        in_t = offs_m < TQ
-        qt = tl.load(Q + offs_m[None, :] * stride_qt + offs_d[:, None], mask=in_t[None, :], other=0.0)
-        do = tl.load(DO + offs_m[:, None] * stride_dot + offs_d[None, :], mask=in_t[:, None], other=0.0)
+        in_row = offs_m < TQ
+        qt = tl.load(Q + offs_m[None, :] * stride_qt + offs_d[:, None], mask=in_row[None, :], other=0.0)
+        do = tl.load(DO + offs_m[:, None] * stride_dot + offs_d[None, :], mask=in_row[:, None], other=0.0)
         # queries past TQ get lse = inf, hence probability 0
-        lse = tl.load(LSE + offs_m * H, mask=in_t, other=float("inf"))
-        delta = tl.load(DELTA + offs_m * H, mask=in_t, other=0.0)
+        lse = tl.load(LSE + offs_m * H, mask=in_row, other=float("inf"))
+        delta = tl.load(DELTA + offs_m * H, mask=in_row, other=0.0)
         st = dot(k, qt, None, PRECISION) * qk_scale
-        allowed = keep[:, None]
+        seen = keep[:, None]
         if DIAGONAL:
-            allowed = allowed & (offs_m[None, :] + (TK - TQ) >= offs_n[:, None])
-        pt = tl.exp2(tl.where(allowed, st, float("-inf")) - lse[None, :])
+            seen = seen & (offs_m[None, :] + (TK - TQ) >= offs_n[:, None])
+        pt = tl.exp2(tl.where(seen, st, float("-inf")) - lse[None, :])
         dv = dot(pt.to(do.dtype), do, dv, PRECISION)
         dpt = dot(v, tl.trans(do), None, PRECISION)
         dst = pt * (dpt - delta[None, :])
@@ -210,53 +221,61 @@ def _bwd_dkdv_inner(dk, dv, k, v, keep, Q, DO, LSE, DELTA, offs_n, lo, hi, TQ, T
     return dk, dv
 
 
-@triton.jit
-def _bwd_dkdv(Q, K, V, Q_STARTS, K_STARTS, KEEP, DO, LSE, DELTA, DK, DV, sm_scale, qk_scale, H,
+@triton.jit(do_not_specialize=["H"])
+def _bwd_dkdv(Q, K, V, Q_STARTS, K_STARTS, KEEP, DO, LSE, DELTA, DK, DV, sm_scale, qk_scale, H, GROUP,
               stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
               D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
               PRECISION: tl.constexpr):
+    """DK and DV (Nk, H // GROUP, D) of BLOCK_N keys of one row and one key/value head, summed over the
+    GROUP query heads that read it."""
     start_n = tl.program_id(0) * BLOCK_N
-    row, h = tl.program_id(1), tl.program_id(2)
-    q_start, TQ = _row(Q_STARTS, row)
-    k_start, TK = _row(K_STARTS, row)
+    row, h_kv = tl.program_id(1), tl.program_id(2)
+    q_start, k_start = tl.load(Q_STARTS + row), tl.load(K_STARTS + row)
+    TQ, TK = tl.load(Q_STARTS + row + 1) - q_start, tl.load(K_STARTS + row + 1) - k_start
     if start_n >= TK:
         return
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, D)
-    in_t = offs_n < TK
+    in_row = offs_n < TK
     keys = k_start + offs_n
-    k = tl.load(K + keys[:, None] * stride_kt + h * stride_kh + offs_d[None, :], mask=in_t[:, None], other=0.0)
-    v = tl.load(V + keys[:, None] * stride_vt + h * stride_vh + offs_d[None, :], mask=in_t[:, None], other=0.0)
-    keep = _keys_kept(KEEP + k_start, offs_n, TK, MASKED)
-    Q += q_start * stride_qt + h * stride_qh
-    DO += q_start * stride_dot + h * stride_doh
-    LSE += q_start * H + h
-    DELTA += q_start * H + h
+    k = tl.load(K + keys[:, None] * stride_kt + h_kv * stride_kh + offs_d[None, :], mask=in_row[:, None], other=0.0)
+    v = tl.load(V + keys[:, None] * stride_vt + h_kv * stride_vh + offs_d[None, :], mask=in_row[:, None], other=0.0)
+    keep = in_row
+    if MASKED:
+        keep = keep & (tl.load(KEEP + keys, mask=in_row, other=0) != 0)
 
     dk = tl.zeros((BLOCK_N, D), tl.float32)
     dv = tl.zeros((BLOCK_N, D), tl.float32)
     # queries (in blocks of BLOCK_M from 0) that see part of this key block, then those that see it whole
     first = tl.maximum(start_n - (TK - TQ), 0) // BLOCK_M * BLOCK_M
     whole = tl.minimum((tl.maximum(start_n + BLOCK_N - 1 - (TK - TQ), 0) + BLOCK_M - 1) // BLOCK_M * BLOCK_M, TQ)
-    dk, dv = _bwd_dkdv_inner(dk, dv, k, v, keep, Q, DO, LSE, DELTA, offs_n, first, whole,
-                             TQ, TK, H, stride_qt, stride_dot, qk_scale, D, BLOCK_M, True, PRECISION)
-    dk, dv = _bwd_dkdv_inner(dk, dv, k, v, keep, Q, DO, LSE, DELTA, offs_n, whole, TQ,
-                             TQ, TK, H, stride_qt, stride_dot, qk_scale, D, BLOCK_M, False, PRECISION)
-    rows = (keys[:, None] * H + h) * D + offs_d[None, :]  # DK and DV are contiguous (Nk, H, D)
-    tl.store(DK + rows, (dk * sm_scale).to(DK.dtype.element_ty), mask=in_t[:, None])
-    tl.store(DV + rows, dv.to(DV.dtype.element_ty), mask=in_t[:, None])
+    for g in range(GROUP):  # (GROUP = 1, plain multi-head attention, is compiled apart: no loop there)
+        h = h_kv * GROUP + g
+        Qh = Q + q_start * stride_qt + h * stride_qh
+        DOh = DO + q_start * stride_dot + h * stride_doh
+        LSEh = LSE + q_start * H + h
+        DELTAh = DELTA + q_start * H + h
+        dk, dv = _bwd_dkdv_inner(dk, dv, k, v, keep, Qh, DOh, LSEh, DELTAh, offs_n, first, whole,
+                                 TQ, TK, H, stride_qt, stride_dot, qk_scale, D, BLOCK_M, True, PRECISION)
+        dk, dv = _bwd_dkdv_inner(dk, dv, k, v, keep, Qh, DOh, LSEh, DELTAh, offs_n, whole, TQ,
+                                 TQ, TK, H, stride_qt, stride_dot, qk_scale, D, BLOCK_M, False, PRECISION)
+    rows = (keys[:, None] * (H // GROUP) + h_kv) * D + offs_d[None, :]  # DK and DV are contiguous (Nk, H_kv, D)
+    tl.store(DK + rows, (dk * sm_scale).to(DK.dtype.element_ty), mask=in_row[:, None])
+    tl.store(DV + rows, dv.to(DV.dtype.element_ty), mask=in_row[:, None])
 
 
-def _config(D, dtype, arch):
-    """Block sizes and launch options of each kernel, {"fwd", "dq", "dkdv": {...}}, for head dim D
-    and inputs of ``dtype`` on a GPU of compute capability ``arch`` (None: the interpreter).
+def _config(D, dtype, arch, grouped=False):
+    """Block sizes and launch options of each kernel, {"fwd", "dq", "dkdv": {...}}, for head dim D,
+    inputs of ``dtype`` and key/value heads shared by groups of query heads or not (``grouped``),
+    on a GPU of compute capability ``arch`` (None: the interpreter).
 
     Chosen with ``python -m minway.kernels.gpu_compile``: every one fits the shared memory of sm_80
     and sm_90, and for 16-bit inputs up to D = 64 none spills registers there (the model's
     tensors always have the arguments' 16-byte alignment; without it, dkdv spills 256 B on
-    sm_80). fp32 inputs go through tf32x3, which splits both operands of every product in
-    two, in registers: they get small blocks, and some spill a little all the same
-    (benchmarks/README.md).
+    sm_80). With grouped heads dkdv loops over the query heads of its group, which holds more
+    registers: it takes 16 queries at a time, not 32 (with 32 it spilled 56 B on sm_80 at D = 64).
+    fp32 inputs go through tf32x3, which splits both operands of every product in two, in
+    registers: they get small blocks, and some spill a little all the same (benchmarks/README.md).
     """
     if arch is None:  # interpreter: small blocks so that tests cross block edges cheaply
         small = dict(BLOCK_M=32, BLOCK_N=16)
@@ -266,12 +285,7 @@ def _config(D, dtype, arch):
         return dict(fwd=small, dq=small, dkdv=small)
     options = dict(num_warps=8, num_stages=3)
     return dict(fwd=dict(BLOCK_M=128, BLOCK_N=32, **options), dq=dict(BLOCK_M=64, BLOCK_N=32, **options),
-                dkdv=dict(BLOCK_M=32, BLOCK_N=128 if D <= 64 else 64, **options))
-
-
-def _strides(x):
-    """Of a packed (N, H, D) tensor: between tokens, between heads."""
-    return x.stride(0), x.stride(1)
+                dkdv=dict(BLOCK_M=16 if grouped else 32, BLOCK_N=128 if D <= 64 else 64, **options))
 
 
 def _precision(dtype):
@@ -279,13 +293,9 @@ def _precision(dtype):
     return "tf32x3" if dtype == torch.float32 else "tf32"
 
 
-def _arch(device):
-    return gpu_arch(device) if device.type == "cuda" else None
-
-
 class Rows(NamedTuple):
     """The packed rows of a launch: where each row's queries and keys begin (B + 1,), the longest
-    row's queries and keys, and the keys to leave out (Nk,) bool, or None."""
+    row's queries and keys, and which keys to keep (Nk,) bool, or None for all of them."""
     q_starts: torch.Tensor
     k_starts: torch.Tensor
     max_q: int
@@ -293,48 +303,55 @@ class Rows(NamedTuple):
     keep: Optional[torch.Tensor] = None
 
 
-def _common(q, rows):
-    """The arguments every kernel takes after its tensors: KEEP, then keyword arguments."""
-    keep = rows.keep if rows.keep is not None else rows.q_starts  # never read when MASKED is off
-    return keep, dict(D=q.shape[2], PRECISION=_precision(q.dtype), MASKED=rows.keep is not None)
-
-
-def forward_launch(q, k, v, rows, o, lse, arch):
-    """(grid, arguments, keyword arguments) of ``_fwd`` writing o (Nq, H, D) and lse (Nq, H)."""
+def _forward(q, k, v, rows, arch):
+    """o (Nq, H, D) and the log-sum-exp (Nq, H) of attention over the packed rows, on a GPU of
+    compute capability ``arch`` (None: the interpreter)."""
     _, H, D = q.shape
-    config = _config(D, q.dtype, arch)["fwd"]
-    keep, constants = _common(q, rows)
+    o = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    lse = torch.empty(q.shape[:2], dtype=torch.float32, device=q.device)
+    config = _config(D, q.dtype, arch, grouped=k.shape[1] < H)["fwd"]
     grid = (triton.cdiv(rows.max_q, config["BLOCK_M"]), len(rows.q_starts) - 1, H)
-    args = (q, k, v, rows.q_starts, rows.k_starts, keep, o, lse, LOG2E / math.sqrt(D), H,
-            *_strides(q), *_strides(k), *_strides(v))
-    return grid, args, dict(**constants, **config)
+    if all(grid):  # (no query, or no row: nothing to launch)
+        _fwd[grid](q, k, v, rows.q_starts, rows.k_starts, _keep(rows), o, lse, LOG2E / math.sqrt(D), H,
+                   H // k.shape[1], q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+                   D=D, MASKED=rows.keep is not None, PRECISION=_precision(q.dtype), **config)
+    return o, lse
 
 
-def backward_launches(q, k, v, rows, o, lse, do, delta, dq, dk, dv, arch):
-    """[(kernel, grid, arguments, keyword arguments)] of ``_bwd_dq`` (which writes delta and dq),
-    then ``_bwd_dkdv`` (dk and dv), in the order they must run."""
+def _backward(q, k, v, o, lse, do, rows, arch):
+    """dq, dk and dv given the output gradient do: ``_bwd_dq`` (which also writes delta), then ``_bwd_dkdv``."""
     _, H, D = q.shape
-    config = _config(D, q.dtype, arch)
-    keep, constants = _common(q, rows)
+    dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    dk, dv = (torch.empty(k.shape, dtype=k.dtype, device=k.device) for _ in range(2))
+    delta = torch.empty_like(lse)
+    config = _config(D, q.dtype, arch, grouped=k.shape[1] < H)
     sm_scale = 1.0 / math.sqrt(D)
-    strides = (*_strides(q), *_strides(k), *_strides(v), *_strides(do))
+    common = dict(D=D, MASKED=rows.keep is not None, PRECISION=_precision(q.dtype))
+    strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), do.stride(0), do.stride(1))
     n_rows = len(rows.q_starts) - 1
-    return [(_bwd_dq, (triton.cdiv(rows.max_q, config["dq"]["BLOCK_M"]), n_rows, H),
-             (q, k, v, rows.q_starts, rows.k_starts, keep, o, do, lse, delta, dq, sm_scale, sm_scale * LOG2E, H,
-              *strides), dict(**constants, **config["dq"])),
-            (_bwd_dkdv, (triton.cdiv(rows.max_k, config["dkdv"]["BLOCK_N"]), n_rows, H),
-             (q, k, v, rows.q_starts, rows.k_starts, keep, do, lse, delta, dk, dv, sm_scale, sm_scale * LOG2E, H,
-              *strides), dict(**constants, **config["dkdv"]))]
+    grid = (triton.cdiv(rows.max_q, config["dq"]["BLOCK_M"]), n_rows, H)
+    if all(grid):
+        _bwd_dq[grid](q, k, v, rows.q_starts, rows.k_starts, _keep(rows), o, do, lse, delta, dq,
+                      sm_scale, sm_scale * LOG2E, H, H // k.shape[1], *strides, **common, **config["dq"])
+    grid = (triton.cdiv(rows.max_k, config["dkdv"]["BLOCK_N"]), n_rows, k.shape[1])
+    if all(grid):
+        _bwd_dkdv[grid](q, k, v, rows.q_starts, rows.k_starts, _keep(rows), do, lse, delta, dk, dv,
+                        sm_scale, sm_scale * LOG2E, H, H // k.shape[1], *strides, **common, **config["dkdv"])
+    return dq, dk, dv
+
+
+def _keep(rows):
+    return rows.keep if rows.keep is not None else rows.q_starts  # never read when MASKED is off
+
+
+def _arch(device):
+    return gpu_arch(device) if device.type == "cuda" else None
 
 
 class _FlashAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, rows):
-        o = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-        lse = torch.empty(q.shape[:2], dtype=torch.float32, device=q.device)
-        grid, args, kwargs = forward_launch(q, k, v, rows, o, lse, _arch(q.device))
-        if all(grid):
-            _fwd[grid](*args, **kwargs)
+        o, lse = _forward(q, k, v, rows, _arch(q.device))
         ctx.save_for_backward(q, k, v, o, lse)
         ctx.rows = rows
         return o
@@ -344,14 +361,7 @@ class _FlashAttention(torch.autograd.Function):
         q, k, v, o, lse = ctx.saved_tensors
         if do.stride(-1) != 1:
             do = do.contiguous()
-        dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-        dk, dv = (torch.empty(k.shape, dtype=k.dtype, device=k.device) for _ in range(2))
-        delta = torch.empty_like(lse)
-        for kernel, grid, args, kwargs in backward_launches(q, k, v, ctx.rows, o, lse, do, delta, dq, dk, dv,
-                                                            _arch(q.device)):
-            if all(grid):  # (no query, or no row: nothing to launch)
-                kernel[grid](*args, **kwargs)
-        return dq, dk, dv, None
+        return (*_backward(q, k, v, o, lse, do, ctx.rows, _arch(q.device)), None)
 
 
 def _check_inputs(q, k, v, what):
@@ -368,15 +378,17 @@ def _unit_stride(x):
 
 
 def flash_attention_varlen(q, k, v, q_starts, k_starts, max_q=None, max_k=None):
-    """Causal attention of packed rows: q (Nq, H, D), k and v (Nk, H, D); row r's queries are
+    """Causal attention of packed rows: q (Nq, H, D), k and v (Nk, H_kv, D), H a multiple of H_kv
+    (query head h reads key/value head h // (H // H_kv)); row r's queries are
     q[q_starts[r]:q_starts[r + 1]], its keys k[k_starts[r]:k_starts[r + 1]], at least as many,
     and its i-th of n queries sees the first m - n + i + 1 of its m keys. ``max_q``, ``max_k``:
     the longest row's queries and keys, when the caller knows them (otherwise they are read
     from the offsets, which waits for the GPU)."""
     check_device(q.device, "varlen attention")
-    if not (q.dim() == 3 and k.shape == v.shape and k.dim() == 3 and k.shape[1:] == q.shape[1:]):
-        raise ValueError(f"varlen attention takes q (Nq, H, D) and k, v (Nk, H, D), got {tuple(q.shape)}, "
-                         f"{tuple(k.shape)}, {tuple(v.shape)}")
+    if not (q.dim() == 3 and k.dim() == 3 and k.shape == v.shape and k.shape[2] == q.shape[2]
+            and q.shape[1] % k.shape[1] == 0):
+        raise ValueError(f"varlen attention takes q (Nq, H, D) and k, v (Nk, H_kv, D), H a multiple of H_kv, "
+                         f"got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     if not (q_starts.shape == k_starts.shape and q_starts.dim() == 1 and len(q_starts) >= 1):
         raise ValueError(f"q_starts and k_starts must be (B + 1,) offsets, got {tuple(q_starts.shape)} and "
                          f"{tuple(k_starts.shape)}")
@@ -392,13 +404,14 @@ def flash_attention_varlen(q, k, v, q_starts, k_starts, max_q=None, max_k=None):
 
 
 def flash_attention(q, k, v, key_padding_mask=None):
-    """Causal attention of q (B, H, TQ, D) over k, v (B, H, TK, D), TK >= TQ; see minway.kernels.attention
-    for the semantics. The varlen kernels with rows of equal lengths, and keys masked."""
+    """Causal attention of q (B, H, TQ, D) over k, v (B, H_kv, TK, D), TK >= TQ, H a multiple of H_kv;
+    see minway.kernels.attention for the semantics. The varlen kernels with rows of equal lengths,
+    and keys masked."""
     check_device(q.device, "causal_attention")
     B, H, TQ, D = q.shape
-    TK = k.shape[2]
-    if not (k.shape == v.shape == (B, H, TK, D) and TK >= TQ):
-        raise ValueError(f"q (B, H, TQ, D) and k, v (B, H, TK >= TQ, D) expected, got "
+    H_kv, TK = k.shape[1], k.shape[2]
+    if not (k.shape == v.shape == (B, H_kv, TK, D) and TK >= TQ and H % H_kv == 0):
+        raise ValueError(f"q (B, H, TQ, D) and k, v (B, H_kv, TK >= TQ, D), H a multiple of H_kv, expected, got "
                          f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     _check_inputs(q, k, v, "causal_attention")
     keep = None
@@ -410,7 +423,7 @@ def flash_attention(q, k, v, key_padding_mask=None):
     offsets = torch.arange(B + 1, device=q.device)
     rows = Rows(offsets * TQ, offsets * TK, TQ, TK, keep)
 
-    def packed(x):  # (B, H, T, D) -> (B * T, H, D): a view for the (B, T, H, D) layout of a model
-        return _unit_stride(x.transpose(1, 2).reshape(B * x.shape[2], H, D))
+    def packed(x):  # (B, heads, T, D) -> (B * T, heads, D): a view for the (B, T, heads, D) layout of a model
+        return _unit_stride(x.transpose(1, 2).reshape(B * x.shape[2], x.shape[1], D))
     o = _FlashAttention.apply(packed(q), packed(k), packed(v), rows)
     return o.view(B, TQ, H, D).transpose(1, 2)

@@ -1,12 +1,12 @@
-"""Nearest vocabulary rows of many query vectors, in one pass over the embedding matrix.
+"""Nearest vocabulary rows of many query vectors: the d-projection of Prompt Waywardness, on any device.
 
-This is the d-projection of Prompt Waywardness: every continuous prompt vector is mapped
-to the token whose embedding scores best against it. The M x V score matrix is never
-built: the vocabulary is read in blocks and each query keeps a running top-k.
-
-Two backends give the same answer:
-``triton`` : a fused kernel (``minway.kernels.projection_triton``), used for CUDA tensors;
-``torch``  : a loop over vocabulary chunks whose score block stays at a few million entries.
+Every continuous prompt vector is mapped to the vocabulary rows that score best against it.
+``minway.kernels.projection_triton`` says what that computes and costs, in a few lines of
+torch (``reference``) and in a fused Triton kernel. Two backends give the reference's answer
+without ever holding its M x V score matrix:
+``triton`` : the fused kernel, used for CUDA tensors;
+``torch``  : the reference one chunk of the vocabulary at a time (``_torch_best``), the score
+             block kept to a few million entries; on any device, and where Triton is missing.
 
 Scores are accumulated in fp32 whatever the storage type of the embeddings. Ties go to
 the lowest vocabulary index.
@@ -74,8 +74,69 @@ def _auto_backend(q):
 def _triton_best(q, E, kp, metric, inv_qn):
     if importlib.util.find_spec("triton") is None:
         raise ValueError("backend='triton' needs the triton package: install it, or use backend='torch'")
-    from minway.kernels.projection_triton import candidates
-    return _best(*candidates(q, E, kp, metric, inv_qn), kp)
+    from minway.kernels.projection_triton import candidates, target
+    from minway.kernels.triton_common import check_device
+
+    check_device(q.device, "nearest_tokens")
+    return _ranked(*candidates(q, E, kp, metric, inv_qn, *target(q.device)), kp)
+
+
+def _torch_best(q, E, kp, metric, inv_qn):
+    """The reference one chunk of the vocabulary at a time, in fp32: the kp best of each chunk,
+    merged with the kp best of the chunks before it. Scores and indices (M, kp), best first."""
+    M, V = q.shape[0], E.shape[0]
+    # dot on an fp32 E makes only the score block; a 16-bit E is copied to fp32 and l2/cos
+    # square it, so there a (chunk, d) block counts too
+    width = M if E.dtype == torch.float32 and metric == "dot" else max(M, q.shape[1])
+    chunk = max(kp, CHUNK_ELEMENTS // width)
+    best_s = q.new_empty(M, 0)
+    best_i = torch.empty(M, 0, dtype=torch.int64, device=q.device)
+    for start in range(0, V, chunk):
+        s, cols = _top(_scores(q, E[start:start + chunk].float(), metric, inv_qn), kp)
+        best_s, best_i = _ranked(torch.cat([best_s, s], dim=1), torch.cat([best_i, cols + start], dim=1), kp)
+    return best_s, best_i
+
+
+def _top(s, kp):
+    """The kp best entries of each row of a score block (scores, columns), the lowest column first
+    among equal scores."""
+    values, cols = s.topk(min(kp, s.shape[1]), dim=1)
+    # topk takes any of several entries equal to its last value: where it could not take them
+    # all, the row is sorted whole (a stable sort keeps equal entries in column order)
+    last = values[:, -1:]
+    unsure = ((s == last).sum(1) != (values == last).sum(1)).nonzero()[:, 0]
+    if len(unsure):
+        cols[unsure] = (s[unsure] + 0.0).sort(dim=1, descending=True, stable=True).indices[:, :cols.shape[1]]
+    return _ranked(s.gather(1, cols), cols, kp)
+
+
+def _ranked(scores, indices, kp):
+    """The kp best of each row of candidates (scores, indices): the highest score first, and of equal
+    scores the lowest index first (a stable sort by score of the candidates in index order)."""
+    scores = scores + 0.0  # -0.0 becomes +0.0, which it equals: a GPU's radix sort would rank it below
+    by_index = indices.argsort(dim=1)
+    scores, indices = scores.gather(1, by_index), indices.gather(1, by_index)
+    by_score = scores.argsort(dim=1, descending=True, stable=True)[:, :kp]
+    return scores.gather(1, by_score), indices.gather(1, by_score)
+
+
+def _inverse_norms(x):
+    """1 / ||row||, and 0 for a zero row so that its cosine with anything is 0."""
+    sq = (x * x).sum(1)
+    return torch.where(sq > 0, 1.0 / sq.sqrt(), 0.0)
+
+
+def _scores(q, e, metric, inv_qn):
+    """Ranking scores, higher is better, of fp32 queries against fp32 embedding rows.
+
+    The Triton kernel computes the same expressions in the same order.
+    """
+    s = q @ e.T
+    if metric == "l2":
+        return 2.0 * s - (e * e).sum(1)
+    if metric == "cos":
+        return s * inv_qn[:, None] * _inverse_norms(e)
+    return s
 
 
 def _check(queries, embeddings, k, metric, backend):
@@ -109,72 +170,3 @@ def _check(queries, embeddings, k, metric, backend):
 
 def _shape(x):
     return f"shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
-
-
-def _inverse_norms(x):
-    """1 / ||row||, and 0 for a zero row so that its cosine with anything is 0."""
-    sq = (x * x).sum(1)
-    return torch.where(sq > 0, 1.0 / sq.sqrt(), 0.0)
-
-
-def _scores(q, e, metric, inv_qn):
-    """Ranking scores, higher is better, of fp32 queries against fp32 embedding rows.
-
-    The Triton kernel computes the same expressions in the same order.
-    """
-    s = q @ e.T
-    if metric == "l2":
-        return 2.0 * s - (e * e).sum(1)
-    if metric == "cos":
-        return s * inv_qn[:, None] * _inverse_norms(e)
-    return s
-
-
-def _torch_best(q, E, kp, metric, inv_qn):
-    M, V = q.shape[0], E.shape[0]
-    # dot on an fp32 E makes only the score block; a 16-bit E is copied to fp32 and l2/cos
-    # square it, so there a (chunk, d) block counts too
-    width = M if E.dtype == torch.float32 and metric == "dot" else max(M, q.shape[1])
-    chunk = max(kp, CHUNK_ELEMENTS // width)
-    best = torch.empty(M, 0, dtype=torch.int64, device=q.device)
-    for start in range(0, V, chunk):
-        e = E[start:start + chunk].float()
-        keys = torch.cat([best, _chunk_keys(_scores(q, e, metric, inv_qn), start, kp)], dim=1)
-        best = keys.topk(min(kp, keys.shape[1]), dim=1).values
-    return _unkey(best)
-
-
-def _chunk_keys(s, start, kp):
-    """Keys of the kp best entries of each row of a score chunk that starts at vocabulary row start."""
-    values, cols = s.topk(min(kp, s.shape[1]), dim=1)
-    # topk takes any of several entries equal to its last value: where it could not take
-    # them all, redo the row with keys, which break the tie to the lowest index
-    last = values[:, -1:]
-    unsure = ((s == last).sum(1) != (values == last).sum(1)).nonzero()[:, 0]
-    if len(unsure):
-        all_cols = torch.arange(s.shape[1], device=s.device)
-        cols[unsure] = _unkey(_keys(s[unsure], all_cols).topk(cols.shape[1], dim=1).values)[1]
-    return _keys(s.gather(1, cols), cols + start)
-
-
-def _best(scores, indices, kp):
-    """The kp best of each row of candidate (scores, indices), sorted best first."""
-    return _unkey(_keys(scores, indices).topk(kp, dim=1).values)
-
-
-# One int64 per candidate that orders like (score descending, index ascending): the float
-# bits of the score, flipped for negatives so that they sort as integers, above the
-# complement of the index. topk over these keys is exact and breaks ties to the lowest index.
-_LOW = 0xFFFFFFFF
-
-
-def _keys(scores, indices):
-    bits = (scores + 0.0).view(torch.int32)  # + 0.0 turns -0.0 into +0.0
-    bits = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
-    return (bits.long() << 32) | (_LOW - indices.long())
-
-
-def _unkey(keys):
-    bits = (keys >> 32).int()
-    scores = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).view(torch.float32)
-    return scores, _LOW - (keys & _LOW)

@@ -1,22 +1,62 @@
-"""Triton kernel behind ``minway.kernels.projection.nearest_tokens``.
+"""The d-projection in Triton: the nearest vocabulary rows of many query vectors, in one pass
+over the embedding matrix (``minway.kernels.projection.nearest_tokens`` chooses it for CUDA tensors).
 
-Each program takes a block of queries and a slice of the vocabulary. It scores one tile
+What it computes (``reference``, below, in a few lines of torch). For M queries q (M, d) and
+the V rows of an embedding matrix E (V, d): the k rows that score best against each query, by
+dot product q.e, squared distance ||q - e||^2 (the least) or cosine, ties going to the lowest
+row. Prompt Waywardness maps each continuous prompt vector to its nearest token this way.
+
+What it costs. Reading E once, V d s bytes (s bytes an element), and 2 M V d FLOPs of products,
+done three times over for exact fp32 scores (below). The score matrix, M x V, is never
+written: the memory traffic is E itself. Per byte of E that is 3 M FLOPs in bf16: 42 for a
+prompt of 14 vectors, where an H100 does about 260 per byte it reads (790 TFLOP/s against 3
+TB/s). Up to M ~ 88 (in bf16, and in fp32, whose rows are twice the bytes and whose tf32
+products run at half the rate) the projection is bound by reading E, and its limit is the
+time to read E once: 43 us for GPT-2 large's 50257 rows of 1280 in bf16,
+175 us for Llama 3's 128256 rows of 2048, 415 us for 151936 rows of 4096 (Qwen 2.5's
+vocabulary); benchmarks/bench_projection.py measures the kernel against that limit.
+
+How. Each program takes a block of queries and a slice of the vocabulary. It scores one tile
 of vocabulary rows at a time against all its queries, a (BLOCK_V, BLOCK_M) block on the
-tensor cores: vocabulary rows on the long side, so that the tile stays efficient when
-there are only a few queries. Each query column keeps its running top-KP in registers.
-The slices are there for parallelism when there are few query blocks; their candidates
-are merged on the host (a top-k over splits * KP entries per query).
+tensor cores: vocabulary rows on the long side, so that the tile stays efficient when there
+are only a few queries. Each query column keeps its running top-KP in registers. The slices
+are there for parallelism when there are few query blocks; their candidates are merged on
+the host (a top-k over splits * KP entries per query).
 
-Exact fp32 scores on tensor cores: fp32 and fp16 rows go through the tf32x3 dot (three
-tf32 products, about fp32 accuracy). For bf16 rows the fp32 queries are split into
-three bf16 parts whose sum is the query exactly; every bf16 x bf16 product is exact in
-fp32, so three bf16 dots give the fp32 result at a fraction of the tf32x3 cost.
+Exact fp32 scores on tensor cores: fp32 and fp16 rows go through the tf32x3 dot (three tf32
+products, about fp32 accuracy). For bf16 rows the fp32 queries are split into three bf16
+parts whose sum is the query exactly; every bf16 x bf16 product is exact in fp32, so three
+bf16 dots give the fp32 result at a fraction of the tf32x3 cost.
 """
 import torch
 import triton
 import triton.language as tl
 
-from minway.kernels.triton_common import check_device, dot, gpu_arch
+from minway.kernels.triton_common import dot, gpu_arch
+
+
+def reference_scores(queries, embeddings, metric, dtype=torch.float64):
+    """The (M, V) matrix of what nearest_tokens reports for every pair, q.e, ||q - e||^2 or the cosine,
+    computed in ``dtype``."""
+    q, E = queries.to(dtype), embeddings.to(dtype)
+    scores = q @ E.T
+    if metric == "l2":
+        return (q * q).sum(1, keepdim=True) - 2 * scores + (E * E).sum(1)
+    if metric == "cos":
+        norms = q.norm(dim=1, keepdim=True) * E.norm(dim=1)
+        return torch.where(norms > 0, scores / norms, 0.0)  # a zero vector has cosine 0 with anything
+    return scores
+
+
+def reference(queries, embeddings, k=1, metric="dot", dtype=torch.float64):
+    """What the kernel computes, in plain torch: every score, then the k best of each query (the
+    least for l2), ties to the lowest row (a stable sort); indices, scores and the margin between
+    the best two, as nearest_tokens returns them, scores and margin in ``dtype``."""
+    scores = reference_scores(queries, embeddings, metric, dtype)
+    order = scores.sort(dim=1, descending=metric != "l2", stable=True).indices[:, :max(k, 2)]
+    best = scores.gather(1, order)
+    return order[:, :k], best[:, :k], (best[:, 0] - best[:, 1]).abs()
+
 
 _BIG = tl.constexpr(2**31 - 1)
 
@@ -74,7 +114,7 @@ def _fold(s, offs_v, best_s, best_i, KP: tl.constexpr):
     return best_s, best_i
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["V"])  # one compiled kernel for every vocabulary
 def _nearest_kernel(Q, E, INV_QN, OUT_S, OUT_I, M, V, D, rows_per_split,
                     stride_qp, stride_qm, stride_e,
                     METRIC: tl.constexpr, Q_PARTS: tl.constexpr, PRECISION: tl.constexpr, KP: tl.constexpr,
@@ -128,9 +168,17 @@ def _config(M, dtype, arch):
     return dict(BLOCK_M=block_m, BLOCK_V=block_v, BLOCK_D=block_d), dict(num_warps=8, num_stages=stages)
 
 
-def launch(q, E, kp, metric, inv_qn, arch, programs):
-    """(grid, arguments, keyword arguments) of ``_nearest_kernel`` for these inputs, its two
-    outputs (splits, M, kp) among the arguments; ``programs``: how many to aim for."""
+def target(device):
+    """(compute capability, programs to aim for) of a launch on ``device``: four programs per SM on a
+    GPU; the interpreter's three split even a small test vocabulary."""
+    if device.type != "cuda":
+        return None, 3
+    return gpu_arch(device), 4 * torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def candidates(q, E, kp, metric, inv_qn, arch, programs):
+    """Per query, the top-kp (scores, int64 indices) of each vocabulary slice: (M, splits * kp) each.
+    q: fp32 (M, d); inv_qn: 1 / ||q|| (M,) for cos, else None; arch, programs: from ``target``."""
     (M, d), V = q.shape, E.shape[0]
     if E.dtype == torch.bfloat16:
         qp, q_parts, precision = _split_bf16(q), 3, "tf32"  # bf16 dots: the precision is unused
@@ -144,25 +192,8 @@ def launch(q, E, kp, metric, inv_qn, arch, programs):
 
     out_s = torch.empty(splits, M, kp, dtype=torch.float32, device=q.device)
     out_i = torch.empty(splits, M, kp, dtype=torch.int32, device=q.device)
-    args = (qp, E, inv_qn if inv_qn is not None else q, out_s, out_i, M, V, d, tiles_per_split * blocks["BLOCK_V"],
-            qp.stride(0), qp.stride(1), E.stride(0))
-    return (m_blocks, splits), args, dict(METRIC=metric, Q_PARTS=q_parts, PRECISION=precision, KP=kp,
-                                          **blocks, **options)
-
-
-def _target(device):
-    """(compute capability, programs to aim for) of a launch on ``device``: four programs per SM on a
-    GPU; the interpreter's three split even a small test vocabulary."""
-    if device.type != "cuda":
-        return None, 3
-    return gpu_arch(device), 4 * torch.cuda.get_device_properties(device).multi_processor_count
-
-
-def candidates(q, E, kp, metric, inv_qn):
-    """Per query, the top-kp (scores, int64 indices) of each vocabulary slice: (M, splits * kp) each."""
-    check_device(q.device, "nearest_tokens")
-    grid, args, kwargs = launch(q, E, kp, metric, inv_qn, *_target(q.device))
-    _nearest_kernel[grid](*args, **kwargs)
-    out_s, out_i = args[3], args[4]
-    M = q.shape[0]
-    return out_s.transpose(0, 1).reshape(M, -1), out_i.transpose(0, 1).reshape(M, -1)
+    _nearest_kernel[(m_blocks, splits)](qp, E, inv_qn if inv_qn is not None else q, out_s, out_i, M, V, d,
+                                        tiles_per_split * blocks["BLOCK_V"], qp.stride(0), qp.stride(1), E.stride(0),
+                                        METRIC=metric, Q_PARTS=q_parts, PRECISION=precision, KP=kp, **blocks,
+                                        **options)
+    return out_s.transpose(0, 1).reshape(M, -1), out_i.transpose(0, 1).reshape(M, -1).long()
