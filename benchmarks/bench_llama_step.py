@@ -133,7 +133,7 @@ def main():
     out.write_text(json.dumps({
         "benchmark": "prompt-tuning step, Llama family", "device": device_name, "date": str(date.today()),
         "commit": commit, "torch": torch.__version__, "platform": platform.platform(), "args": vars(args),
-        "seconds_per_step": seconds, "speedup": speedup}, indent=2) + "\n")
+        "seconds_per_step": seconds, "speedup": speedup}, indent=2, allow_nan=False) + "\n")
     print(f"written: {out}")
 
 

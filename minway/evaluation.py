@@ -120,7 +120,7 @@ def data_lines(data):
     taken = {"released": "the released split: the first 90 % after the released code's shuffle (NumPy seed "
                          "100), the other 10 % the dev set",
              "all": "the whole file"}[data["train_split"]]
-    lines = [f"trained on {data['train_rows']:,} of the {data['file_rows']:,} rows of {data['train_file']} ({taken}"
+    lines = [f"training rows: {data['train_rows']:,} of the {data['file_rows']:,} of {data['train_file']} ({taken}"
              + (f", then --k {data['k']} per class" if data.get("k") else "") + ")"]
     return lines + ([data["note"]] if data.get("note") else [])
 

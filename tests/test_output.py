@@ -129,19 +129,21 @@ def pair(gamma, f1, acc, model="gpt2"):
     return {"model": model, "task": "sst2", "group": "PILE", "gamma": gamma, "seed": 1, "target_name": "prompt00",
             "run_id": f"r{gamma}", "twin": "t", "acc_unconstrained": 0.9, "acc_constrained": acc,
             "relative_drop": 100 * (0.9 - acc) / 0.9, "f1": f1, "f1_unconstrained": 0.1, "length": 4,
-            "random_weights": False}
+            "dev_unconstrained": 0.88, "dev_constrained": acc - 0.02, "random_weights": False}
 
 
 def test_reports_give_prompt_f1_from_0_to_1_and_accuracies_in_percent():
     rows = aggregate([pair(0.003, 0.5, 0.85), pair(0.01, 0.99, 0.8)])
     report = {"sweep_dir": "sweeps/size", "settings": {"plan": "size"}, "counts": {"done": 4, "failed": 0,
               "pending": 0}, "random_weights": False, "rows": rows, "averages": [], "true_against_irrelevant": [],
-              "chosen_gamma": choose_gammas(rows), "failed": []}
+              "chosen_gamma": choose_gammas(rows), "failed": [], "data_notes": []}
     markdown = to_markdown(report)
-    row = "| gpt2 | sst2 | PILE | 0.003 | 4.0 | 1 | 5.6 ± 0.0 | 90.0 ± 0.0 → 85.0 ± 0.0 | 0.50 ± 0.00 |"
+    row = ("| gpt2 | sst2 | PILE | 0.003 | 4.0 | 1 | 5.6 ± 0.0 | 90.0 ± 0.0 → 85.0 ± 0.0 | 0.50 ± 0.00 | "
+           "88.0 ± 0.0 → 83.0 ± 0.0 |")
     assert row in markdown
-    chosen = "| gpt2 | sst2 | PILE | 0.01 | 4.0 | 1 | 11.1 ± 0.0 | 90.0 ± 0.0 → 80.0 ± 0.0 | 0.99 ± 0.00 | yes |"
-    assert chosen in markdown and "| prompt F1 (0 to 1) | F1 > 0.98 |" in markdown
+    chosen = ("| gpt2 | sst2 | PILE | 0.01 | 4.0 | 1 | 11.1 ± 0.0 | 90.0 ± 0.0 → 80.0 ± 0.0 | 0.99 ± 0.00 | "
+              "88.0 ± 0.0 → 78.0 ± 0.0 | yes |")
+    assert chosen in markdown and "| prompt F1 (0 to 1) |" in markdown and "| F1 > 0.98 |" in markdown
     assert "50.0" not in markdown and "99.0" not in markdown
 
 

@@ -134,7 +134,7 @@ def test_a_run_trains_on_the_released_rows_and_reports_its_dev_accuracy(released
     assert on_disk["dev_accuracy"] == expected and on_disk["data"]["train_split"] == "released"
     text = (out / config.run_id() / "summary.txt").read_text()
     assert f"dev accuracy (continuous prompt): {100 * expected:.1f}%  on 3 dev examples" in text
-    assert f"trained on 36 of the 40 rows of {tiny_data / 'sst2' / 'train.tsv'} (the released split" in text
+    assert f"training rows: 36 of the 40 of {tiny_data / 'sst2' / 'train.tsv'} (the released split" in text
 
 
 def test_the_whole_file_is_a_flag_away_and_is_another_run(released_run, tiny_checkpoint, tiny_data,  # noqa: F811

@@ -62,7 +62,7 @@ def write_random_llama(directory, config: LlamaConfig, seed=0, embedding_norm=No
     tensors = {stored_name(name): p.detach().contiguous() for name, p in model.named_parameters()}
     save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
     hf_config = {**hub_config(config), "minway_random_weights": True, "minway_embedding_norm": embedding_norm}
-    (directory / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+    (directory / "config.json").write_text(json.dumps(hf_config, indent=2, allow_nan=False) + "\n")
     gpt2 = resources.tokenizer_dir()
     if config.model_type == "qwen2":  # GPT-2's vocab.json ends in <|endoftext|>, where Qwen 2.5 has it
         for file in resources.TOKENIZER_FILES:
@@ -119,9 +119,10 @@ def write_llama3_tokenizer(directory, gpt2):
                   "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": True,
                   "vocab": vocab, "merges": merges},
     }
-    (directory / "tokenizer.json").write_text(json.dumps(described, ensure_ascii=False), encoding="utf-8")
-    (directory / "tokenizer_config.json").write_text(json.dumps(
-        {"bos_token": BEGIN, "eos_token": END, "tokenizer_class": "PreTrainedTokenizerFast"}, indent=2) + "\n")
+    (directory / "tokenizer.json").write_text(json.dumps(described, ensure_ascii=False, allow_nan=False),
+                                              encoding="utf-8")
+    special = {"bos_token": BEGIN, "eos_token": END, "tokenizer_class": "PreTrainedTokenizerFast"}
+    (directory / "tokenizer_config.json").write_text(json.dumps(special, indent=2, allow_nan=False) + "\n")
 
 
 def main():

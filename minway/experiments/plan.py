@@ -7,7 +7,7 @@ from pathlib import Path
 from minway.errors import MinwayError
 from minway.experiments.presets import GROUP_FILES, Grid
 from minway.run.config import RunConfig
-from minway.run.files import read_json
+from minway.run.files import read_json, refuse_link
 from minway.run.suggest import did_you_mean
 from minway.run.targets import read_prompts_file
 from minway.tasks import canonical_name, get_task
@@ -68,7 +68,7 @@ def other_plan(sweep_dir, runs):
     """What the state in ``sweep_dir`` (sweep.json) was made for, when that is another plan than the one
     of ``runs``; None when it is the same plan, or there is no state. (A state that cannot be read is
     left to the sweep, which says what is wrong with it.)"""
-    path = Path(sweep_dir) / "sweep.json"
+    path = refuse_link(refuse_link(sweep_dir, "the sweep directory") / "sweep.json", "the sweep state")
     try:
         state = read_json(path, "sweep state", MAX_STATE) if path.is_file() else None
     except MinwayError:

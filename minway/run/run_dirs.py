@@ -48,7 +48,7 @@ def _shown(name, value):
 def same_prompt_otherwise(out, config):
     """[(run directory, the options that make it another run, as flags)] for each run in ``out`` that
     trains ``config``'s task towards its target with other options (another --steps, say)."""
-    wanted = json.loads(json.dumps(config.result_defining()))  # as config.json holds it
+    wanted = json.loads(json.dumps(config.result_defining(), allow_nan=False))  # as config.json holds it
     found = []
     for run_dir in runs_in(out):
         stored = _stored_config(run_dir)
