@@ -6,10 +6,12 @@ Each is built once per test session whichever modules import it.
 """
 import gzip
 import importlib
+import io
 import locale
 import os
 import subprocess
 import sys
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
@@ -133,10 +135,10 @@ def offline_env(**extra):
     return env
 
 
-def run_script(script, *args, env=None, timeout=300):
-    """``python script args...`` in the repository root; the CompletedProcess."""
-    return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=ROOT, capture_output=True,
-                          text=True, env=env or offline_env(), timeout=timeout)
+def run_script(script, *args, env=None):
+    """``python script args...`` in the repository root, offline (or in ``env``), through the script's
+    entry point in this process (``run_in_process``); the CompletedProcess."""
+    return run_in_process(script, args, cwd=ROOT, env=env or offline_env())
 
 
 def assert_one_line_error(result, *fragments):
@@ -150,13 +152,31 @@ def assert_one_line_error(result, *fragments):
     return lines[0]
 
 
-def run_cli_in_process(script, args, monkeypatch, capsys):
-    """What ``python script args`` does, through the same run_cli, without starting a process."""
-    monkeypatch.setattr(sys, "argv", [script, *map(str, args)])
-    code = 0  # a main that returns exits with 0
-    try:
-        run_cli(importlib.import_module(script.removesuffix(".py")).main)
-    except SystemExit as exit_:
-        code = exit_.code
-    captured = capsys.readouterr()
-    return subprocess.CompletedProcess([script, *args], code, captured.out, captured.err)
+# the module entry points a command line may name, and the scripts: where their main is
+ENTRY_POINTS = {"random_checkpoint": "weights.random_checkpoint", "random_llama": "weights.random_llama",
+                "adapters": "minway.run.adapters"}
+
+
+def run_in_process(entry, args, cwd=None, env=None):
+    """What ``python entry args`` does (a script such as "train.py", or a module entry point of
+    ENTRY_POINTS), through the same ``run_cli``, in this process: the CompletedProcess of its exit status
+    and what it wrote on stdout and stderr. ``cwd`` and ``env`` replace the working directory and the
+    environment while it runs; a main that returns exits with 0. What only a real process shows (the
+    interpreter's own exit, --help before torch is imported, signals) is left to the tests that start one."""
+    module = ENTRY_POINTS.get(entry, entry.removesuffix(".py"))
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", [entry, *map(str, args)])
+        if env is not None:
+            for key in set(os.environ) - set(env):
+                patch.delenv(key)
+            for key, value in env.items():
+                patch.setenv(key, value)
+        if cwd is not None:
+            patch.chdir(cwd)
+        with redirect_stdout(out), redirect_stderr(err):
+            try:
+                run_cli(importlib.import_module(module).main)
+            except SystemExit as exit_:
+                code = exit_.code
+    return subprocess.CompletedProcess([entry, *map(str, args)], code, out.getvalue(), err.getvalue())

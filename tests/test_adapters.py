@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import ROOT
-from fixtures import TOKENIZER_DIR, assert_one_line_error, first_rows, run_cli_in_process
+from fixtures import TOKENIZER_DIR, assert_one_line_error, first_rows, run_in_process
 from fixtures import ascii_locale  # noqa: F401  (pytest fixture)
 from fixtures import tiny_checkpoint, tiny_data  # noqa: F401  (pytest fixtures)
 from minway.run import adapters
@@ -78,6 +78,7 @@ def run_main(script, args, capsys):
 
 # ---------------------------------------------------------------- minway -> PEFT
 
+@pytest.mark.slow
 def test_peft_gives_the_logits_minway_gives_with_an_exported_prompt(transformers, peft, hf_checkpoint, tmp_path,
                                                                     capsys):
     model, tokenizer = load_gpt2(hf_checkpoint), load_tokenizer(hf_checkpoint)
@@ -343,23 +344,23 @@ def test_broken_files_are_refused_in_one_line(tmp_path):
 
 def test_eval_refuses_a_prompt_wider_than_the_checkpoint(tmp_path, tiny_checkpoint, monkeypatch, capsys):  # noqa: F811
     write_adapter(tmp_path / "wide", torch.randn(3, 64), str(tiny_checkpoint))
-    result = run_cli_in_process("eval.py", [tmp_path / "wide", "--device", "cpu"], monkeypatch, capsys)
+    result = run_in_process("eval.py", [tmp_path / "wide", "--device", "cpu"])
     assert_one_line_error(result, "has width 64 but the checkpoint", "has 48: pass --model")
 
 
 def test_eval_needs_the_base_model_when_the_adapter_does_not_name_it(tmp_path, monkeypatch, capsys):
     write_adapter(tmp_path / "anonymous", torch.randn(3, 48), None)
-    result = run_cli_in_process("eval.py", [tmp_path / "anonymous"], monkeypatch, capsys)
+    result = run_in_process("eval.py", [tmp_path / "anonymous"])
     assert_one_line_error(result, "does not name its base model (base_model_name_or_path): pass --model")
 
 
 def test_target_and_task_are_for_adapters(tmp_path, monkeypatch, capsys):
-    result = run_cli_in_process("eval.py", [tmp_path / "a-run", "--task", "sst2"], monkeypatch, capsys)
+    result = run_in_process("eval.py", [tmp_path / "a-run", "--task", "sst2"])
     assert_one_line_error(result, "are for a PEFT adapter")
 
 
 def test_the_export_command_must_be_named(monkeypatch, capsys):
-    result = run_cli_in_process("minway.run.adapters", [], monkeypatch, capsys)
+    result = run_in_process("minway.run.adapters", [])
     assert_one_line_error(result, "command")
 
 

@@ -49,7 +49,7 @@ def max_errors(got, want):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("T,D", [(1, 16), (5, 32), (37, 64), (70, 16)])
+@pytest.mark.parametrize("T,D", [(1, 16), (5, 32), (37, 64), pytest.param(70, 16, marks=pytest.mark.slow)])
 def test_triton_matches_naive(T, D, dtype):
     q, k, v, do = inputs(T, D, dtype, seed=T + D, transposed=T == 37)
     keep = padding_mask(T)
@@ -186,7 +186,7 @@ VARLEN_QUERIES = [1, 2, 17, 33, 40, 5, 1]
 VARLEN_KEYS = [1, 16, 17, 36, 71, 19, 30]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.float32, *(pytest.param(t, marks=pytest.mark.slow) for t in (torch.bfloat16, torch.float16))])
 def test_triton_varlen_matches_each_row_alone(dtype):
     check_varlen(VARLEN_QUERIES, VARLEN_KEYS, 16, dtype)
 
@@ -292,6 +292,7 @@ def test_a_full_query_block_sees_its_last_key_block():
     check_against_full_attention("triton", 32, 49, masked=False)
 
 
+@pytest.mark.slow
 def test_every_loop_bound_at_the_interpreter_block_sizes():
     """The swept rows, packed, each kernel launched once for all of them (forward 32 x 16, dq 32 x 16,
     dkdv 16 x 32): query counts 1 to 65, prefixes 0 to 34."""
@@ -302,6 +303,7 @@ def test_every_loop_bound_at_the_interpreter_block_sizes():
     assert sweep_failures(rows) == []
 
 
+@pytest.mark.slow
 def test_every_loop_bound_at_gpu_block_sizes(monkeypatch):
     """The same at the block sizes a GPU gets for 16-bit heads of 64 (forward 128 x 32, dq 64 x 32,
     dkdv 32 x 128), to one multiple of each block: query counts 1 to 129, prefixes 0 to 34."""
@@ -330,7 +332,7 @@ def test_every_loop_bound_of_a_padded_batch():
 
 # (query heads, key/value heads): groups of 1 (plain multi-head attention), 2, 4 and 8; with two
 # key/value heads where the group allows, so that a query head reading the wrong one shows
-GROUPS = [(2, 2), (4, 2), (8, 2), (8, 1)]
+GROUPS = [(2, 2), (4, 2), pytest.param(8, 2, marks=pytest.mark.slow), pytest.param(8, 1, marks=pytest.mark.slow)]
 
 
 @pytest.mark.parametrize("heads,kv_heads", GROUPS)

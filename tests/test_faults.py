@@ -15,13 +15,15 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from conftest import ROOT
-from fixtures import assert_one_line_error, run_cli_in_process
+from fixtures import assert_one_line_error, run_in_process
 from fixtures import tiny_checkpoint, tiny_data  # noqa: F401  (pytest fixtures)
 from minway.errors import MinwayError
 from minway.run import files, storage, training
 from minway.run.cli import run_cli
 from minway.run.config import RunConfig
 from minway.run.storage import load_prompt, read_checkpoint, save_checkpoint, save_prompt
+
+pytestmark = pytest.mark.slow  # end to end, fault by fault
 
 TARGET = "Write a question about the given fact."
 STEPS = 3
@@ -164,7 +166,7 @@ def test_a_write_that_fails_is_one_line_and_the_run_continues_from_what_was_writ
     run_dir = out / config_of(tiny_checkpoint, tiny_data).run_id()
     with monkeypatch.context() as patch:
         fault = Fault(patch, name, code, nth, where)
-        result = run_cli_in_process("train.py", train_args(tiny_checkpoint, tiny_data, out), patch, capsys)
+        result = run_in_process("train.py", train_args(tiny_checkpoint, tiny_data, out))
     assert fault.count >= nth, "the fault was never reached: the test would mean nothing"
     assert_one_line_error(result, f"cannot write {what} {run_dir / name} ({os.strerror(code)}): {ADVICE[code]}")
     assert temporary_files(tmp_path) == []
@@ -181,7 +183,7 @@ def test_a_run_directory_that_cannot_be_made_is_one_line(tiny_checkpoint, tiny_d
     run_id = config_of(tiny_checkpoint, tiny_data).run_id()
     with monkeypatch.context() as patch:
         Fault(patch, run_id, code, where="mkdir")
-        result = run_cli_in_process("train.py", train_args(tiny_checkpoint, tiny_data, tmp_path), patch, capsys)
+        result = run_in_process("train.py", train_args(tiny_checkpoint, tiny_data, tmp_path))
     assert_one_line_error(result, f"cannot write the run directory {tmp_path / run_id} ({os.strerror(code)}): "
                                   f"{ADVICE[code]}")
 
@@ -190,7 +192,7 @@ def test_a_file_where_the_run_directory_is_needed_is_one_line(tiny_checkpoint, t
                                                               capsys):
     run_id = config_of(tiny_checkpoint, tiny_data).run_id()
     (tmp_path / run_id).write_text("not a directory")
-    result = run_cli_in_process("train.py", train_args(tiny_checkpoint, tiny_data, tmp_path), monkeypatch, capsys)
+    result = run_in_process("train.py", train_args(tiny_checkpoint, tiny_data, tmp_path))
     assert_one_line_error(result, f"cannot write the run directory {tmp_path / run_id}",
                           "a file stands where a directory is needed: move it away, or write elsewhere")
     assert (tmp_path / run_id).read_text() == "not a directory"
@@ -202,7 +204,7 @@ def test_a_file_where_the_sweep_directory_is_needed_is_one_line(tiny_checkpoint,
     args = ["--tasks", "sst2", "--groups", "PILE-4", "--targets-limit", 1, "--seeds", 1, "--models", tiny_checkpoint,
             "--data-dir", tiny_data, "--device", "cpu", "--out", tmp_path / "out", "--sweep-dir",
             tmp_path / "sweep" / "inner", "--no-figures", "--no-progress"]
-    result = run_cli_in_process("sweep.py", args, monkeypatch, capsys)
+    result = run_in_process("sweep.py", args)
     assert_one_line_error(result, str(tmp_path / "sweep"), "is a file, not a directory")
 
 
@@ -212,8 +214,7 @@ def test_a_directory_without_write_permission_is_one_line(tiny_checkpoint, tiny_
     (tmp_path / "out").mkdir()
     (tmp_path / "out").chmod(0o555)
     try:
-        result = run_cli_in_process("train.py", train_args(tiny_checkpoint, tiny_data, tmp_path / "out"), monkeypatch,
-                                    capsys)
+        result = run_in_process("train.py", train_args(tiny_checkpoint, tiny_data, tmp_path / "out"))
     finally:
         (tmp_path / "out").chmod(0o755)
     assert_one_line_error(result, "cannot write the run directory", "Permission denied", "you may not write there")
@@ -223,7 +224,7 @@ def test_eval_json_on_a_read_only_file_system_is_one_line(finished_run, monkeypa
     run_dir = finished_run
     with monkeypatch.context() as patch:
         Fault(patch, "eval.json", errno.EROFS)
-        result = run_cli_in_process("eval.py", [run_dir, "--device", "cpu", "--no-progress"], patch, capsys)
+        result = run_in_process("eval.py", [run_dir, "--device", "cpu", "--no-progress"])
     assert_one_line_error(result, f"cannot write the measures {run_dir / 'eval.json'} (Read-only file system)")
 
 

@@ -10,6 +10,7 @@ import pytest
 from conftest import ROOT
 
 pytest.importorskip("triton")
+pytestmark = pytest.mark.slow  # about 50 s
 
 
 def test_the_gpu_check_passes_its_dry_run(tmp_path):

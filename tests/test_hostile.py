@@ -2,16 +2,16 @@
 error (non-zero exit, at most three lines on stderr, no traceback) and writes nothing outside its
 output directory; and the legal inputs of those classes behave.
 
-The table runs each case as a real process, several at a time, each in a directory of its own that
-holds its working directory, HOME (so the download cache too) and its --out. Nothing is trained:
-every case fails in its checks or its setup, so the table costs about the start of its processes.
+The table runs each case through the command line's own entry point (``run_cli``), in this process,
+each in a directory of its own that holds its working directory, HOME (so the download cache too) and
+its --out. Nothing is trained: every case fails in its checks or its setup. A few cases run again as
+real processes, to show that the interpreter ends as the entry point does.
 """
 import json
 import os
 import shutil
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import ROOT
-from fixtures import finished_results, first_rows, offline_env, write_tsv
+from fixtures import finished_results, first_rows, offline_env, run_in_process, write_tsv
 from fixtures import tiny_checkpoint, tiny_data  # noqa: F401  (pytest fixtures)
 from minway.run import training
 from minway.run.config import RunConfig
@@ -311,15 +311,24 @@ def command(entry, args):
     return [sys.executable, *head, *map(str, args)]
 
 
-def run_case(name, entry, args, root):
-    """The case, in its own directory that holds its working directory, HOME and --out."""
+def case_setting(name, args, root):
+    """(the case's arguments, its working directory, its environment): all in its own directory."""
     home = case_dir(root, name)
-    args = [str(a).replace("OUT", str(home / "out")) for a in args]
     env = offline_env(HOME=str(home), XDG_CACHE_HOME=str(home / ".cache"), PYTHONPATH=str(ROOT))
     if name == "triton on a cpu":
         env.pop("TRITON_INTERPRET", None)
-    return subprocess.run(command(entry, args), cwd=home / "cwd", env=env, capture_output=True, text=True,
-                          timeout=300)
+    return [str(a).replace("OUT", str(home / "out")) for a in args], home / "cwd", env
+
+
+def run_case(name, entry, args, root):
+    """The case, through its command line's entry point, in this process."""
+    args, cwd, env = case_setting(name, args, root)
+    return run_in_process(SCRIPTS.get(entry, entry), args, cwd=cwd, env=env)
+
+
+def run_case_as_a_process(name, entry, args, root):
+    args, cwd, env = case_setting(name, args, root)
+    return subprocess.run(command(entry, args), cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -336,13 +345,11 @@ def table(tiny_checkpoint, tiny_data, tmp_path_factory):  # noqa: F811
             if name.startswith("run in use"):  # its run directory is locked by this process
                 held.enter_context(DirectoryLock(out / run_config(tiny_checkpoint, tiny_data).run_id()))
         before = snapshot(root, tiny_checkpoint, tiny_data)
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            results = dict(zip([name for name, _, _ in table_cases],
-                               pool.map(lambda case: run_case(case[0], case[1][0], case[1][1:], root), table_cases)))
+        results = {name: run_case(name, entry, args, root) for name, (entry, *args), _ in table_cases}
     after = snapshot(root, tiny_checkpoint, tiny_data)
     changed = {path for path in set(before) | set(after) if before.get(path, "absent") != after.get(path, "absent")}
     return {"cases": {name: (fragment, results[name]) for name, _, fragment in table_cases}, "changed": changed,
-            "root": root}
+            "root": root, "commands": {name: command for name, command, _ in table_cases}}
 
 
 def case_names():
@@ -368,6 +375,18 @@ def test_hostile_input_is_a_short_error_that_writes_nothing_outside_out(table, n
     # and no case wrote outside every case's --out: the inputs, the checkpoint and the data are as they were
     assert all(any(path == o or o in path.parents for o in outs) for path in table["changed"]), \
         sorted(map(str, table["changed"]))
+
+
+@pytest.mark.parametrize("name", ["lr nan", "a FIFO as task file", "eval: unknown device", "random: zero width",
+                                  "sweep: gamma nan"])
+def test_a_real_process_ends_as_the_entry_point_does(table, name):
+    """The real interpreter, in the case's own directory again (these cases write nothing): the same exit
+    status and the same lines as the case run in this process."""
+    entry, *args = table["commands"][name]
+    result = run_case_as_a_process(name, entry, args, table["root"])
+    in_process = table["cases"][name][1]
+    assert result.returncode == in_process.returncode != 0
+    assert result.stderr == in_process.stderr and "Traceback" not in result.stderr
 
 
 def test_a_failed_command_leaves_no_run_directory_behind(table):

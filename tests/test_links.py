@@ -5,7 +5,7 @@ import hashlib
 
 import pytest
 
-from fixtures import assert_one_line_error, run_cli_in_process
+from fixtures import assert_one_line_error, run_in_process
 from fixtures import tiny_checkpoint, tiny_data  # noqa: F401  (pytest fixtures)
 from minway.run import training
 from minway.run.config import RunConfig
@@ -49,7 +49,7 @@ def test_a_run_directory_that_is_a_link_is_refused_and_what_it_points_to_is_unto
     out = tmp_path / "out"
     out.mkdir()
     (out / config.run_id()).symlink_to(elsewhere / config.run_id(), target_is_directory=True)
-    result = run_cli_in_process("train.py", train_args(tiny_checkpoint, tiny_data, out, *flags), monkeypatch, capsys)
+    result = run_in_process("train.py", train_args(tiny_checkpoint, tiny_data, out, *flags))
     assert_one_line_error(result, f"the run directory {out / config.run_id()} is a symbolic link", "remove the link")
     assert snapshot(elsewhere) == before
 
@@ -59,8 +59,7 @@ def test_a_dangling_link_as_run_directory_is_refused_and_nothing_is_made_where_i
     config = config_of(tiny_checkpoint, tiny_data)
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / config.run_id()).symlink_to(tmp_path / "nowhere")
-    result = run_cli_in_process("train.py", train_args(tiny_checkpoint, tiny_data, tmp_path / "out"), monkeypatch,
-                                capsys)
+    result = run_in_process("train.py", train_args(tiny_checkpoint, tiny_data, tmp_path / "out"))
     assert_one_line_error(result, "is a symbolic link")
     assert not (tmp_path / "nowhere").exists()
 
@@ -77,8 +76,7 @@ def test_a_file_of_a_run_that_is_a_link_is_refused_and_its_target_untouched(
     run_dir.mkdir(parents=True)
     (run_dir / name).symlink_to(outside / "victim")
     before = snapshot(outside)
-    result = run_cli_in_process("train.py", train_args(tiny_checkpoint, tiny_data, tmp_path / "out", *flags),
-                                monkeypatch, capsys)
+    result = run_in_process("train.py", train_args(tiny_checkpoint, tiny_data, tmp_path / "out", *flags))
     assert_one_line_error(result, f"the run file {run_dir / name} is a symbolic link")
     assert snapshot(outside) == before
     assert (run_dir / name).is_symlink()  # not deleted either: the user decides
@@ -124,6 +122,6 @@ def test_a_sweep_directory_or_state_that_is_a_link_is_refused(tiny_checkpoint, t
             "--models", tiny_checkpoint, "--data-dir", tiny_data, "--steps", 1, "--k", 2, "--max-eval", 2,
             "--device", "cpu", "--out", tmp_path / "out", "--sweep-dir", tmp_path / "sweep", "--no-figures",
             "--no-progress", *(["--report-only"] if mode == "report only" else [])]
-    result = run_cli_in_process("sweep.py", args, monkeypatch, capsys)
+    result = run_in_process("sweep.py", args)
     assert_one_line_error(result, f"the {planted}", "is a symbolic link")
     assert snapshot(outside) == before

@@ -2,14 +2,13 @@
 as GPT-2's), the dispatch by model_type, the memory estimate's parameter count, and the random-weight writer."""
 import json
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import ROOT
+from fixtures import run_in_process
 from minway.errors import MinwayError
 from minway.llama import Llama, LlamaConfig
 from minway.model import GPT2Config
@@ -240,9 +239,9 @@ def test_the_writer_is_deterministic(tmp_path, source, reference):
 
 
 def test_the_writers_command_line(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "weights.random_llama", str(tmp_path / "q"), "--family", "qwen2",
-                             "--n-embd", "32", "--n-head", "4", "--n-kv-head", "1", "--n-inner", "48", "--no-tie",
-                             "--max-positions", "128"], cwd=ROOT, capture_output=True, text=True)
+    result = run_in_process("random_llama", [tmp_path / "q", "--family", "qwen2", "--n-embd", "32", "--n-head", "4",
+                                             "--n-kv-head", "1", "--n-inner", "48", "--no-tie", "--max-positions", "128"],
+                            cwd=ROOT)
     assert result.returncode == 0, result.stderr
     config = read_config(tmp_path / "q")
     assert (config.model_type, config.n_kv_head, config.head_dim, config.tie_word_embeddings) == ("qwen2", 1, 8, False)
@@ -255,6 +254,5 @@ def test_the_writers_command_line(tmp_path):
     (["--n-layer", "0"], "--n-layer must be at least 1"),
 ])
 def test_the_writers_mistakes_are_one_line(tmp_path, args, fragment):
-    result = subprocess.run([sys.executable, "-m", "weights.random_llama", str(tmp_path / "x"), *args], cwd=ROOT,
-                            capture_output=True, text=True)
+    result = run_in_process("random_llama", [tmp_path / "x", *args], cwd=ROOT)
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and fragment in result.stderr, result.stderr

@@ -47,6 +47,7 @@ def only_run(out):
     return runs[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["llama", "qwen"])
 def test_train_eval_export_and_read_the_adapter_back(family, request, tiny_data, tmp_path, capsys):  # noqa: F811
     checkpoint = request.getfixturevalue(family)
@@ -80,6 +81,7 @@ def test_train_eval_export_and_read_the_adapter_back(family, request, tiny_data,
         assert read_back[key] == results[key], key
 
 
+@pytest.mark.slow
 def test_a_prompt_trained_by_peft_on_llama_is_read_by_eval(llama, tiny_data, tmp_path, capsys):  # noqa: F811
     transformers, peft = pytest.importorskip("transformers"), pytest.importorskip("peft")
     torch.manual_seed(0)

@@ -148,6 +148,7 @@ def test_runs_of_lines_cover_all_and_differ_by_one_at_most():
     assert mutants._runs([1, 2], 5) == [[1], [2]]
 
 
+@pytest.mark.slow
 def test_pytest_outcomes(tmp_path):
     (tmp_path / "test_ok.py").write_text("def test_ok():\n    assert True\n")
     (tmp_path / "test_bad.py").write_text("def test_bad():\n    assert False\n")
@@ -204,6 +205,7 @@ def test_a_regression_whose_text_moved_stops_the_run(tmp_path):
         mutants.regression("m.py", "y = 1", "y = 2", "gone", root=tmp_path)
 
 
+@pytest.mark.slow
 def test_every_listed_equivalent_is_a_mutant_of_todays_code():
     """An entry names a mutant the tool makes now (so that it can match), with a reason."""
     sources = {module: mutants.module_mutants(module, (ROOT / module).read_text())

@@ -59,7 +59,7 @@ def test_exact_on_grid_data(M, k, metric, dtype, backend, small_chunks):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("metric", METRICS)
-@pytest.mark.parametrize("M,d,k", [(1, 24, 8), (300, 64, 1)])
+@pytest.mark.parametrize("M,d,k", [(1, 24, 8), pytest.param(300, 64, 1, marks=pytest.mark.slow)])
 def test_backends_agree_on_random_data(M, d, k, metric, dtype):
     g = torch.Generator().manual_seed(M + d)
     q, E = torch.randn(M, d, generator=g), torch.randn(600, d, generator=g).to(dtype)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from fixtures import SHIPPED_DATA, first_rows, run_cli_in_process, write_tsv
+from fixtures import SHIPPED_DATA, first_rows, run_in_process, write_tsv
 from fixtures import tiny_checkpoint, tiny_data  # noqa: F401  (pytest fixtures)
 from minway.evaluation import summary, task_accuracy
 from minway.experiments.presets import PRESETS
@@ -148,7 +148,7 @@ def test_the_whole_file_is_a_flag_away_and_is_another_run(released_run, tiny_che
     whole = json.loads((tmp_path / replace(config, train_split="all").run_id() / "results.json").read_text())
     assert whole["data"]["train_rows"] == 40 and "dev_accuracy" not in whole
     assert not (tmp_path / config.run_id()).exists()  # the released run is another directory
-    help_text = run_cli_in_process("train.py", ["--help"], monkeypatch, capsys).stdout
+    help_text = run_in_process("train.py", ["--help"]).stdout
     assert "--train-split {released,all}" in help_text and "or all, the whole file" in help_text
 
 

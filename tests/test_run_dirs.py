@@ -9,7 +9,7 @@ from dataclasses import asdict, replace
 import pytest
 
 from conftest import ROOT
-from fixtures import assert_one_line_error, offline_env, run_cli_in_process, run_script
+from fixtures import assert_one_line_error, offline_env, run_in_process, run_script
 from fixtures import tiny_checkpoint, tiny_data  # noqa: F401  (pytest fixtures)
 from minway.errors import MinwayError
 from minway.run.config import RunConfig
@@ -40,7 +40,7 @@ def test_resume_of_a_run_of_other_options_names_the_run_there_and_trains_nothing
     out, run = finished
     steps = changed[1] if changed[0] == "--steps" else 4
     args = args_of(tiny_checkpoint, tiny_data, out, steps, *([] if changed[0] == "--steps" else changed), "--resume")
-    result = run_cli_in_process("train.py", args, monkeypatch, capsys)
+    result = run_in_process("train.py", args)
     shown = "--steps 4" if changed[0] == "--steps" else "--lr 0.01"
     line = assert_one_line_error(result, "--resume: there is no run", f"{run.name} ({shown}, finished)",
                                  "drop --resume", "a run of more --steps is another run")
@@ -52,7 +52,7 @@ def test_resume_of_a_target_with_no_run_at_all_says_so(finished, tiny_checkpoint
     out, run = finished
     args = args_of(tiny_checkpoint, tiny_data, out, 4, "--resume")
     args[args.index(TARGET)] = "Another target."
-    result = run_cli_in_process("train.py", args, monkeypatch, capsys)
+    result = run_in_process("train.py", args)
     assert_one_line_error(result, "nor any of this task and target", "drop --resume to start it")
     assert [d.name for d in out.iterdir()] == [run.name]
 

@@ -161,6 +161,7 @@ def assert_report_matches_runs(sweep_dir, out):
     return report
 
 
+@pytest.mark.slow
 def test_average_rows_are_the_mean_of_the_group_rows(tiny_sweep):
     write_report(tiny_sweep["root"] / "sweep")
     report = json.loads((tiny_sweep["root"] / "sweep" / "report.json").read_text())
@@ -174,6 +175,7 @@ def test_average_rows_are_the_mean_of_the_group_rows(tiny_sweep):
         assert average["n"] == sum(r["n"] for r in groups)
 
 
+@pytest.mark.slow
 def test_true_definitions_are_set_against_the_irrelevant_targets(tiny_sweep):
     """Table 5: a sweep of TRUE targets, reported with the runs of the sweep of irrelevant ones."""
     root = tiny_sweep["root"]
@@ -217,6 +219,7 @@ def test_a_stopped_sweep_continues_without_repeating_finished_runs(tiny_sweep):
     assert set(tiny_sweep["trained"]) == {r.run_id for r in tiny_sweep["runs"]} - first_ids
 
 
+@pytest.mark.slow
 def test_report_numbers_are_the_means_of_the_runs(tiny_sweep):
     from minway.experiments.figures import write_figures
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from fixtures import assert_one_line_error, run_cli_in_process, tiny_checkpoint, tiny_data  # noqa: F401
+from fixtures import assert_one_line_error, run_in_process, tiny_checkpoint, tiny_data  # noqa: F401
 from minway.experiments.presets import PRESETS
 from minway.run.task_file import read_task_file
 
@@ -42,7 +42,7 @@ def test_a_sweep_of_a_task_file_never_writes_into_the_papers_preset_directory(ti
     shutil.copytree(ROOT / "examples" / "topic", tmp_path / "topic")
     monkeypatch.chdir(tmp_path)
     args = tiny_args(tiny_checkpoint, tmp_path / "runs", "--task-file", "topic/task.json", "--seeds", 1)
-    result = run_cli_in_process("sweep.py", args, monkeypatch, capsys)
+    result = run_in_process("sweep.py", args)
     assert result.returncode == 0, result.stderr
     assert not (tmp_path / "sweeps" / "main").exists()
     state = sweep_state(tmp_path / "sweeps" / "main-topic")
@@ -57,7 +57,7 @@ def test_another_plan_in_a_sweep_directory_is_refused_unless_replaced(tiny_check
     def sweep(*extra):
         args = tiny_args(tiny_checkpoint, tmp_path / "runs", "--tasks", "sst2", "--data-dir", tiny_data,
                          "--sweep-dir", tmp_path / "sweep", *extra)
-        return run_cli_in_process("sweep.py", args, monkeypatch, capsys)
+        return run_in_process("sweep.py", args)
 
     assert sweep("--seeds", 1).returncode == 0
     first = sweep_state(tmp_path / "sweep")

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from fixtures import TOKENIZER_DIR, assert_one_line_error, first_rows, run_cli_in_process, run_script, write_tsv
+from fixtures import TOKENIZER_DIR, assert_one_line_error, first_rows, run_in_process, run_script, write_tsv
 from fixtures import tiny_checkpoint  # noqa: F401  (pytest fixture)
 from minway.run.config import RunConfig
 from minway.run.data import load_split
@@ -224,7 +224,7 @@ def test_a_task_defined_only_by_a_file_trains_evaluates_and_sweeps(tmp_path, tin
            {k: results[k] for k in ("accuracy", "hard_prompt_accuracy", "projections")}
     # and when the data move too, --data-dir says where they went
     shutil.move(tmp_path / "task", tmp_path / "moved")
-    missing = run_cli_in_process("eval.py", [run_dir, "--device", "cpu", "--no-progress"], monkeypatch, capsys)
+    missing = run_in_process("eval.py", [run_dir, "--device", "cpu", "--no-progress"])
     assert_one_line_error(missing, "file of task reviews: pass --data-dir")
     moved = run_main("eval.py", [run_dir, "--device", "cpu", "--no-progress", "--data-dir", tmp_path / "moved"],
                      capsys)

@@ -72,6 +72,7 @@ def shipped_test_texts() -> list[str]:
     return texts
 
 
+@pytest.mark.slow
 def test_ids_equal_transformers_on_every_test_sentence():
     transformers = pytest.importorskip("transformers")
     texts = shipped_test_texts()

@@ -20,7 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from conftest import ROOT
-from fixtures import assert_one_line_error, first_rows, offline_env, run_cli_in_process, run_script, write_tsv
+from fixtures import assert_one_line_error, first_rows, offline_env, run_in_process, run_script, write_tsv
 from fixtures import short_context_checkpoint, tiny_checkpoint, tiny_data  # noqa: F401  (pytest fixtures)
 from minway import loop
 from minway.run import training
@@ -575,26 +575,24 @@ def test_one_line_errors_of_train(case, options, fragments, tiny_checkpoint, sho
     paths = {"SHORT": short_context_checkpoint, "NO-DATA": tmp_path / "no-data"}
     options = {key: paths.get(value, value) for key, value in options.items()}
     fragments = [str(paths.get(f, f)) for f in fragments]
-    result = run_cli_in_process("train.py", base_args(tiny_checkpoint, tiny_data, tmp_path, steps=3, **options),
-                                monkeypatch, capsys)
+    result = run_in_process("train.py", base_args(tiny_checkpoint, tiny_data, tmp_path, steps=3, **options))
     assert_one_line_error(result, *fragments)
 
 
 def test_an_out_that_cannot_be_written_is_a_one_line_error(tiny_checkpoint, tiny_data, tmp_path, monkeypatch,
                                                            capsys):
     (tmp_path / "a-file").write_text("")
-    result = run_cli_in_process("train.py", base_args(tiny_checkpoint, tiny_data, tmp_path / "a-file", steps=3),
-                                monkeypatch, capsys)
+    result = run_in_process("train.py", base_args(tiny_checkpoint, tiny_data, tmp_path / "a-file", steps=3))
     assert_one_line_error(result, str(tmp_path / "a-file"))
 
 
 def test_a_target_name_in_several_files_is_refused(monkeypatch, capsys):
-    result = run_cli_in_process("train.py", ["--task", "sst2", "--target-name", "prompt00"], monkeypatch, capsys)
+    result = run_in_process("train.py", ["--task", "sst2", "--target-name", "prompt00"])
     assert_one_line_error(result, "prompt00 is in 6 prompt files", "pile.json", "pile_n=56.json", "--prompts-file")
 
 
 def test_eval_of_a_missing_run_is_a_one_line_error(tmp_path, monkeypatch, capsys):
-    result = run_cli_in_process("eval.py", [tmp_path / "no-such-run"], monkeypatch, capsys)
+    result = run_in_process("eval.py", [tmp_path / "no-such-run"])
     assert_one_line_error(result, "no-such-run", "does not exist")
 
 

@@ -12,6 +12,7 @@ from conftest import ROOT
 pytest.importorskip("triton")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the kernels run compiled")
 def test_triton_tests_pass_with_triton_interpret_0_exported():
     test = "tests/test_projection.py::test_zero_vectors_have_cosine_zero"

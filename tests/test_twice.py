@@ -16,6 +16,8 @@ from minway.run import training
 from minway.run.config import RunConfig
 from minway.run.files import DirectoryLock
 
+pytestmark = pytest.mark.slow  # end to end, each run twice
+
 TARGET = "Write a question about the given fact."
 
 

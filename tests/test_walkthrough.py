@@ -10,6 +10,8 @@ import re
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 WALKTHROUGH = ROOT / "docs" / "walkthrough.md"
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```$", re.S | re.M)
@@ -41,6 +43,7 @@ def run(pairs):
     return printed
 
 
+@pytest.mark.slow
 def test_every_block_prints_what_the_walkthrough_shows(monkeypatch):
     monkeypatch.chdir(ROOT)
     pairs = examples(WALKTHROUGH.read_text(encoding="utf-8"))

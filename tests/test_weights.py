@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import ROOT
-from fixtures import TOKENIZER_DIR, assert_one_line_error, run_cli_in_process
+from fixtures import TOKENIZER_DIR, assert_one_line_error, run_in_process
 from minway.run.cli import run_cli
 from minway.errors import MinwayError
 from minway.model import GPT2Config
@@ -529,7 +529,7 @@ def test_the_first_example_of_train_help_offline_names_the_demos_checkpoint(isol
     import train
     example = next(line for line in train.__doc__.splitlines() if line.strip().startswith("python train.py"))
     args = shlex.split(example.split("python train.py", 1)[1].replace("[--model gpt2-large]", ""))
-    result = run_cli_in_process("train.py", args, monkeypatch, capsys)
+    result = run_in_process("train.py", args)
     assert_one_line_error(result, "no checkpoint 'gpt2-large'", "--model weights/random-demo")
 
 
@@ -656,10 +656,8 @@ def test_demo_checkpoint_refuses_an_argument_in_one_line():
 
 def test_random_checkpoint_command_line(tmp_path):
     out = tmp_path / "cli"
-    result = subprocess.run(
-        [sys.executable, "-m", "weights.random_checkpoint", str(out), "--n-embd", "48", "--n-layer", "1",
-         "--n-head", "3", "--tokenizer", str(TOKENIZER_DIR)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = run_in_process("random_checkpoint", [out, "--n-embd", "48", "--n-layer", "1", "--n-head", "3",
+                                                  "--tokenizer", TOKENIZER_DIR], cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert {p.name for p in out.iterdir()} == CHECKPOINT_FILES
     model = load_gpt2(out)
@@ -667,9 +665,7 @@ def test_random_checkpoint_command_line(tmp_path):
 
 
 def test_random_checkpoint_command_line_error_is_one_line(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "weights.random_checkpoint", str(tmp_path / "cli"), "--tokenizer", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = run_in_process("random_checkpoint", [tmp_path / "cli", "--tokenizer", tmp_path], cwd=ROOT)
     assert result.returncode != 0
     assert result.stderr.strip().startswith("error: ") and "\n" not in result.stderr.strip()
     assert "Traceback" not in result.stderr
