@@ -115,7 +115,7 @@ TESTS = {
     "weights/llama_checkpoint.py": ["tests/test_llama_checkpoint.py"],
     "weights/models.py": ["tests/test_llama_checkpoint.py"],
     "minway/experiments/runner.py": ["tests/test_twice.py", "tests/test_sweep.py", "tests/test_links.py"],
-    "train.py": ["tests/test_twice.py", "tests/test_train_cli.py"],
+    "train.py": ["tests/test_twice.py", "tests/test_train_cli.py", "tests/test_resources.py", "tests/test_hostile.py"],
 }
 PYTEST = ["-m", "pytest", "-x", "-q", "-p", "no:cacheprovider"]
 
@@ -612,6 +612,13 @@ REGRESSIONS = [
 _WHOLE_BLOCKS = "the causal mask applied to blocks the queries see whole: it is all true there"
 _BATCH_DEFAULT = "the evaluation batch size changes memory and speed, not results (beyond rounding)"
 EQUIVALENT = [
+    ("minway/loop.py", "optimizer = torch.optim.AdamW([prompt], lr=lr, betas=ADAM_BETAS, weight_decay=weight_decay)",
+     "optimizer = torch.optim.AdamW([prompt], lr=lr, weight_decay=weight_decay)",
+     "ADAM_BETAS, the released code's, are torch's default (0.9, 0.999)"),
+    ("minway/loop.py", "optimizer.zero_grad(set_to_none=True)", "optimizer.zero_grad()",
+     "set_to_none=True is zero_grad's default since torch 2.0"),
+    ("minway/run/training.py", "optimizer.zero_grad(set_to_none=True)", "optimizer.zero_grad()",
+     "set_to_none=True is zero_grad's default since torch 2.0"),
     ("minway/model.py", "C = x.shape[-1]", "C = x.shape[1]", "x is (N, d): axis 1 is the last"),
     ("minway/dropout.py", "keep = torch.cat([self._keep((sum(lengths), x.shape[-1]), generator)",
      "keep = torch.cat([self._keep((sum(lengths), x.shape[1]), generator)", "x is (N, d): axis 1 is the last"),

@@ -25,32 +25,34 @@ STILL_RUNNING_EVERY = 20  # seconds: a test that runs longer says so on the term
 
 
 class StillRunning:
-    """A line on the terminal whenever a test has run another STILL_RUNNING_EVERY seconds, so that a long
-    test (the compile check, a fresh clone) never looks like a hang. The line goes to a copy of the
-    terminal's file descriptor taken before any test runs: pytest captures descriptor 1 itself while a
-    test runs. With pytest-xdist the controller hears of every worker's tests, and names each that runs long."""
+    """A line on ``terminal`` whenever a test has run another ``every`` seconds, so that a long test (the
+    compile check, a fresh clone) never looks like a hang. With pytest-xdist the controller hears of every
+    worker's tests, and names each that runs long."""
 
-    def __init__(self):
-        self.terminal = os.fdopen(os.dup(1), "w", buffering=1)
-        self.running, self.lock = {}, threading.Lock()
+    def __init__(self, terminal, every=STILL_RUNNING_EVERY, tick=1.0):
+        self.terminal, self.every, self.tick = terminal, every, tick
+        self.running, self.lock, self.stopped = {}, threading.Lock(), threading.Event()
         threading.Thread(target=self._watch, daemon=True).start()
 
     def pytest_runtest_logstart(self, nodeid, location):
         with self.lock:
-            self.running[nodeid] = [time.monotonic(), 1]
+            self.running[nodeid] = [time.monotonic(), 1]  # its start, and the next multiple of `every` due
 
     def pytest_runtest_logfinish(self, nodeid, location):
         with self.lock:
             self.running.pop(nodeid, None)
 
+    def pytest_unconfigure(self, config):
+        self.stopped.set()
+
     def _watch(self):
-        while True:
-            time.sleep(1)
+        while not self.stopped.wait(self.tick):
             now = time.monotonic()
             with self.lock:
                 for nodeid, due in self.running.items():
-                    if now - due[0] >= due[1] * STILL_RUNNING_EVERY:
+                    if now - due[0] >= due[1] * self.every:
                         self.terminal.write(f"\n    ... {nodeid} still running ({now - due[0]:.0f} s)\n")
+                        self.terminal.flush()
                         due[1] += 1
 
 
@@ -61,4 +63,6 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     if not hasattr(config, "workerinput"):  # the process at the terminal, not an xdist worker
-        config.pluginmanager.register(StillRunning(), "still-running")
+        # a copy of the terminal's descriptor, taken before any test runs: pytest captures descriptor 1
+        # itself while a test runs
+        config.pluginmanager.register(StillRunning(os.fdopen(os.dup(1), "w", buffering=1)), "still-running")

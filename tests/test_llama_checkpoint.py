@@ -178,6 +178,8 @@ def test_integer_weights_are_refused(checkpoint):
     ({"partial_rotary_factor": 0.5}, "rotates part of each head only"),
     ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 4.0, "high_freq_factor": 1.0,
                        "original_max_position_embeddings": 64}}, "high_freq_factor must be > 4"),
+    ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 0.0, "high_freq_factor": 4.0,
+                       "original_max_position_embeddings": 64}}, "low_freq_factor must be > 0"),
     ({"rope_theta": -1.0}, "rope_theta must be > 0"),
     ({"use_sliding_window": True}, "sliding-window attention"),
     ({"layer_types": ["sliding_attention", "full_attention"]}, "sliding-window attention"),

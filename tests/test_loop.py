@@ -1,5 +1,7 @@
 """The single-prompt loop (minway.loop.train_prompt) is the method the runs train with: ``train()``, with
 its bank of prompts, checkpoints and logs, ends bitwise where the loop ends, with dropout and without."""
+import dataclasses
+import inspect
 import json
 
 import pytest
@@ -66,3 +68,12 @@ def test_clip_gradient_is_torchs_clip_grad_norm(norm):
     torch.testing.assert_close(got_norm, expected_norm)
     torch.testing.assert_close(grad, reference.grad)
     assert float(grad.norm()) == pytest.approx(min(norm, 2.0), rel=1e-5)
+
+
+def test_the_loops_defaults_are_a_runs():
+    """Called with its defaults, the loop trains as train.py does with its own: the paper's settings."""
+    run = {field.name: field.default for field in dataclasses.fields(RunConfig)}
+    defaults = {name: p.default for name, p in inspect.signature(train_prompt).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    assert set(defaults) == {"gamma", "steps", "batch_size", "lr", "weight_decay", "clip", "dropout", "seed"}
+    assert defaults == {**{name: run[name] for name in defaults}, "batch_size": 8}  # the run's: the task's, 8 for sst2

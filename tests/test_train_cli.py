@@ -602,3 +602,31 @@ def test_nan_run_keeps_its_checkpoint(error_runs, tiny_checkpoint, tiny_data):
     run_dir = error_runs[1] / "runs" / config.run_id()
     step, prompt, _ = stored_checkpoint(run_dir, 3)
     assert step == 1 and bool(torch.isfinite(prompt).all())
+
+
+def test_train_pys_defaults_are_a_runs():
+    """What train.py sets when an option is not given is RunConfig's default, and runs go to runs/."""
+    import dataclasses
+
+    import train
+    args = train.parse_args(["--task", "sst2", "--target", TARGET])
+    assert args.out == "runs"
+    run = {field.name: field.default for field in dataclasses.fields(RunConfig)}
+    shared = {name: getattr(args, name) for name in run if hasattr(args, name) and name not in ("task", "target")}
+    assert {"steps", "gamma", "seed", "checkpoint_every", "eval_every", "device", "attention"} <= set(shared)
+    assert shared == {name: run[name] for name in shared}
+
+
+@pytest.mark.parametrize("options, fragment", [
+    (["--device", "cpu", "--attention", "triton"], "--attention triton runs on a CUDA device"),
+    (["--device", "cuda", "--attention", "sdpa"], "--device cuda was asked for but this machine has no GPU driver"),
+])
+def test_the_device_and_attention_asked_for_are_checked_before_anything_loads(tiny_checkpoint, tiny_data,  # noqa: F811
+                                                                              tmp_path, options, fragment):
+    from minway.run.devices import has_gpu_driver
+    if has_gpu_driver():
+        pytest.skip("this machine has a GPU driver")
+    args = [*base_args(tiny_checkpoint, tiny_data, tmp_path / "runs"), *options]
+    env = {k: v for k, v in offline_env().items() if k != "TRITON_INTERPRET"}  # Triton on a CPU needs it
+    assert_one_line_error(run_in_process("train.py", args, env=env), fragment)
+    assert not (tmp_path / "runs").exists()

@@ -681,6 +681,14 @@ def test_a_checkpoint_json_over_64_mib_is_refused_unread(tmp_path, name):
         read(tmp_path)
 
 
+def test_a_config_json_over_64_mib_is_not_read_for_the_random_weights_note(tmp_path):
+    """The listing of local checkpoints reads each config.json for its mark, at most 64 MiB of it."""
+    mark = b'{"minway_random_weights": true}'
+    for size, marked in ((2 ** 26, True), (2 ** 26 + 1, False)):
+        (tmp_path / "config.json").write_bytes(mark + b" " * (size - len(mark)))
+        assert resolve._random_weights(tmp_path) is marked
+
+
 def test_random_weights_are_known_by_their_config(checkpoint):
     """weights.random_checkpoint marks its config.json; a checkpoint without the mark is taken as real."""
     assert has_random_weights(checkpoint)
