@@ -1,10 +1,9 @@
-"""scripts/test.sh, the README's test command: what --quick leaves out, and the line that names a test
-still running."""
+"""scripts/test.sh, the README's test command: the pytest it runs (--quick, the workers), and the line
+that names a test still running."""
 import io
 import os
 import re
 import subprocess
-import sys
 import time
 
 import pytest
@@ -34,19 +33,27 @@ def test_a_test_still_running_is_named_every_period_and_no_more_once_it_ends():
     assert set(lines) == {"    ... tests/test_a.py::test_long still running (N s)"}
 
 
-@pytest.mark.slow
-def test_quick_leaves_out_the_slow_and_compile_tests_only():
-    """The tests --quick collects are the suite's, less exactly those marked slow or compile."""
-    env = dict(os.environ, MINWAY_PYTHON=sys.executable, TEST_JOBS="0")
+def run_the_script(tmp_path, *args, xdist=True, **env):
+    """The pytest command line scripts/test.sh runs for ``args``, with a stand-in Python that prints its
+    arguments (and has pytest-xdist or not); and what the script said on stderr."""
+    fake = tmp_path / "python"
+    fake.write_text('#!/bin/sh\nif [ "$1" = "-c" ]; then exit %d; fi\nprintf "%%s\\n" "$@"\n' % (0 if xdist else 1))
+    fake.chmod(0o755)
+    done = subprocess.run(["bash", "scripts/test.sh", *args], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "MINWAY_PYTHON": str(fake), **env})
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines(), done.stderr
 
-    def collected(*args):
-        done = subprocess.run(["bash", "scripts/test.sh", *args, "--collect-only", "-q"], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-        return {line for line in done.stdout.splitlines() if "::" in line}
 
-    everything, quick = collected(), collected("--quick")
-    marked = collected("-m", "slow or compile")
-    assert quick and marked and quick == everything - marked
-    assert any("test_fresh_clone.py" in t for t in marked) and not any("test_gpu_compile.py::test_every" in t
-                                                                       for t in quick)
+@pytest.mark.parametrize("args, xdist, env, pytest_args", [
+    ([], True, {}, ["-n", "auto"]),
+    (["--quick"], True, {}, ["-n", "auto", "-m", "not slow and not compile"]),
+    (["--quick", "tests/test_model.py", "-k", "prompt"], True, {"TEST_JOBS": "0"},
+     ["-n", "0", "-m", "not slow and not compile", "tests/test_model.py", "-k", "prompt"]),
+    (["tests/test_model.py"], False, {}, ["tests/test_model.py"]),
+])
+def test_the_script_runs_pytest_on_every_core_and_quick_leaves_out_the_slow_tests(tmp_path, args, xdist, env,
+                                                                                   pytest_args):
+    ran, said = run_the_script(tmp_path, *args, xdist=xdist, **env)
+    assert ran == ["-m", "pytest", *pytest_args]
+    assert ("pytest-xdist is not installed" in said) is not xdist
