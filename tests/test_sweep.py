@@ -4,6 +4,7 @@ import json
 import statistics
 import sys
 from collections import defaultdict
+from types import SimpleNamespace
 
 import pytest
 
@@ -14,6 +15,7 @@ from minway.experiments.presets import PRESETS, Grid
 from minway.experiments.report import choose_gammas, write_report
 from minway.experiments.plan import expand
 from minway.experiments.runner import make_chunks, run_sweep
+from minway.run.config import RunConfig
 TOO_LONG = "word " * 1100  # more tokens than the tiny model's context of 1024
 
 
@@ -306,3 +308,69 @@ def test_bad_input_is_one_line(capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)
     assert "pip install minway[ray]" in error_of(["--tasks", "sst2", "--ray", "auto", "--no-figures",
                                                     "--targets-limit", "1"])
+
+
+class FakeRay:
+    """What run_on_ray asks of Ray, recorded; a task runs at once, in this process."""
+
+    class exceptions:
+        RayError = type("RayError", (Exception,), {})
+
+    class Ref:  # an object reference: hashable, as Ray's
+        def __init__(self, result):
+            self.result = result
+
+    def __init__(self, resources):
+        self.resources, self.inits, self.options, self.shut = resources, [], None, False
+
+    def init(self, **kwargs):
+        self.inits.append(kwargs)
+
+    def cluster_resources(self):
+        return self.resources
+
+    def remote(self, **options):
+        self.options = options
+
+        def task(fn):
+            return SimpleNamespace(remote=lambda *args: FakeRay.Ref(fn(*args)))
+        return task
+
+    def wait(self, refs, num_returns):
+        return refs[:num_returns], refs[num_returns:]
+
+    def get(self, ref):
+        return ref.result
+
+    def shutdown(self):
+        self.shut = True
+
+
+@pytest.mark.parametrize("address, resources, init, needs", [
+    ("local", {"CPU": 2.0}, {"include_dashboard": False, "log_to_driver": False}, {"num_cpus": 1}),
+    ("ray://head:10001", {"CPU": 8.0, "GPU": 2.0}, {"address": "ray://head:10001", "log_to_driver": False},
+     {"num_gpus": 1}),
+])
+def test_ray_is_started_or_joined_as_asked_and_each_chunk_takes_a_gpu_or_a_cpu(monkeypatch, tmp_path, address,
+                                                                             resources, init, needs):
+    ray = FakeRay(resources)
+    monkeypatch.setattr(sweep, "import_ray", lambda: ray)
+    given = []
+    monkeypatch.setattr(sweep, "train_chunk_on_worker", lambda configs, out: given.append((configs, out)) or {})
+    chunks = [[SimpleNamespace(config=f"config {i}", run_id=f"run {i}")] for i in range(3)]
+    done = []
+    sweep.run_on_ray(chunks, tmp_path / "runs", address, 2, lambda chunk, errors: done.append(chunk))
+    assert ray.inits == [init] and ray.options == {"max_retries": 2, **needs} and ray.shut
+    assert given == [([f"config {i}"], str((tmp_path / "runs").resolve())) for i in range(3)] and done == chunks
+
+
+def test_a_sweeps_chunk_trains_without_a_bar_unless_the_sweep_asks(tiny_checkpoint, tiny_data, tmp_path,  # noqa: F811
+                                                                   monkeypatch):
+    """A Ray worker's output is a log: its chunk draws no bar (a local sweep passes its own choice on)."""
+    config = RunConfig(task="sst2", target="Write a question about the given fact.", model=str(tiny_checkpoint),
+                       **tiny_fields(tiny_data))
+    progress = []
+    monkeypatch.setattr(sweep, "train_many", lambda configs, out, **options: progress.append(options["progress"]))
+    sweep.train_chunk([config], tmp_path / "runs", make_setup=lambda config: None)
+    sweep.run_locally([[SimpleNamespace(config=config)]], tmp_path / "runs", lambda chunk, errors: None)
+    assert progress == [False, False]

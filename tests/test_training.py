@@ -78,3 +78,14 @@ def test_a_run_another_process_finished_meanwhile_is_read_not_trained(tiny_check
     results = training.train_many([first, second], tmp_path, resume=True, progress=False)
     assert trained == [second.run_id()]
     assert results[0] == stored and results[1]["run_id"] == second.run_id()
+
+
+def test_a_library_call_draws_its_progress_bar(tiny_checkpoint, tiny_data, capsys, tmp_path):  # noqa: F811
+    """train_many and train, called from Python, show their bars unless told not to (the command lines
+    decide for a terminal)."""
+    config = RunConfig(task="sst2", target="Write a question about the given fact.", model=str(tiny_checkpoint),
+                       data_dir=str(tiny_data), steps=2, batch_size=2, max_eval=4, device="cpu")
+    for call in (lambda: training.train_many([config], tmp_path / "many"),
+                 lambda: training.train(config, tmp_path / "one")):
+        call()
+        assert "| 2/2 " in capsys.readouterr().err  # the bar of the 2 steps
