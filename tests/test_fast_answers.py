@@ -76,7 +76,7 @@ def test_cuda_on_a_machine_without_a_gpu_driver_is_answered_without_torch(comman
 
 
 @pytest.mark.parametrize("module", ["minway.run.adapters", "weights.demo_checkpoint", "weights.random_checkpoint",
-                                    "minway.kernels.gpu_compile"])
+                                    "minway.kernels.gpu_compile", "minway.experiments.report"])
 def test_the_help_of_every_module_entry_point_needs_no_torch_and_names_its_command(module, no_torch, tmp_path):
     result = run(["-m", module, "--help"], no_torch, tmp_path)
     assert result.returncode == 0, result.stderr

@@ -29,9 +29,7 @@ import numpy as np
 from minway.run.cli import Parser, run_cli
 from minway.metrics import relative_drop
 from minway.run.files import atomic_write_json, atomic_write_text
-from minway.run.storage import read_results
 from minway.experiments.presets import GROUP_FILES, MODEL_SIZES, PAPER_TASKS
-from minway.experiments.state import SweepState
 
 F1_THRESHOLD = 0.98
 MEASURES = ("acc_unconstrained", "acc_constrained", "relative_drop", "f1", "f1_unconstrained", "length",
@@ -40,6 +38,7 @@ MEASURES = ("acc_unconstrained", "acc_constrained", "relative_drop", "f1", "f1_u
 
 def collect_pairs(state):
     """One dict per finished constrained run whose twin is finished too."""
+    from minway.run.storage import read_results  # imports torch: not before --help has been answered
     pairs = []
     for entry in state["runs"]:
         if entry["gamma"] == 0 or entry["status"] != "done":
@@ -149,6 +148,7 @@ def choose_gammas(rows, threshold=F1_THRESHOLD):
 
 def build_report(sweep_dir, also=()):
     """The report of one sweep; its tables also take in the finished runs of the sweeps ``also``."""
+    from minway.experiments.state import SweepState  # imports torch: not before --help has been answered
     state = SweepState.read(sweep_dir)
     pairs = {p["run_id"]: p for d in (*also, sweep_dir) for p in collect_pairs(SweepState.read(d))}
     pairs = list(pairs.values())
